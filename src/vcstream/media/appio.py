@@ -1,0 +1,207 @@
+"""numpy <-> GStreamer bridges for float32 audio: ``AudioSource`` (an appsrc) feeds a pipeline,
+``AudioSink`` (an appsink) takes audio out of one. Both speak interleaved F32LE at a fixed rate and
+channel count; arrays are shaped (n,) for mono and (n, channels) otherwise.
+
+They only own their element: add ``.element`` to a pipeline, link it, and run the pipeline as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from vcstream.engines.base import Audio
+from vcstream.errors import ConfigurationError
+from vcstream.media.gst import Gst, make_element, seconds_to_ns
+
+log = logging.getLogger(__name__)
+
+#: appsrc leaky-type value (GstAppLeakyType) that drops the oldest queued buffers
+_LEAKY_DOWNSTREAM = 2
+
+
+def audio_caps(sample_rate: int, channels: int) -> Any:
+    """Caps for interleaved float32 audio at ``sample_rate`` with ``channels`` channels."""
+    if sample_rate <= 0:
+        raise ConfigurationError(f"sample rate must be positive, got {sample_rate}")
+    if not 1 <= channels <= 8:
+        raise ConfigurationError(f"channel count must be 1..8, got {channels}")
+    caps = f"audio/x-raw,format=F32LE,layout=interleaved,rate={int(sample_rate)},channels={int(channels)}"
+    if channels > 2:
+        # without a mask audioconvert refuses >2 channels; 0 means "unpositioned"
+        caps += ",channel-mask=(bitmask)0"
+    return Gst.Caps.from_string(caps)
+
+
+def sample_to_array(sample: Any, channels: int) -> Audio:
+    """Copy the F32LE data of a GstSample into a writable array shaped (n,) or (n, channels)."""
+    buffer = sample.get_buffer()
+    data = np.frombuffer(buffer.extract_dup(0, buffer.get_size()), dtype="<f4").astype(np.float32)
+    return data if channels == 1 else data.reshape(-1, channels)
+
+
+class AudioSource:
+    """An ``appsrc`` fed with numpy float32 audio.
+
+    Timestamps come from a sample counter (``do-timestamp`` off), so they are exact and free of
+    clock jitter: buffer k starts at ``base + samples_before_k / sample_rate``. For a live source that
+    is pushed to after the pipeline started playing, ``align_to_clock`` sets ``base`` to the running
+    time of the first push, so sinks that sync do not see the first buffers as late.
+
+    ``max_queue_s`` bounds the internal queue: when downstream falls behind by more than that, the
+    oldest audio is dropped (a real-time stream would rather lose audio than grow latency). ``None``
+    queues without limit, which file encoding needs.
+
+    ``push`` is thread-safe; pushes from several threads are serialised in call order.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int = 1,
+        *,
+        name: str | None = None,
+        live: bool = True,
+        align_to_clock: bool = True,
+        max_queue_s: float | None = None,
+    ) -> None:
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self._align = live and align_to_clock
+        self._lock = threading.Lock()
+        self._samples = 0
+        self._base_ns = 0
+        self._ended = False
+        self.element: Any = make_element(
+            "appsrc",
+            name,
+            caps=audio_caps(sample_rate, channels),
+            format=Gst.Format.TIME,
+            is_live=live,
+            do_timestamp=False,
+            block=False,
+        )
+        if max_queue_s is None:
+            self.element.set_property("max-bytes", 0)  # 0 = unlimited
+        else:
+            self.element.set_property("max-bytes", 0)
+            self.element.set_property("max-time", seconds_to_ns(max_queue_s))
+            self.element.set_property("leaky-type", _LEAKY_DOWNSTREAM)
+
+    @property
+    def samples_pushed(self) -> int:
+        """Frames (samples per channel) accepted so far."""
+        return self._samples
+
+    def _time_ns(self, frames: int) -> int:
+        return int(self._base_ns + frames * Gst.SECOND // self.sample_rate)
+
+    def push(self, samples: Audio) -> bool:
+        """Queue ``samples`` ((n,) for mono or (n, channels)). Returns False when the source no longer
+        accepts data (after ``end_of_stream`` or while the pipeline is stopped/flushing)."""
+        data = np.ascontiguousarray(samples, dtype="<f4")
+        if data.ndim == 1 and self.channels == 1:
+            frames = data.shape[0]
+        elif data.ndim == 2 and data.shape[1] == self.channels:
+            frames = data.shape[0]
+        else:
+            raise ValueError(f"expected audio shaped (n,) or (n, {self.channels}), got {data.shape}")
+        if frames == 0:
+            return not self._ended
+        with self._lock:
+            if self._ended:
+                return False
+            buffer = Gst.Buffer.new_wrapped(data.tobytes())
+            if self._samples == 0:
+                if self._align:
+                    self._base_ns = self._running_time_ns()
+                buffer.set_flags(Gst.BufferFlags.DISCONT)
+            start, end = self._samples, self._samples + frames
+            buffer.pts = self._time_ns(start)
+            buffer.duration = self._time_ns(end) - buffer.pts
+            buffer.offset, buffer.offset_end = start, end
+            flow = self.element.push_buffer(buffer)
+            if flow != Gst.FlowReturn.OK:
+                log.debug("appsrc %s refused a buffer: %s", self.element.get_name(), flow)
+                return False
+            self._samples = end
+            return True
+
+    def _running_time_ns(self) -> int:
+        clock = self.element.get_clock()
+        if clock is None:  # not playing yet: start at running time 0
+            return 0
+        return max(0, int(clock.get_time() - self.element.get_base_time()))
+
+    def end_of_stream(self) -> None:
+        """Signal EOS after the queued audio (idempotent)."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            self.element.end_of_stream()
+
+
+class AudioSink:
+    """An ``appsink`` that hands out numpy float32 audio.
+
+    Either give ``on_audio``: it is called on the GStreamer streaming thread with each block as it
+    arrives (keep it quick, hand heavy work to another thread; an exception stops the stream with a
+    pipeline error), or leave it out and call ``pull``.
+
+    ``sync=False`` (default) passes audio on as soon as it arrives instead of waiting for the clock.
+    ``max_buffers`` bounds the queue for ``pull`` (0 = unlimited); when full, upstream waits, or the
+    oldest buffer is dropped with ``drop=True``.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int = 1,
+        *,
+        on_audio: Callable[[Audio], None] | None = None,
+        name: str | None = None,
+        sync: bool = False,
+        max_buffers: int = 0,
+        drop: bool = False,
+    ) -> None:
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self._on_audio = on_audio
+        self.element: Any = make_element(
+            "appsink",
+            name,
+            caps=audio_caps(sample_rate, channels),
+            sync=sync,
+            max_buffers=max_buffers,
+            drop=drop,
+            emit_signals=on_audio is not None,
+        )
+        if on_audio is not None:
+            self.element.connect("new-sample", self._on_new_sample)
+
+    def _on_new_sample(self, sink: Any) -> Any:
+        sample = sink.pull_sample()
+        if sample is None:
+            return Gst.FlowReturn.EOS
+        assert self._on_audio is not None
+        try:
+            self._on_audio(sample_to_array(sample, self.channels))
+        except Exception:
+            log.exception("on_audio callback of %s failed; stopping the stream", sink.get_name())
+            return Gst.FlowReturn.ERROR
+        return Gst.FlowReturn.OK
+
+    def pull(self, timeout_s: float) -> Audio | None:
+        """The next block, waiting up to ``timeout_s``; None on timeout or at end of stream."""
+        sample = self.element.try_pull_sample(seconds_to_ns(timeout_s))
+        return None if sample is None else sample_to_array(sample, self.channels)
+
+    @property
+    def is_eos(self) -> bool:
+        """True once EOS arrived and every block before it was pulled."""
+        return bool(self.element.is_eos())

@@ -1,0 +1,1 @@
+"""The per-session streaming core: what a live session and a file conversion both run."""

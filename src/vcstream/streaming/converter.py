@@ -1,0 +1,108 @@
+"""One conversion stream at the I/O rate: input resampling, block framing, the engine session, output
+resampling. Live transports and file conversion drive the very same object, so a converted file is
+what a live listener hears (only shifted by the known delay)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vcstream.audio.resample import make_resampler
+from vcstream.engines.base import Audio, Engine, VoiceProfile
+
+
+@dataclass
+class StreamStats:
+    blocks: int = 0
+    samples_in: int = 0
+    samples_out: int = 0
+    inference_s: list[float] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        times = np.array(self.inference_s[-500:]) * 1000
+        return {
+            "blocks": self.blocks,
+            "samples_in": self.samples_in,
+            "samples_out": self.samples_out,
+            "inference_ms_p50": float(np.percentile(times, 50)) if times.size else None,
+            "inference_ms_p95": float(np.percentile(times, 95)) if times.size else None,
+        }
+
+
+class StreamConverter:
+    """Push audio chunks of any size at ``io_rate``; get converted audio back as blocks complete.
+
+    Output sample n corresponds to input sample ``n - delay_samples`` (an index delay). In wall-clock
+    terms a listener also waits for a block to fill and for inference: see ``algorithmic_latency_s``.
+    """
+
+    def __init__(self, engine: Engine, voice: VoiceProfile, io_rate: int, **settings: Any) -> None:
+        self.engine = engine
+        self.io_rate = io_rate
+        self.session = engine.open_session(voice, **settings)
+        self._to_engine = make_resampler(io_rate, engine.sample_rate)
+        self._from_engine = make_resampler(engine.sample_rate, io_rate)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.stats = StreamStats()
+
+    @property
+    def block_size(self) -> int:
+        """Engine block size expressed at the I/O rate (rounded)."""
+        return round(self.session.block_size * self.io_rate / self.session.sample_rate)
+
+    @property
+    def delay_samples(self) -> int:
+        """Index delay of output against input at the I/O rate (from the engine's algorithm)."""
+        return round(self.session.latency_samples * self.io_rate / self.session.sample_rate)
+
+    @property
+    def algorithmic_latency_s(self) -> float:
+        """Worst-case time a sample spends in this stream, not counting inference: waiting for its
+        block to fill, the engine's own delay and what both resamplers hold back."""
+        engine_rate = self.session.sample_rate
+        held = (
+            self._to_engine.latency_samples / engine_rate
+            + self._from_engine.latency_samples / self.io_rate
+        )
+        return (self.session.block_size + self.session.latency_samples) / engine_rate + held
+
+    def push(self, chunk: Audio) -> Audio:
+        chunk = np.asarray(chunk, dtype=np.float32)
+        self.stats.samples_in += chunk.shape[0]
+        self._pending = np.concatenate([self._pending, self._to_engine.process(chunk)])
+        block = self.session.block_size
+        converted = []
+        while self._pending.shape[0] >= block:
+            start = time.perf_counter()
+            converted.append(self.session.process(self._pending[:block]))
+            self.stats.inference_s.append(time.perf_counter() - start)
+            self.stats.blocks += 1
+            self._pending = self._pending[block:]
+        out = self._from_engine.process(np.concatenate(converted)) if converted else np.zeros(0, np.float32)
+        self.stats.samples_out += out.shape[0]
+        return out
+
+    def set_voice(self, voice: VoiceProfile) -> None:
+        self.session.set_voice(voice)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def convert_stream(
+    converter: StreamConverter, samples: Audio, chunk_size: int | None = None
+) -> Audio:
+    """Run a whole signal through a live converter in ``chunk_size`` pieces (default 20 ms, like an
+    RTP packet), then trailing silence to drain it, and return output aligned to the input (delay
+    removed) with exactly the input's length."""
+    chunk = chunk_size or converter.io_rate // 50
+    n = samples.shape[0]
+    drain = converter.delay_samples + 2 * converter.block_size + chunk
+    padded = np.concatenate([samples.astype(np.float32), np.zeros(drain, dtype=np.float32)])
+    pieces = [converter.push(padded[i : i + chunk]) for i in range(0, padded.shape[0], chunk)]
+    out = np.concatenate(pieces)
+    delay = converter.delay_samples
+    return np.ascontiguousarray(out[delay : delay + n])
