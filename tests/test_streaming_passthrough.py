@@ -4,8 +4,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import snr_db
 
+from conftest import snr_db
 from vcstream.audio.resample import resample
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.streaming.converter import StreamConverter, convert_stream

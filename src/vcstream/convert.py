@@ -66,7 +66,11 @@ def convert_file(
         at_engine_rate = resample(samples, io_rate, engine.sample_rate)
         keys = ("diffusion_steps", "cfg_rate")
         converted = convert_offline(
-            engine, voice, at_engine_rate, engine.sample_rate, **{k: settings[k] for k in keys if k in settings}
+            engine,
+            voice,
+            at_engine_rate,
+            engine.sample_rate,
+            **{k: settings[k] for k in keys if k in settings},
         )
         out = resample(converted, engine.sample_rate, io_rate)
         delay_ms = latency_ms = 0.0

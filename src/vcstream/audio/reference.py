@@ -29,7 +29,7 @@ class Reference:
 
     @property
     def duration_s(self) -> float:
-        return self.samples.shape[0] / self.sample_rate
+        return float(self.samples.shape[0]) / self.sample_rate
 
 
 def check_finite(samples: Audio, what: str = "audio") -> None:

@@ -85,7 +85,7 @@ class StreamingResampler:
         n = np.arange(self._next_out, self._next_out + count, dtype=np.int64)
         base, phase = np.divmod(n * self._down, self._up)
         index = (base - self._buffer_start - k + 1)[:, None] + np.arange(2 * k)[None, :]
-        out = np.einsum("ij,ij->i", self._buffer[index], self._table[phase]).astype(np.float32)
+        out: Audio = np.einsum("ij,ij->i", self._buffer[index], self._table[phase]).astype(np.float32)
         self._next_out += count
         # Drop input no future output can reach.
         next_base = (self._next_out * self._down) // self._up

@@ -120,7 +120,9 @@ def run_engine_bench(
                     except ConfigurationError as exc:
                         print(f"seedvc {dtype} skipped: {exc}")
                         break
-                    results.append(summarise(name, f"{engine.describe()['device']} {dtype} {weights}", bt, times))
+                    results.append(
+                        summarise(name, f"{engine.describe()['device']} {dtype} {weights}", bt, times)
+                    )
                     print_row(results[-1], results)
         else:
             engine = create_engine(name)

@@ -28,7 +28,8 @@ def flite_speech(voice: str = "slt", rate: int = 16000, text: str = TEXT) -> Aud
         subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
         with wave.open(str(path), "rb") as w:
             native = w.getframerate()
-            data = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+            pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    data: Audio = (pcm / 32768).astype(np.float32)
     return resample(data, native, rate)
 
 
@@ -48,4 +49,5 @@ def vowel_train(rate: int, seconds: float = 6.0, f0: float = 140.0) -> Audio:
         x = lfilter([1 - r], [1, -2 * r * np.cos(theta), r * r], x)
     gate = (np.sin(2 * np.pi * 2 * t) > -0.3).astype(np.float64)
     x = x * gate
-    return (0.5 * x / np.max(np.abs(x))).astype(np.float32)
+    out: Audio = (0.5 * x / np.max(np.abs(x))).astype(np.float32)
+    return out

@@ -64,8 +64,7 @@ class StreamConverter:
         block to fill, the engine's own delay and what both resamplers hold back."""
         engine_rate = self.session.sample_rate
         held = (
-            self._to_engine.latency_samples / engine_rate
-            + self._from_engine.latency_samples / self.io_rate
+            self._to_engine.latency_samples / engine_rate + self._from_engine.latency_samples / self.io_rate
         )
         return (self.session.block_size + self.session.latency_samples) / engine_rate + held
 
@@ -92,9 +91,7 @@ class StreamConverter:
         self.session.close()
 
 
-def convert_stream(
-    converter: StreamConverter, samples: Audio, chunk_size: int | None = None
-) -> Audio:
+def convert_stream(converter: StreamConverter, samples: Audio, chunk_size: int | None = None) -> Audio:
     """Run a whole signal through a live converter in ``chunk_size`` pieces (default 20 ms, like an
     RTP packet), then trailing silence to drain it, and return output aligned to the input (delay
     removed) with exactly the input's length."""

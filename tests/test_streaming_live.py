@@ -1,0 +1,109 @@
+"""LiveSession: media threads never wait, latency stays bounded when the engine is slow."""
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile
+from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession
+from vcstream.streaming.converter import StreamConverter
+from vcstream.streaming.live import LiveSession
+
+RATE = 16000
+
+
+class SlowSession(PassthroughSession):
+    """A real passthrough session whose blocks take a fixed time, like an overloaded GPU."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(RATE, 0.02)
+        self.delay_s = delay_s
+
+    def process(self, block: Audio) -> Audio:
+        time.sleep(self.delay_s)
+        return super().process(block)
+
+
+class SlowEngine(PassthroughEngine):
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(RATE)
+        self.delay_s = delay_s
+
+    def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
+        return SlowSession(self.delay_s)
+
+
+def collect(engine: Engine, chunks: list[np.ndarray], pace_s: float) -> tuple[LiveSession, list[float]]:
+    voice = engine.prepare_voice(np.zeros(RATE, np.float32), RATE)
+    outputs: list[Audio] = []
+    done = threading.Event()
+    total = sum(c.shape[0] for c in chunks)
+
+    def on_output(audio: Audio) -> None:
+        outputs.append(audio)
+        if sum(o.shape[0] for o in outputs) >= total - 400:
+            done.set()
+
+    live = LiveSession(StreamConverter(engine, voice, RATE, block_time=0.02), on_output)
+    feed_times = []
+    for chunk in chunks:
+        start = time.perf_counter()
+        live.feed(chunk)
+        feed_times.append(time.perf_counter() - start)
+        time.sleep(pace_s)
+    done.wait(2.0)
+    live.stop()
+    return live, feed_times
+
+
+def test_fast_engine_passes_everything_through_in_order() -> None:
+    x = np.sin(np.arange(RATE) * 0.05).astype(np.float32)
+    chunks = [x[i : i + 320] for i in range(0, RATE, 320)]
+    live, _ = collect(PassthroughEngine(RATE), chunks, pace_s=0.001)
+    snap = live.snapshot()
+    assert snap["dropped_samples"] == 0
+    assert snap["samples_in"] == RATE
+    assert snap["samples_out"] >= RATE - 400
+    assert snap["errors"] == 0
+
+
+def test_slow_engine_drops_by_policy_and_feed_never_waits() -> None:
+    # Each 20 ms block takes 60 ms: three times slower than real time.
+    chunks = [np.full(320, 0.1, np.float32) for _ in range(40)]
+    live, feed_times = collect(SlowEngine(0.06), chunks, pace_s=0.02)
+    snap = live.snapshot()
+    assert max(feed_times) < 0.01  # the media thread never waited for inference
+    assert snap["dropped_samples"] > 0 and snap["drop_events"] > 0
+    # The backlog (the delay that would grow without the policy) stayed within its bound.
+    bound = 2 * 320 + int(0.06 * RATE)
+    assert snap["max_backlog_samples"] <= bound + 320
+    assert snap["late_blocks"] > 0
+
+
+def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
+    class Broken(PassthroughSession):
+        calls = 0
+
+        def process(self, block: Audio) -> Audio:
+            Broken.calls += 1
+            if Broken.calls == 2:
+                raise RuntimeError("boom")
+            return super().process(block)
+
+    class BrokenEngine(PassthroughEngine):
+        def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
+            return Broken(RATE, 0.02)
+
+    engine = BrokenEngine(RATE)
+    out: list[Audio] = []
+    live = LiveSession(StreamConverter(engine, engine.prepare_voice(np.zeros(10), RATE), RATE), out.append)
+    for _ in range(6):
+        live.feed(np.zeros(320, np.float32))
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert live.running
+    assert live.snapshot()["errors"] == 1
+    live.stop()
+    assert not live.running
