@@ -11,6 +11,7 @@ APT_PACKAGES=(
   libgirepository1.0-dev libcairo2-dev pkg-config   # to build PyGObject in the venv
   flite                                             # synthetic test speech
   nftables iproute2                                 # packet-loss tests in network namespaces
+  chromium                                          # real-browser tests of the WebRTC client
 )
 
 missing=()

@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--model-cache", type=Path, default=os.environ.get("VCSTREAM_MODEL_CACHE"))
     engines.add_argument("--threads", type=int, default=1, help="CPU threads (1 = per-core figures)")
     engines.set_defaults(func=cmd_bench)
+
+    from vcstream.commands import registrars
+
+    for register in registrars():
+        register(sub, bench_sub, add_engine_options)
     return parser
 
 

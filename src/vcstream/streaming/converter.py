@@ -4,7 +4,9 @@ what a live listener hears (only shifted by the known delay)."""
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +21,11 @@ class StreamStats:
     blocks: int = 0
     samples_in: int = 0
     samples_out: int = 0
-    inference_s: list[float] = field(default_factory=list)
+    #: the most recent per-block inference times (bounded, for percentiles)
+    inference_s: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=500))
 
     def snapshot(self) -> dict[str, Any]:
-        times = np.array(self.inference_s[-500:]) * 1000
+        times = np.array(self.inference_s) * 1000
         return {
             "blocks": self.blocks,
             "samples_in": self.samples_in,
@@ -39,8 +42,16 @@ class StreamConverter:
     terms a listener also waits for a block to fill and for inference: see ``algorithmic_latency_s``.
     """
 
-    def __init__(self, engine: Engine, voice: VoiceProfile, io_rate: int, **settings: Any) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        voice: VoiceProfile,
+        io_rate: int,
+        on_block: Callable[[float], None] | None = None,
+        **settings: Any,
+    ) -> None:
         self.engine = engine
+        self._on_block = on_block  # e.g. a metrics histogram: called with each block's inference seconds
         self.io_rate = io_rate
         self.session = engine.open_session(voice, **settings)
         self._to_engine = make_resampler(io_rate, engine.sample_rate)
@@ -77,8 +88,11 @@ class StreamConverter:
         while self._pending.shape[0] >= block:
             start = time.perf_counter()
             converted.append(self.session.process(self._pending[:block]))
-            self.stats.inference_s.append(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.stats.inference_s.append(elapsed)
             self.stats.blocks += 1
+            if self._on_block is not None:
+                self._on_block(elapsed)
             self._pending = self._pending[block:]
         out = self._from_engine.process(np.concatenate(converted)) if converted else np.zeros(0, np.float32)
         self.stats.samples_out += out.shape[0]

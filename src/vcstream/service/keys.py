@@ -1,0 +1,21 @@
+"""Typed keys for what the aiohttp application holds (no module-level registries anywhere)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from vcstream.engines.base import Engine
+
+if TYPE_CHECKING:
+    from vcstream.service.config import ServiceSettings
+    from vcstream.service.metrics import ServiceMetrics
+    from vcstream.service.signalling import SessionRegistry
+    from vcstream.service.voices import VoiceLibrary
+
+SETTINGS_KEY: web.AppKey[ServiceSettings] = web.AppKey("settings")
+ENGINE_KEY: web.AppKey[Engine] = web.AppKey("engine", Engine)
+VOICES_KEY: web.AppKey[VoiceLibrary] = web.AppKey("voices")
+METRICS_KEY: web.AppKey[ServiceMetrics] = web.AppKey("metrics")
+SESSIONS_KEY: web.AppKey[SessionRegistry] = web.AppKey("sessions")
