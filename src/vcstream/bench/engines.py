@@ -31,32 +31,41 @@ class BlockTiming:
     p50_ms: float
     p95_ms: float
     mean_ms: float
+    #: CPU seconds (all threads of the process) per block: what one stream costs a core
+    cpu_ms: float
 
     @property
     def rtf(self) -> float:
+        """Wall-clock real-time factor (latency view)."""
         return self.mean_ms / (1000 * self.block_time)
+
+    @property
+    def cpu_rtf(self) -> float:
+        """Share of one core a stream needs (capacity view; independent of thread count)."""
+        return self.cpu_ms / (1000 * self.block_time)
 
 
 def time_stream(
     engine: Engine, settings: dict[str, Any], blocks: int, warmup: int = 2, io_rate: int = 48000
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
     """Per-block wall time (s) of one live stream at ``io_rate`` fed with speech, one block per push
-    (resampling in and out included), after ``warmup`` blocks."""
+    (resampling in and out included), after ``warmup`` blocks. Returns (wall s, CPU s) per block."""
     reference = flite_speech("awb", engine.sample_rate)
     voice = engine.prepare_voice(reference, engine.sample_rate)
     converter = StreamConverter(engine, voice, io_rate, **settings)
     size = converter.block_size
     signal = np.resize(flite_speech("slt", io_rate), (blocks + warmup + 1) * size)  # loops the sentence
-    times = []
+    wall, cpu = [], []
     sync = _device_sync(engine)
     for i in range(blocks + warmup + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         converter.push(signal[i * size : (i + 1) * size])
         sync()
         if i > warmup:  # the very first push only fills the resampler's window
-            times.append(time.perf_counter() - start)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
     converter.close()
-    return times
+    return wall, cpu
 
 
 def _device_sync(engine: Engine) -> Any:
@@ -68,8 +77,10 @@ def _device_sync(engine: Engine) -> Any:
     return lambda: None
 
 
-def summarise(engine: str, variant: str, block_time: float, times: Sequence[float]) -> BlockTiming:
-    ms = np.array(times) * 1000
+def summarise(
+    engine: str, variant: str, block_time: float, times: tuple[list[float], list[float]]
+) -> BlockTiming:
+    ms = np.array(times[0]) * 1000
     return BlockTiming(
         engine,
         variant,
@@ -78,6 +89,7 @@ def summarise(engine: str, variant: str, block_time: float, times: Sequence[floa
         float(np.percentile(ms, 50)),
         float(np.percentile(ms, 95)),
         float(ms.mean()),
+        float(np.mean(times[1]) * 1000),
     )
 
 
@@ -136,13 +148,13 @@ def print_row(row: BlockTiming, results: Sequence[BlockTiming]) -> None:
     if len(results) == 1:
         print(
             f"{'engine':12} {'variant':28} {'block':>6} {'n':>4} {'p50 ms':>9} {'p95 ms':>9} "
-            f"{'RTF':>8} {'streams/core':>12} {'x passthrough':>14}"
+            f"{'RTF':>8} {'CPU RTF':>8} {'streams/core':>12} {'x passthrough':>14}"
         )
     base = next((r for r in results if r.engine == "passthrough" and r.block_time == row.block_time), None)
     ratio = f"{row.mean_ms / base.mean_ms:14.1f}" if base and base.mean_ms > 0 else f"{'-':>14}"
-    capacity = 1 / row.rtf if row.rtf > 0 else float("inf")
+    capacity = 1 / row.cpu_rtf if row.cpu_rtf > 0 else float("inf")
     print(
         f"{row.engine:12} {row.variant:28} {row.block_time:6.2f} {row.blocks:4d} {row.p50_ms:9.3f} "
-        f"{row.p95_ms:9.3f} {row.rtf:8.4f} {capacity:12.1f} {ratio}",
+        f"{row.p95_ms:9.3f} {row.rtf:8.4f} {row.cpu_rtf:8.4f} {capacity:12.1f} {ratio}",
         flush=True,
     )
