@@ -16,7 +16,7 @@ import numpy as np
 
 from vcstream.engines.base import Audio
 from vcstream.errors import ConfigurationError
-from vcstream.media.gst import Gst, make_element, seconds_to_ns
+from vcstream.media.gst import Gst, GstAudio, ensure_gst, make_element, seconds_to_ns
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,15 @@ _LEAKY_DOWNSTREAM = 2
 
 def audio_caps(sample_rate: int, channels: int) -> Any:
     """Caps for interleaved float32 audio at ``sample_rate`` with ``channels`` channels."""
+    ensure_gst()  # GstCaps before Gst.init segfaults instead of raising
     if sample_rate <= 0:
         raise ConfigurationError(f"sample rate must be positive, got {sample_rate}")
     if not 1 <= channels <= 8:
         raise ConfigurationError(f"channel count must be 1..8, got {channels}")
     caps = f"audio/x-raw,format=F32LE,layout=interleaved,rate={int(sample_rate)},channels={int(channels)}"
     if channels > 2:
-        # without a mask audioconvert refuses >2 channels; 0 means "unpositioned"
-        caps += ",channel-mask=(bitmask)0"
+        # >2 channels need positions for audioconvert to mix into them: use the usual layout
+        caps += f",channel-mask=(bitmask){GstAudio.audio_channel_get_fallback_mask(channels):#x}"
     return Gst.Caps.from_string(caps)
 
 
@@ -85,10 +86,8 @@ class AudioSource:
             do_timestamp=False,
             block=False,
         )
-        if max_queue_s is None:
-            self.element.set_property("max-bytes", 0)  # 0 = unlimited
-        else:
-            self.element.set_property("max-bytes", 0)
+        self.element.set_property("max-bytes", 0)  # 0 = no byte limit
+        if max_queue_s is not None:
             self.element.set_property("max-time", seconds_to_ns(max_queue_s))
             self.element.set_property("leaky-type", _LEAKY_DOWNSTREAM)
 
@@ -104,9 +103,7 @@ class AudioSource:
         """Queue ``samples`` ((n,) for mono or (n, channels)). Returns False when the source no longer
         accepts data (after ``end_of_stream`` or while the pipeline is stopped/flushing)."""
         data = np.ascontiguousarray(samples, dtype="<f4")
-        if data.ndim == 1 and self.channels == 1:
-            frames = data.shape[0]
-        elif data.ndim == 2 and data.shape[1] == self.channels:
+        if (data.ndim == 1 and self.channels == 1) or (data.ndim == 2 and data.shape[1] == self.channels):
             frames = data.shape[0]
         else:
             raise ValueError(f"expected audio shaped (n,) or (n, {self.channels}), got {data.shape}")
@@ -146,6 +143,21 @@ class AudioSource:
             self.element.end_of_stream()
 
 
+def _new_sample_handler(on_audio: Callable[[Audio], None], channels: int) -> Callable[[Any], Any]:
+    def on_new_sample(sink: Any) -> Any:
+        sample = sink.pull_sample()
+        if sample is None:
+            return Gst.FlowReturn.EOS
+        try:
+            on_audio(sample_to_array(sample, channels))
+        except Exception:
+            log.exception("on_audio callback of %s failed; stopping the stream", sink.get_name())
+            return Gst.FlowReturn.ERROR
+        return Gst.FlowReturn.OK
+
+    return on_new_sample
+
+
 class AudioSink:
     """An ``appsink`` that hands out numpy float32 audio.
 
@@ -171,7 +183,6 @@ class AudioSink:
     ) -> None:
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
-        self._on_audio = on_audio
         self.element: Any = make_element(
             "appsink",
             name,
@@ -182,19 +193,9 @@ class AudioSink:
             emit_signals=on_audio is not None,
         )
         if on_audio is not None:
-            self.element.connect("new-sample", self._on_new_sample)
-
-    def _on_new_sample(self, sink: Any) -> Any:
-        sample = sink.pull_sample()
-        if sample is None:
-            return Gst.FlowReturn.EOS
-        assert self._on_audio is not None
-        try:
-            self._on_audio(sample_to_array(sample, self.channels))
-        except Exception:
-            log.exception("on_audio callback of %s failed; stopping the stream", sink.get_name())
-            return Gst.FlowReturn.ERROR
-        return Gst.FlowReturn.OK
+            # the handler must not reference self: element -> closure -> self -> element would be a
+            # cycle through GObject that Python's GC cannot collect
+            self.element.connect("new-sample", _new_sample_handler(on_audio, self.channels))
 
     def pull(self, timeout_s: float) -> Audio | None:
         """The next block, waiting up to ``timeout_s``; None on timeout or at end of stream."""

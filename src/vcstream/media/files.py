@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -69,6 +70,7 @@ def decode_file(
     Raises InvalidAudioError for a missing file, one that is not audio, one that holds no audio, or
     NaN/Inf samples; MediaError when the pipeline fails or decodes nothing for ``stall_timeout_s``.
     """
+    ensure_gst()
     file = Path(path)
     what = f"audio file {str(file)!r}"
     if not file.exists():
@@ -81,9 +83,7 @@ def decode_file(
 
     pipeline = Gst.Pipeline.new("decode")
     src = make_element("filesrc", location=str(file.resolve()))
-    decoder = make_element(
-        "decodebin", caps=Gst.Caps.from_string("audio/x-raw"), expose_all_streams=False
-    )
+    decoder = make_element("decodebin", caps=Gst.Caps.from_string("audio/x-raw"), expose_all_streams=False)
     convert = make_element("audioconvert")
     resample = make_element("audioresample")
     # bounded queue: the decoder waits for us instead of decoding the whole file into memory
@@ -93,10 +93,22 @@ def decode_file(
     link_many(src, decoder)
     link_many(convert, resample, sink.element)
 
+    link_failures: list[str] = []
+    pads_lock = threading.Lock()  # streams of one file may appear on different streaming threads
+
     def on_pad_added(_decoder: Any, pad: Any) -> None:
+        with pads_lock:
+            add_pad(pad)
+
+    def add_pad(pad: Any) -> None:
         target = convert.get_static_pad("sink")
         if not target.is_linked():
-            pad.link(target)
+            result = pad.link(target)
+            if result != Gst.PadLinkReturn.OK:
+                caps = pad.get_current_caps()
+                link_failures.append(
+                    f"{result.value_nick} for {caps.to_string() if caps else 'unknown caps'}"
+                )
             return
         # a second audio track: drain it so its demuxer branch does not stall or fail not-linked
         drain = make_element("fakesink", sync=False, async_=False)
@@ -104,8 +116,10 @@ def decode_file(
         drain.sync_state_with_parent()
         pad.link(drain.get_static_pad("sink"))
 
-    decoder.connect("pad-added", on_pad_added)
-    decoder.connect("autoplug-select", _video_and_text_decoders)
+    handlers = [
+        decoder.connect("pad-added", on_pad_added),
+        decoder.connect("autoplug-select", _video_and_text_decoders),
+    ]
 
     blocks: list[Audio] = []
     bus = pipeline.get_bus()
@@ -122,11 +136,15 @@ def decode_file(
             elif time.monotonic() - last_progress > stall_timeout_s:
                 poll_bus(bus, 0, bad_input=what)
                 raise MediaError(f"decoding {what} stalled: no audio for {stall_timeout_s:g} s")
+            if link_failures:  # the pipeline fails not-linked soon; the link result says why
+                raise MediaError(f"decoded audio of {what} cannot be converted: {link_failures[0]}")
             # errors stop the flow without EOS at the appsink: they only show on the bus
-            if poll_bus(bus, 0, bad_input=what) and block is None:
-                break
+            poll_bus(bus, 0, bad_input=what)
     finally:
         pipeline.set_state(Gst.State.NULL)
+        # the pad-added closure references the pipeline: break the cycle GObject's GC cannot see
+        for handler in handlers:
+            decoder.disconnect(handler)
 
     shape = (0,) if channels == 1 else (0, channels)
     audio = np.concatenate(blocks) if blocks else np.zeros(shape, dtype=np.float32)
@@ -135,6 +153,14 @@ def decode_file(
     if not np.all(np.isfinite(audio)):
         raise InvalidAudioError(f"{what} holds NaN or infinite samples")
     return audio
+
+
+def _encoder_settings(factory: str, channels: int) -> dict[str, Any]:
+    if factory == "opusenc":
+        # Opus's default 64 kb/s is for the whole stream: stereo with two different signals on the
+        # channels loses too much at that rate, so give each channel 64 kb/s
+        return {"bitrate": 64000 * channels}
+    return {}
 
 
 def _format_of(file: Path, fmt: str | None) -> str:
@@ -169,11 +195,12 @@ def encode_file(
 ) -> Path:
     """Encode ``samples`` ((n,) mono or (n, 2) stereo float32 in [-1, 1]) at ``sample_rate`` to
     ``path``, in ``fmt`` or the format its extension names (see SUPPORTED_FORMATS). wav and flac are
-    16-bit PCM, ogg/opus is Opus at 48 kHz in Ogg, mp3 is LAME VBR.
+    16-bit PCM, ogg/opus is Opus at 48 kHz (64 kb/s per channel) in Ogg, mp3 is LAME VBR.
 
     The file appears complete or not at all: encoding goes to a hidden temporary file beside it that
     replaces ``path`` on success and is removed on failure. Returns ``path`` as a Path.
     """
+    ensure_gst()
     file = Path(path)
     name = _format_of(file, fmt)
     data, channels = _checked_samples(samples)
@@ -192,7 +219,7 @@ def encode_file(
         make_element("audioconvert", dithering=0),
         make_element("audioresample"),
         make_element("capsfilter", caps=Gst.Caps.from_string(feed_caps)),
-        *(make_element(factory) for factory in chain),
+        *(make_element(factory, **_encoder_settings(factory, channels)) for factory in chain),
         make_element("filesink", location=str(temp)),
     ]
     for element in elements:
@@ -200,10 +227,10 @@ def encode_file(
     link_many(*elements)
 
     try:
-        ensure_gst()
         # pushed up front (unbounded queue): no push can block on a pipeline that failed
         for offset in range(0, data.shape[0], _PUSH_FRAMES):
-            source.push(data[offset : offset + _PUSH_FRAMES])
+            if not source.push(data[offset : offset + _PUSH_FRAMES]):
+                raise MediaError(f"appsrc refused audio while encoding {file}")
         source.end_of_stream()
         run_to_eos(pipeline, timeout_s=60.0 + data.shape[0] / sample_rate)
         os.replace(temp, file)

@@ -7,16 +7,18 @@ paths and vcstream errors.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstApp", "1.0")
-from gi.repository import GLib, Gst, GstApp  # noqa: E402
+gi.require_version("GstAudio", "1.0")
+from gi.repository import GLib, Gst, GstApp, GstAudio  # noqa: E402
 
 from vcstream.errors import InvalidAudioError, MediaError  # noqa: E402
 
@@ -24,6 +26,7 @@ __all__ = [
     "GLib",
     "Gst",
     "GstApp",
+    "GstAudio",
     "ensure_gst",
     "error_from_message",
     "link_many",
@@ -40,27 +43,23 @@ log = logging.getLogger(__name__)
 _init_lock = threading.Lock()
 _initialised = False
 
-#: element -> Debian package that ships it, to make "missing element" errors actionable
-_PACKAGES: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "appsrc appsink audioconvert audioresample decodebin uridecodebin opusenc opusdec oggmux "
-            "oggdemux vorbisenc vorbisdec audiotestsrc"
-        ).split(),
-        "gstreamer1.0-plugins-base",
+#: Debian package -> elements it ships, to make "missing element" errors actionable
+_PACKAGE_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "gstreamer1.0-plugins-base": (
+        "appsrc", "appsink", "audioconvert", "audioresample", "audiotestsrc", "decodebin",
+        "uridecodebin", "opusenc", "opusdec", "oggmux", "oggdemux", "vorbisenc", "vorbisdec",
     ),
-    **dict.fromkeys(
-        (
-            "wavenc wavparse flacenc flacdec lamemp3enc mpg123audiodec xingmux id3v2mux webmmux "
-            "matroskademux matroskamux rtpopuspay rtpopusdepay rtpjitterbuffer udpsrc udpsink"
-        ).split(),
-        "gstreamer1.0-plugins-good",
+    "gstreamer1.0-plugins-good": (
+        "wavenc", "wavparse", "flacenc", "flacdec", "lamemp3enc", "mpg123audiodec", "xingmux",
+        "id3v2mux", "webmmux", "matroskamux", "matroskademux", "rtpopuspay", "rtpopusdepay",
+        "rtpjitterbuffer", "udpsrc", "udpsink",
     ),
-    **dict.fromkeys("webrtcbin netsim".split(), "gstreamer1.0-plugins-bad"),
-    **dict.fromkeys("avdec_mp3 avdec_aac".split(), "gstreamer1.0-libav"),
-    **dict.fromkeys("nicesrc nicesink".split(), "gstreamer1.0-nice"),
-    **dict.fromkeys("filesrc filesink fakesink capsfilter queue tee".split(), "libgstreamer1.0-0"),
-}
+    "gstreamer1.0-plugins-bad": ("webrtcbin", "netsim"),
+    "gstreamer1.0-libav": ("avdec_mp3", "avdec_aac"),
+    "gstreamer1.0-nice": ("nicesrc", "nicesink"),
+    "libgstreamer1.0-0": ("filesrc", "filesink", "fakesink", "capsfilter", "queue", "tee"),
+}  # fmt: skip
+_PACKAGES = {element: package for package, names in _PACKAGE_ELEMENTS.items() for element in names}
 
 
 def ensure_gst() -> None:
@@ -92,20 +91,21 @@ def require_elements(*names: str) -> None:
 
 
 def make_element(factory: str, name: str | None = None, **props: Any) -> Any:
-    """Create an element and set its properties (``foo_bar=`` sets ``foo-bar``)."""
+    """Create an element and set its properties (``foo_bar=`` sets ``foo-bar``, ``async_=`` sets
+    ``async``)."""
     ensure_gst()
     element = Gst.ElementFactory.make(factory, name)
     if element is None:
         require_elements(factory)
         raise MediaError(f"could not create GStreamer element {factory!r}")
     for key, value in props.items():
-        element.set_property(key.replace("_", "-"), value)
+        element.set_property(key.rstrip("_").replace("_", "-"), value)
     return element
 
 
 def link_many(*elements: Any) -> None:
     """Link elements in a chain, naming the pair that failed (usually a caps mismatch)."""
-    for upstream, downstream in zip(elements, elements[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(elements):
         if not upstream.link(downstream):
             raise MediaError(f"could not link {upstream.get_name()} to {downstream.get_name()}")
 
@@ -171,6 +171,8 @@ def run_to_eos(pipeline: Any, timeout_s: float, *, bad_input: str | None = None)
     try:
         start(pipeline, bad_input=bad_input)
         if not poll_bus(pipeline.get_bus(), timeout_s, bad_input=bad_input):
-            raise MediaError(f"GStreamer pipeline {pipeline.get_name()} stalled: no EOS after {timeout_s:g} s")
+            raise MediaError(
+                f"GStreamer pipeline {pipeline.get_name()} stalled: no EOS after {timeout_s:g} s"
+            )
     finally:
         pipeline.set_state(Gst.State.NULL)
