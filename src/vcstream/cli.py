@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vcstream.errors import InvalidAudioError, ModelUnavailableError, VcstreamError
+from vcstream.errors import ConfigurationError, InvalidAudioError, ModelUnavailableError, VcstreamError
 
 log = logging.getLogger("vcstream")
 
@@ -50,6 +50,14 @@ def add_engine_options(parser: argparse.ArgumentParser, default_engine: str = "w
         action="store_true",
         help="seedvc: full-size model with RANDOM weights (tests and benchmarks only; output is noise)",
     )
+    parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="PART=PATH",
+        help="seedvc: a local weight file instead of the cache; PART is dit, dit_config, campplus, hift "
+        "or xlsr (a folder with config.json and the weights); repeatable",
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     for flag, (key, kind, text) in SESSION_FLAGS.items():
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
@@ -63,10 +71,21 @@ def session_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def parse_weights(pairs: list[str]) -> dict[str, Path] | None:
+    local: dict[str, Path] = {}
+    for pair in pairs:
+        part, sep, path = pair.partition("=")
+        if not sep or not part or not path:
+            raise ConfigurationError(f"--weights expects PART=PATH, got {pair!r}")
+        local[part.strip()] = Path(path)
+    return local or None
+
+
 def engine_from_args(args: argparse.Namespace) -> Any:
     from vcstream.engines.registry import EngineOptions, create_engine
 
     options = EngineOptions(
+        local_paths=parse_weights(args.weights),
         device=args.device,
         model_cache=args.model_cache,
         allow_download=args.allow_download,

@@ -21,6 +21,8 @@ class EngineOptions:
     #: full-size Seed-VC with random weights: for tests and benchmarks only, never for serving
     random_weights: bool = False
     seed: int = 0
+    #: seedvc: local weight files by component (dit, dit_config, campplus, hift, xlsr folder)
+    local_paths: dict[str, Path] | None = None
 
 
 def create_engine(name: str, options: EngineOptions | None = None) -> Engine:
@@ -39,6 +41,7 @@ def create_engine(name: str, options: EngineOptions | None = None) -> Engine:
         return create_seedvc_engine(
             device=options.device,
             cache_dir=options.model_cache,
+            local_paths=options.local_paths,
             allow_download=options.allow_download,
             random_weights=options.random_weights,
             seed=options.seed,

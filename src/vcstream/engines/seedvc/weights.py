@@ -161,7 +161,8 @@ def _missing_message(missing: list[PublishedFile], cache_dir: Path | None, reaso
     return (
         f"Seed-VC weights missing from {where} ({reason}):\n{files}\n"
         f"Get them with `vcstream models download{cache_arg}` on a machine with hub access and copy "
-        f"that folder here (point --model-cache or {CACHE_ENV} at it), or pass local file paths."
+        f"that folder here (point --model-cache or {CACHE_ENV} at it), or pass local files with "
+        "`--weights PART=PATH` (dit, hift, xlsr, ...)."
     )
 
 
