@@ -155,6 +155,6 @@ def print_row(row: BlockTiming, results: Sequence[BlockTiming]) -> None:
     capacity = 1 / row.cpu_rtf if row.cpu_rtf > 0 else float("inf")
     print(
         f"{row.engine:12} {row.variant:28} {row.block_time:6.2f} {row.blocks:4d} {row.p50_ms:9.3f} "
-        f"{row.p95_ms:9.3f} {row.rtf:8.4f} {row.cpu_rtf:8.4f} {capacity:12.1f} {ratio}",
+        f"{row.p95_ms:9.3f} {row.rtf:8.4f} {row.cpu_rtf:8.4f} {capacity:12.2f} {ratio}",
         flush=True,
     )
