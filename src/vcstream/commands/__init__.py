@@ -19,4 +19,6 @@ class Registrar(Protocol):
 
 def registrars() -> list[Registrar]:
     # One import per feature module; add yours here.
-    return []
+    from vcstream.commands import serve
+
+    return [serve.register]

@@ -1,0 +1,109 @@
+"""``vcstream serve``: the voice conversion server (browser client, WebRTC signalling, REST API,
+health and metrics) on one port.
+
+SIGTERM or Ctrl-C drains first: the server keeps listening, /readyz answers 503 and new sessions are
+refused while running ones get ``shutdown_grace_s`` to finish; a second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+
+from aiohttp import web
+
+from vcstream.errors import ConfigurationError
+from vcstream.service.config import ServiceSettings, add_settings_arguments, settings_from_args
+
+log = logging.getLogger("vcstream.serve")
+
+#: after draining, how long open connections (WebSockets) get to close before they are cut
+CLOSE_TIMEOUT_S = 5.0
+
+
+def register(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    bench_sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    add_engine_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    # add_engine_options is not used: serving takes 'auto', never random weights, and reads the
+    # environment too (see ServiceSettings)
+    parser = sub.add_parser(
+        "serve",
+        help="run the server: browser client, WebRTC signalling, REST API, /metrics",
+        description="Run the voice conversion server. Every flag has a VCSTREAM_* environment "
+        "variable; flags win. Without Seed-VC weights or a GPU it serves the CPU engine and says so.",
+    )
+    add_settings_arguments(parser)
+    parser.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not getattr(args, "verbose", False):
+        logging.getLogger().setLevel(settings.log_level_number)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _ssl_context(settings: ServiceSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load TLS certificate {settings.tls_cert}: {exc}") from exc
+    return context
+
+
+async def serve(settings: ServiceSettings) -> None:
+    """Run until SIGINT/SIGTERM, then drain and stop."""
+    from vcstream.service.app import create_app, drain
+    from vcstream.service.health import STATE_KEY
+
+    loop = asyncio.get_running_loop()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("%s received: draining (again to stop at once)", sig.name)
+            stop.set()
+        else:
+            hurry.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    ssl_context = _ssl_context(settings)
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT_S)
+    try:
+        await runner.setup()  # loads the engine and opens the voice library
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+        scheme = "https" if ssl_context else "http"
+        for address in runner.addresses:
+            host, port = address[0], address[1]
+            shown = "localhost" if host in ("0.0.0.0", "::") else host
+            log.info("listening on %s://%s:%d/ (open %s://%s:%d/)", scheme, host, port, scheme, shown, port)
+        state = app[STATE_KEY]
+        (log.warning if state.cpu_fallback else log.info)("engine: %s", state.engine_note)
+        await stop.wait()
+        draining = asyncio.create_task(drain(app))
+        hurrying = asyncio.create_task(hurry.wait())
+        await asyncio.wait({draining, hurrying}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (draining, hurrying):
+            task.cancel()
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("stopped")

@@ -1,0 +1,159 @@
+"""The aiohttp application: ``create_app`` builds it, and its start-up and shutdown order.
+
+Start-up (``cleanup_ctx``, in this order, before the server accepts connections):
+
+1. the engine is chosen and loaded in an executor thread (the loop stays responsive), then stored
+   under ``ENGINE_KEY``; warm-up (one voice and two blocks through a session) continues in the
+   background after start-up, and /readyz answers 503 until it is done;
+2. the voice library opens its database and folder (``VOICES_KEY``);
+3. whatever ``vcstream.service.signalling.setup`` registered (it sees both keys above).
+
+Shutdown: ``drain`` marks the server draining (/readyz 503; ``health.session_refusal`` refuses new
+sessions) and waits up to ``shutdown_grace_s`` for running sessions to end (as counted by
+``ServiceMetrics.session_started``/``session_ended``); ``vcstream serve`` calls it on SIGTERM while
+still listening, so load balancers see the 503. Then the app's ``on_shutdown`` handlers run (ours
+first: it sets draining for any other way of stopping; signalling's closes what is left) and the
+cleanup contexts close in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import hdrs, web
+
+from vcstream.engines.base import Engine
+from vcstream.service import api, health
+from vcstream.service.config import ServiceSettings
+from vcstream.service.engine_loader import load_engine, loaded, warm_engine
+from vcstream.service.health import STATE_KEY, ServiceState
+from vcstream.service.keys import ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.metrics import ServiceMetrics
+from vcstream.service.voices import VoiceLibrary
+
+log = logging.getLogger(__name__)
+
+#: the browser client (written beside the signalling endpoint)
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.Application:
+    """The server application. ``engine``: an engine already loaded (tests, embedding); without it
+    the settings choose and load one at start-up."""
+    app = web.Application(
+        # the upload handler streams with its own cap; this bounds every other body read
+        client_max_size=settings.max_upload_bytes + api.MULTIPART_OVERHEAD,
+        middlewares=[api.json_errors],
+    )
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = ServiceMetrics()
+    app[STATE_KEY] = ServiceState()
+    app.cleanup_ctx.append(_engine_context(engine))
+    app.cleanup_ctx.append(_voices_context)
+    app.on_shutdown.append(_mark_draining)
+
+    api.setup(app)
+    health.setup(app)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    if STATIC_DIR.is_dir():
+        app.router.add_static("/static/", STATIC_DIR)
+
+    if importlib.util.find_spec("vcstream.service.signalling") is not None:
+        from vcstream.service import signalling
+
+        signalling.setup(app)
+    else:
+        log.warning("vcstream.service.signalling is not installed: no WebRTC sessions")
+    return app
+
+
+def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def engine_context(app: web.Application) -> AsyncIterator[None]:
+        settings, state = app[SETTINGS_KEY], app[STATE_KEY]
+        if given is None:
+            result = await asyncio.get_running_loop().run_in_executor(None, load_engine, settings)
+        else:
+            result = loaded(given, settings)
+        app[ENGINE_KEY] = result.engine
+        state.engine_note = result.engine_note
+        state.cpu_fallback = result.cpu_fallback
+        state.max_sessions = result.max_sessions
+        app[METRICS_KEY].engine_loaded(result.engine.name, result.device, result.cpu_fallback)
+        log.info("engine %s loaded; up to %d sessions", result.engine.name, result.max_sessions)
+        warming = asyncio.create_task(_warm(state, result.engine, settings.block_time), name="engine-warm-up")
+        yield
+        warming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await warming
+
+    return engine_context
+
+
+async def _warm(state: ServiceState, engine: Engine, block_time: float | None) -> None:
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, warm_engine, engine, block_time)
+    except Exception as exc:  # stays up, unready, and says why (on /readyz and in the log)
+        log.exception("engine warm-up failed")
+        state.warm_error = f"{type(exc).__name__}: {exc}"
+        return
+    state.warm = True
+    log.info("ready for sessions")
+
+
+async def _voices_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    library = VoiceLibrary(
+        settings.effective_database_url,
+        settings.effective_voices_dir,
+        app[ENGINE_KEY],
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    try:
+        await library.open()
+        app[VOICES_KEY] = library
+        yield
+    finally:
+        await library.close()
+
+
+async def _mark_draining(app: web.Application) -> None:
+    app[STATE_KEY].draining = True
+
+
+async def drain(app: web.Application, grace_s: float | None = None) -> bool:
+    """Stop admitting sessions (/readyz 503) and wait up to ``grace_s`` (default: the settings'
+    ``shutdown_grace_s``) for running ones to end. Returns whether none are left."""
+    state, sessions = app[STATE_KEY], app[METRICS_KEY]
+    if not state.draining:
+        state.draining = True
+        log.info("draining: no new sessions; %d running", sessions.active_sessions)
+    grace = app[SETTINGS_KEY].shutdown_grace_s if grace_s is None else grace_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    # sessions end on any thread (the count is thread-safe); polling it is simpler than an event per loop
+    while sessions.active_sessions > 0 and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    left = sessions.active_sessions
+    if left:
+        log.warning("%d session(s) still running after %.0f s: closing them", left, grace)
+    return left == 0
+
+
+async def metrics(request: web.Request) -> web.Response:
+    service_metrics = request.app[METRICS_KEY]
+    return web.Response(
+        body=service_metrics.render(), headers={hdrs.CONTENT_TYPE: service_metrics.content_type}
+    )
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        raise web.HTTPNotFound(text="the browser client is not installed (no static/index.html)")
+    return web.FileResponse(page)

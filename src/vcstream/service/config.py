@@ -1,0 +1,288 @@
+"""The server's settings: one frozen object, filled from ``VCSTREAM_*`` environment variables and
+``vcstream serve`` flags (flags win). Every field names its variable and help text in one place (its
+``field`` metadata), so the environment, the flags and the docs cannot drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vcstream.engines.registry import ENGINE_NAMES
+from vcstream.errors import ConfigurationError
+
+ENGINE_CHOICES = ("auto", *ENGINE_NAMES)
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s,]+$")
+
+
+def text(value: str) -> str:
+    return value
+
+
+def optional_text(value: str) -> str | None:
+    return value or None
+
+
+def path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def optional_int(value: str) -> int | None:
+    return int(value) if value else None
+
+
+def optional_float(value: str) -> float | None:
+    return float(value) if value else None
+
+
+def comma_list(value: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def byte_size(value: str) -> int:
+    """``"10485760"``, ``"512k"``, ``"10M"``, ``"10MiB"``, ``"1G"``: binary multiples (k = 1024)."""
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a size (e.g. 10485760, 512k, 10M)")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
+
+
+def _meta(env: str, parse: Callable[[str], Any], help: str, *, flag: bool = True) -> dict[str, Any]:
+    """A settings field's environment variable, its parser (also the flag's ``type``) and help
+    text. ``flag=False`` keeps a field off the command line (secrets would show in ``ps``)."""
+    return {"env": env, "parse": parse, "help": help, "flag": flag}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything ``vcstream serve`` can be told, with its environment variable.
+
+    Network:
+      ``host`` (VCSTREAM_HOST, default 0.0.0.0) and ``port`` (VCSTREAM_PORT, 8080; 0 picks a free
+      port). ``tls_cert``/``tls_key`` (VCSTREAM_TLS_CERT, VCSTREAM_TLS_KEY): serve HTTPS. Browsers
+      only grant the microphone to secure pages, so a client on another machine of the LAN needs
+      HTTPS (or a TLS-terminating proxy); http://localhost works without it.
+    Engine:
+      ``engine`` (VCSTREAM_ENGINE): ``auto`` (Seed-VC when its weights are in the cache AND a CUDA GPU
+      is present, else the CPU engine ``world``), or ``seedvc``, ``world``, ``passthrough``.
+      ``device`` (VCSTREAM_DEVICE, auto|cpu|cuda|cuda:N) and ``model_cache`` (VCSTREAM_MODEL_CACHE,
+      the Hugging Face cache holding Seed-VC's weights; unset = the hub's default cache). The server
+      never downloads weights and never runs Seed-VC with random weights.
+      ``block_time`` (VCSTREAM_BLOCK_TIME, seconds of audio per inference block; unset = the engine's
+      default: 0.18 s Seed-VC, 0.1 s world). ``max_sessions`` (VCSTREAM_MAX_SESSIONS; unset = 8 on
+      the CPU engines, 4 for Seed-VC on a GPU, 1 for Seed-VC on a CPU).
+    Storage:
+      ``data_dir`` (VCSTREAM_DATA_DIR, ./var). ``database_url`` (VCSTREAM_DATABASE_URL, an SQLAlchemy
+      URL; unset = SQLite file ``<data_dir>/vcstream.db``; e.g. ``postgresql+psycopg://...`` for
+      several instances sharing one library, with ``voices_dir`` on shared storage). ``voices_dir``
+      (VCSTREAM_VOICES_DIR, unset = ``<data_dir>/voices``): the normalised reference recordings.
+      ``max_upload_bytes`` (VCSTREAM_MAX_UPLOAD_BYTES, 10M; accepts k/M/G suffixes).
+    WebRTC:
+      ``webrtc_latency_ms`` (VCSTREAM_WEBRTC_LATENCY_MS, 40): webrtcbin's jitter buffer latency.
+      ``stun_urls`` (VCSTREAM_STUN_URLS, comma-separated ``stun:host:port``; default none: on a LAN or
+      loopback host candidates connect directly, and no request leaves the network). ``turn_urls``
+      (VCSTREAM_TURN_URLS, comma-separated ``turn:``/``turns:`` URLs) with ``turn_secret``
+      (VCSTREAM_TURN_SECRET, environment only: the shared secret for time-limited TURN credentials,
+      as coturn's ``use-auth-secret``) and ``turn_ttl_s`` (VCSTREAM_TURN_TTL_S, 86400).
+    Process:
+      ``shutdown_grace_s`` (VCSTREAM_SHUTDOWN_GRACE_S, 30): on SIGTERM the server reports not ready
+      and refuses new sessions, then waits this long for running sessions to end before closing them.
+      ``log_level`` (VCSTREAM_LOG_LEVEL, INFO).
+
+    Empty environment variables count as unset.
+    """
+
+    host: str = field(default="0.0.0.0", metadata=_meta("VCSTREAM_HOST", text, "address to listen on"))
+    port: int = field(default=8080, metadata=_meta("VCSTREAM_PORT", int, "TCP port (0 picks a free one)"))
+    tls_cert: Path | None = field(
+        default=None, metadata=_meta("VCSTREAM_TLS_CERT", path, "PEM certificate: serve HTTPS")
+    )
+    tls_key: Path | None = field(
+        default=None, metadata=_meta("VCSTREAM_TLS_KEY", path, "PEM private key of --tls-cert")
+    )
+    engine: str = field(
+        default="auto",
+        metadata=_meta(
+            "VCSTREAM_ENGINE",
+            text,
+            f"{', '.join(ENGINE_CHOICES)} (auto: seedvc with weights+GPU, else world)",
+        ),
+    )
+    device: str = field(
+        default="auto", metadata=_meta("VCSTREAM_DEVICE", text, "seedvc device: auto, cpu, cuda, cuda:N")
+    )
+    model_cache: Path | None = field(
+        default=None,
+        metadata=_meta("VCSTREAM_MODEL_CACHE", path, "Hugging Face cache folder holding Seed-VC's weights"),
+    )
+    block_time: float | None = field(
+        default=None,
+        metadata=_meta(
+            "VCSTREAM_BLOCK_TIME", optional_float, "seconds per inference block (default: the engine's)"
+        ),
+    )
+    max_sessions: int | None = field(
+        default=None,
+        metadata=_meta(
+            "VCSTREAM_MAX_SESSIONS", optional_int, "concurrent sessions (default: 8 CPU, 4 Seed-VC GPU)"
+        ),
+    )
+    data_dir: Path = field(
+        default=Path("var"), metadata=_meta("VCSTREAM_DATA_DIR", path, "folder for the database and voices")
+    )
+    database_url: str | None = field(
+        default=None,
+        metadata=_meta("VCSTREAM_DATABASE_URL", optional_text, "SQLAlchemy URL (default sqlite in data dir)"),
+    )
+    voices_dir: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "VCSTREAM_VOICES_DIR", path, "folder for voice recordings (default <data dir>/voices)"
+        ),
+    )
+    max_upload_bytes: int = field(
+        default=10 << 20,
+        metadata=_meta("VCSTREAM_MAX_UPLOAD_BYTES", byte_size, "largest reference upload (e.g. 10M)"),
+    )
+    webrtc_latency_ms: int = field(
+        default=40, metadata=_meta("VCSTREAM_WEBRTC_LATENCY_MS", int, "webrtcbin jitter latency")
+    )
+    stun_urls: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "VCSTREAM_STUN_URLS", comma_list, "comma-separated stun: URLs (default none: LAN/loopback)"
+        ),
+    )
+    turn_urls: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "VCSTREAM_TURN_URLS", comma_list, "comma-separated turn:/turns: URLs (need VCSTREAM_TURN_SECRET)"
+        ),
+    )
+    turn_secret: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_meta("VCSTREAM_TURN_SECRET", optional_text, "TURN shared secret", flag=False),
+    )
+    turn_ttl_s: int = field(
+        default=86400, metadata=_meta("VCSTREAM_TURN_TTL_S", int, "lifetime of TURN credentials, seconds")
+    )
+    shutdown_grace_s: float = field(
+        default=30.0,
+        metadata=_meta("VCSTREAM_SHUTDOWN_GRACE_S", float, "seconds to let sessions finish after SIGTERM"),
+    )
+    log_level: str = field(
+        default="INFO", metadata=_meta("VCSTREAM_LOG_LEVEL", text, "DEBUG, INFO, WARNING or ERROR")
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("tls_cert", "tls_key", "model_cache", "data_dir", "voices_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # built directly with strings: keep the declared types
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        problems = list(self._problems())
+        if problems:
+            raise ConfigurationError("invalid server settings: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        found: list[str] = []
+        if not 0 <= self.port <= 65535:
+            found.append(f"port {self.port} is not 0-65535")
+        if self.engine not in ENGINE_CHOICES:
+            found.append(f"engine {self.engine!r} is not one of {', '.join(ENGINE_CHOICES)}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            found.append("tls_cert and tls_key go together")
+        if self.max_sessions is not None and self.max_sessions < 1:
+            found.append(f"max_sessions must be at least 1, got {self.max_sessions}")
+        if self.block_time is not None and not 0.01 <= self.block_time <= 2.0:
+            found.append(f"block_time {self.block_time} s is outside 0.01-2 s")
+        if self.max_upload_bytes < 1024:
+            found.append(f"max_upload_bytes {self.max_upload_bytes} is below 1 KiB")
+        if self.webrtc_latency_ms < 0:
+            found.append("webrtc_latency_ms cannot be negative")
+        if self.shutdown_grace_s < 0:
+            found.append("shutdown_grace_s cannot be negative")
+        if self.turn_ttl_s <= 0:
+            found.append("turn_ttl_s must be positive")
+        for url in (*self.stun_urls, *self.turn_urls):
+            if not _ICE_URL.match(url):
+                found.append(f"ICE server URL {url!r} must start with stun:, stuns:, turn: or turns:")
+        if self.turn_urls and not self.turn_secret:
+            found.append("turn_urls need turn_secret (VCSTREAM_TURN_SECRET) for TURN credentials")
+        if self.log_level not in _LOG_LEVELS:
+            found.append(f"log_level {self.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
+        return found
+
+    @property
+    def effective_database_url(self) -> str:
+        """``database_url``, or the SQLite file in ``data_dir`` (an absolute path: the URL must not
+        depend on the working directory of whoever opens it)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'vcstream.db').resolve()}"
+
+    @property
+    def effective_voices_dir(self) -> Path:
+        return self.voices_dir if self.voices_dir is not None else self.data_dir / "voices"
+
+    @property
+    def log_level_number(self) -> int:
+        return int(logging.getLevelName(self.log_level))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServiceSettings:
+        """Settings from ``VCSTREAM_*`` variables of ``environ`` (default ``os.environ``), then
+        ``overrides`` by field name on top (None values are ignored, so unset flags can be passed
+        through). Raises ConfigurationError naming the variable that does not parse."""
+        env = os.environ if environ is None else environ
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ConfigurationError(f"unknown server settings {unknown}")
+        values: dict[str, Any] = {}
+        for name, spec in known.items():
+            raw = env.get(spec.metadata["env"], "").strip()
+            if not raw:
+                continue
+            try:
+                values[name] = spec.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{spec.metadata['env']}={raw!r} is invalid: {exc}") from exc
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (``--max-upload-bytes`` for ``max_upload_bytes``...), default unset so
+    that the environment applies unless the flag is given."""
+    group = parser.add_argument_group("server settings (each flag overrides its VCSTREAM_* variable)")
+    for spec in fields(ServiceSettings):
+        if not spec.metadata["flag"]:
+            continue
+        default = spec.default if spec.default not in (None, ()) else "unset"
+        group.add_argument(
+            "--" + spec.name.replace("_", "-"),
+            dest=spec.name,
+            type=spec.metadata["parse"],
+            default=None,
+            metavar=spec.name.upper(),
+            help=f"{spec.metadata['help']} [env {spec.metadata['env']}; default {default}]",
+        )
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+    """Settings from the environment with the flags that were given on top."""
+    overrides = {spec.name: getattr(args, spec.name, None) for spec in fields(ServiceSettings)}
+    return ServiceSettings.from_env(environ, **overrides)

@@ -1,0 +1,78 @@
+"""Liveness and readiness: /healthz (the process answers) and /readyz (the engine is loaded and warm,
+and the server is not draining), plus the admission rule for new sessions.
+
+``ServiceState`` is the part of the application that changes after start-up (warm-up finishing,
+draining on SIGTERM). aiohttp freezes an application's keys once it starts, so the state lives in one
+mutable object under ``STATE_KEY`` instead of in keys that would be reassigned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from vcstream.service.keys import METRICS_KEY
+
+
+@dataclass
+class ServiceState:
+    """What /readyz and session admission look at. Written on the event loop thread only."""
+
+    #: human-readable sentence about the engine in use (fallbacks say so), for logs, /api/info, the page
+    engine_note: str = ""
+    #: the CPU engine runs because Seed-VC could not (no GPU or no weights)
+    cpu_fallback: bool = False
+    #: sessions admitted at once (the settings' value or the engine's default)
+    max_sessions: int = 1
+    #: one block went through a session of the loaded engine
+    warm: bool = False
+    #: why warm-up failed, if it did (the server then stays unready)
+    warm_error: str | None = None
+    #: SIGTERM (or shutdown) was received: no new sessions, /readyz answers 503
+    draining: bool = False
+
+    def not_ready_reason(self) -> str | None:
+        if self.draining:
+            return "the server is shutting down (draining sessions)"
+        if self.warm_error is not None:
+            return f"engine warm-up failed: {self.warm_error}"
+        if not self.warm:
+            return "the engine is warming up"
+        return None
+
+
+STATE_KEY: web.AppKey[ServiceState] = web.AppKey("state", ServiceState)
+
+
+def session_refusal(app: web.Application) -> tuple[str, str] | None:
+    """Why a new session must be refused right now, as (reason word for ``session_failed``, message),
+    or None when it may start. Call ``ServiceMetrics.session_started`` right after a None, with no
+    ``await`` in between, so that two concurrent requests cannot both take the last place."""
+    state = app[STATE_KEY]
+    if state.draining:
+        return "draining", "the server is shutting down; try again shortly"
+    reason = state.not_ready_reason()
+    if reason is not None:
+        return "not_ready", reason
+    active = app[METRICS_KEY].active_sessions
+    if active >= state.max_sessions:
+        return "full", f"all {state.max_sessions} session places are taken; try again later"
+    return None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    reason = state.not_ready_reason()
+    if reason is not None:
+        return web.json_response({"error": "not_ready", "message": reason}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,138 @@
+"""Every Prometheus metric of the server, behind helpers named after what happened.
+
+``ServiceMetrics`` owns its own ``CollectorRegistry`` (never the process-global one), so several
+applications in one process (tests) do not collide. The helpers are thread-safe: they may be called
+from the event loop, session worker threads or GStreamer streaming threads.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+#: seconds per block of inference: blocks are 20-300 ms, real time means below the block length
+INFERENCE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+#: mouth-to-ear estimate: ~100 ms is conversational, above ~500 ms hard to talk over
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+#: failure reasons are label values: keep them a short fixed vocabulary (bounded cardinality)
+_REASON = re.compile(r"[^a-z0-9_]+")
+
+
+class ServiceMetrics:
+    """Counters, gauges and histograms of the voice conversion service (``render`` for /metrics)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._active = Gauge("vcstream_active_sessions", "Conversion sessions running now", registry=r)
+        self._started = Counter("vcstream_sessions_started", "Conversion sessions started", registry=r)
+        self._ended = Counter("vcstream_sessions_ended", "Conversion sessions that ended", registry=r)
+        self._failed = Counter(
+            "vcstream_sessions_failed",
+            "Sessions that failed or were refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self._inference = Histogram(
+            "vcstream_block_inference_seconds",
+            "Engine inference time per block",
+            buckets=INFERENCE_BUCKETS_S,
+            registry=r,
+        )
+        self._late = Counter(
+            "vcstream_blocks_late", "Blocks whose inference took longer than their duration", registry=r
+        )
+        self._dropped = Counter(
+            "vcstream_blocks_dropped", "Blocks of input dropped because inference fell behind", registry=r
+        )
+        self._latency = Histogram(
+            "vcstream_end_to_end_latency_seconds",
+            "Estimated mouth-to-ear latency of a session (buffering, algorithmic delay, inference)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self._bytes_in = Counter("vcstream_received_bytes", "Media bytes received from clients", registry=r)
+        self._bytes_out = Counter("vcstream_sent_bytes", "Media bytes sent to clients", registry=r)
+        self._engine = Gauge(
+            "vcstream_engine_info",
+            "The loaded engine (value 1); cpu_fallback=1 when the CPU engine stands in for Seed-VC",
+            ["engine", "device", "cpu_fallback"],
+            registry=r,
+        )
+        self._lock = threading.Lock()
+        self._active_count = 0
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def session_started(self) -> None:
+        with self._lock:
+            self._active_count += 1
+            self._active.set(self._active_count)
+        self._started.inc()
+
+    def session_ended(self) -> None:
+        """A started session is over (normally or after a failure: call this once per started one)."""
+        with self._lock:
+            # never below zero: an unmatched call must not hide real sessions from the next count
+            self._active_count = max(0, self._active_count - 1)
+            self._active.set(self._active_count)
+        self._ended.inc()
+
+    def session_failed(self, reason: str) -> None:
+        """A session failed or was refused; ``reason`` is a short fixed word such as ``ice``,
+        ``engine``, ``full``, ``draining``, ``not_ready``, ``voice`` (normalised to [a-z0-9_])."""
+        label = _REASON.sub("_", reason.strip().lower())[:40] or "unknown"
+        self._failed.labels(reason=label).inc()
+
+    @property
+    def active_sessions(self) -> int:
+        with self._lock:
+            return self._active_count
+
+    # -- blocks -----------------------------------------------------------------------------------
+
+    def observe_inference(self, seconds: float) -> None:
+        self._inference.observe(seconds)
+
+    def blocks_late(self, n: int = 1) -> None:
+        if n > 0:
+            self._late.inc(n)
+
+    def blocks_dropped(self, n: int = 1) -> None:
+        if n > 0:
+            self._dropped.inc(n)
+
+    def observe_latency(self, seconds: float) -> None:
+        """One end-to-end latency estimate of a session, in seconds."""
+        self._latency.observe(seconds)
+
+    # -- media ------------------------------------------------------------------------------------
+
+    def bytes_in(self, n: int) -> None:
+        if n > 0:
+            self._bytes_in.inc(n)
+
+    def bytes_out(self, n: int) -> None:
+        if n > 0:
+            self._bytes_out.inc(n)
+
+    # -- process ----------------------------------------------------------------------------------
+
+    def engine_loaded(self, engine: str, device: str, cpu_fallback: bool) -> None:
+        self._engine.clear()
+        self._engine.labels(engine=engine, device=device, cpu_fallback=str(int(cpu_fallback))).set(1)
+
+    def render(self) -> bytes:
+        """The exposition text for /metrics (send with ``content_type``)."""
+        return generate_latest(self.registry)
