@@ -19,6 +19,6 @@ class Registrar(Protocol):
 
 def registrars() -> list[Registrar]:
     # One import per feature module; add yours here.
-    from vcstream.commands import serve
+    from vcstream.commands import rtp, serve
 
-    return [serve.register]
+    return [serve.register, rtp.register]

@@ -1,0 +1,634 @@
+"""A WebRTC audio peer on ``webrtcbin``: Opus both ways, one sendrecv audio transceiver, trickle ICE.
+
+``WebRtcPeer`` is GStreamer only; it knows nothing of WebSockets or asyncio. The server uses it as the
+answering side (the browser offers), tests and tools can use it as the offering side:
+
+* ``answer(offer_sdp)``: checks the offer, builds the send branch with the offer's Opus payload type,
+  starts the pipeline, sets the remote description and creates the answer;
+* ``offer()`` then ``accept_answer(answer_sdp)``: the same from the other end;
+* ``add_ice_candidate`` for the remote end's trickled candidates;
+* ``push(samples)``: 48 kHz mono float32 audio to send (any thread);
+* ``stats()``: a flat dict from webrtcbin's ``get-stats`` (round-trip time, jitter, loss, bytes);
+* ``close()``: pipeline to NULL and every reference dropped (blocks until streaming threads stop:
+  call it from a worker thread, not from an event loop).
+
+Pipeline::
+
+    appsrc (F32 48k mono) ! audioconvert ! opusenc ! rtpopuspay pt=N ! caps ! webrtcbin (sink)
+    webrtcbin (src, added once RTP flows) ! rtpopusdepay ! opusdec ! audioconvert ! audioresample
+        ! appsink (F32 48k mono) -> listener.on_audio
+
+Events reach a ``PeerListener`` on GStreamer's threads (webrtcbin's own thread, libnice's, the bus
+watch on the shared ``GLibLoop``); the listener hands them on (the server: to asyncio through
+``AsyncioBridge``). Every GObject signal handler holds the peer only through a weak reference, so no
+reference cycle runs through C code where Python's collector cannot see it; ``live_pipelines()``
+counts pipelines GStreamer has not finalised yet, which is how the leak tests look for leaks.
+
+DTLS: webrtcbin's DTLS elements generate one certificate per process on first use (about 150 ms) and
+share it; ``prepare()`` does that ahead of the first call instead of during it.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import re
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gi
+
+from vcstream.engines.base import Audio
+from vcstream.errors import MediaError, VcstreamError
+from vcstream.media.appio import AudioSink, AudioSource
+from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements
+from vcstream.media.mainloop import GLibLoop
+
+gi.require_version("GstSdp", "1.0")
+gi.require_version("GstWebRTC", "1.0")
+from gi.repository import GstSdp, GstWebRTC  # noqa: E402
+
+__all__ = [
+    "OPUS_RATE",
+    "InvalidSdpError",
+    "PeerConfig",
+    "PeerListener",
+    "WebRtcPeer",
+    "live_pipelines",
+    "opus_payload_type",
+    "prepare",
+]
+
+log = logging.getLogger(__name__)
+
+#: Opus's clock rate, the rate audio enters and leaves the peer at
+OPUS_RATE = 48000
+#: payload type an offering peer uses for Opus (dynamic range; the answerer follows the offer's)
+DEFAULT_PAYLOAD_TYPE = 96
+#: a session description larger than this is not a one-track audio call
+MAX_SDP_CHARS = 64 * 1024
+#: elements a peer needs, checked once so a missing package is named up front
+_ELEMENTS = (
+    "webrtcbin", "nicesrc", "nicesink", "dtlssrtpenc", "dtlssrtpdec", "srtpenc", "srtpdec", "rtpbin",
+    "opusenc", "opusdec", "rtpopuspay", "rtpopusdepay", "audioconvert", "audioresample", "appsrc",
+    "appsink", "capsfilter", "fakesink",
+)  # fmt: skip
+_RTPMAP = re.compile(r"^\s*(\d{1,3})\s+opus/48000(?:/\d+)?\s*$", re.IGNORECASE)
+_peer_ids = itertools.count(1)
+
+
+class InvalidSdpError(VcstreamError, ValueError):
+    """A remote session description that cannot set up an Opus audio call."""
+
+
+class PeerListener(Protocol):
+    """What a ``WebRtcPeer`` reports. Every method is called on a GStreamer thread: return quickly."""
+
+    def on_description(self, kind: str, sdp: str) -> None:
+        """The local description (``"offer"`` or ``"answer"``) is ready to be sent to the other end."""
+
+    def on_ice_candidate(self, mline_index: int, candidate: str) -> None:
+        """A local ICE candidate to trickle to the other end."""
+
+    def on_state(self, name: str, value: str) -> None:
+        """``name`` is ``connection``, ``ice`` or ``gathering``; ``value`` its state's nick
+        (``connecting``, ``connected``, ``failed``, ``complete``...)."""
+
+    def on_audio(self, samples: Audio) -> None:
+        """Decoded received audio, 48 kHz mono float32, on the streaming thread."""
+
+    def on_error(self, kind: str, message: str) -> None:
+        """A failure that leaves the peer unusable (close it): ``kind`` is ``negotiation`` (webrtcbin
+        refused a description) or ``media`` (a pipeline error)."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    #: webrtcbin's jitter buffer latency (its default of 200 ms adds straight to the delay)
+    latency_ms: int = 40
+    #: ``stun://host:port``, GStreamer's form
+    stun_server: str | None = None
+    #: ``turn://user:password@host:port`` (``turns://`` for TLS), user and password percent-encoded
+    turn_servers: tuple[str, ...] = ()
+    #: Opus bitrate of the audio sent, bits/s
+    bitrate: int = 48000
+    #: the send queue keeps at most this much audio; older audio is dropped rather than delayed
+    max_send_queue_s: float = 0.5
+    #: also gather ICE-TCP candidates (a listening socket per call; UDP and TURN cover real clients)
+    ice_tcp: bool = False
+
+
+# -- process-wide: the DTLS certificate and the pipeline count ---------------------------------------
+
+_count_lock = threading.Lock()
+_alive = 0
+
+
+def _pipeline_finalised() -> None:
+    global _alive  # noqa: PLW0603 - process-wide diagnostic counter
+    with _count_lock:
+        _alive -= 1
+
+
+def _track(pipeline: Any) -> None:
+    global _alive  # noqa: PLW0603 - process-wide diagnostic counter
+    with _count_lock:
+        _alive += 1
+    # called from GObject's finalize, whichever thread drops the last reference
+    pipeline.weak_ref(_pipeline_finalised)
+
+
+def live_pipelines() -> int:
+    """Peer pipelines created in this process that GStreamer has not finalised yet."""
+    with _count_lock:
+        return _alive
+
+
+def prepare() -> None:
+    """Check the elements and generate the process's DTLS certificate now (blocking, ~150 ms once),
+    so that the first call does not wait for it."""
+    require_elements(*_ELEMENTS)
+    # the DTLS decoder generates the shared certificate when the first one is created
+    make_element("dtlsdec")
+
+
+# -- session descriptions ---------------------------------------------------------------------------
+
+
+def _media_attributes(media: Any, key: str) -> list[str]:
+    return [
+        str(media.get_attribute_val_n(key, i))
+        for i in range(64)
+        if media.get_attribute_val_n(key, i) is not None
+    ]
+
+
+def _parse(sdp: object) -> Any:
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise InvalidSdpError("the session description is missing or empty")
+    if len(sdp) > MAX_SDP_CHARS:
+        raise InvalidSdpError(f"the session description has {len(sdp)} characters; at most {MAX_SDP_CHARS}")
+    if not sdp.lstrip().startswith("v=0"):
+        raise InvalidSdpError("not a session description (SDP starts with 'v=0')")
+    result, message = GstSdp.SDPMessage.new_from_text(sdp)
+    if result != GstSdp.SDPResult.OK or message is None:
+        raise InvalidSdpError(f"the session description does not parse ({result.value_nick})")
+    return message
+
+
+def opus_payload_type(sdp: object) -> int:
+    """The Opus payload type of the first audio section of ``sdp``, after checking that the
+    description can set up a call (ICE credentials, DTLS fingerprint). Raises InvalidSdpError."""
+    message = _parse(sdp)
+    session_ice = message.get_attribute_val("ice-ufrag") is not None
+    session_fingerprint = message.get_attribute_val("fingerprint") is not None
+    for index in range(message.medias_len()):
+        media = message.get_media(index)
+        if media.get_media() != "audio" or media.get_port() == 0:
+            continue
+        if not (session_ice or media.get_attribute_val("ice-ufrag") is not None):
+            raise InvalidSdpError("the audio section has no ICE credentials (a=ice-ufrag)")
+        if not (session_fingerprint or media.get_attribute_val("fingerprint") is not None):
+            raise InvalidSdpError("the audio section has no DTLS fingerprint (a=fingerprint)")
+        for rtpmap in _media_attributes(media, "rtpmap"):
+            match = _RTPMAP.match(rtpmap)
+            if match and 0 <= int(match.group(1)) <= 127:
+                return int(match.group(1))
+        raise InvalidSdpError("the audio section does not offer Opus (opus/48000)")
+    raise InvalidSdpError("the session description has no active audio section")
+
+
+# -- signal handlers: module functions holding the peer weakly ---------------------------------------
+
+PeerRef = Callable[[], "WebRtcPeer | None"]
+
+
+def _on_ice_candidate(_webrtc: Any, mline_index: int, candidate: str, ref: PeerRef) -> None:
+    peer = ref()
+    if peer is not None and not peer.closed:
+        peer._local_candidate(int(mline_index), str(candidate))
+
+
+def _on_state(webrtc: Any, pspec: Any, ref: PeerRef) -> None:
+    peer = ref()
+    if peer is None or peer.closed:
+        return
+    name = {
+        "connection-state": "connection",
+        "ice-connection-state": "ice",
+        "ice-gathering-state": "gathering",
+    }
+    value = webrtc.get_property(pspec.name)
+    peer._listener.on_state(name[pspec.name], str(value.value_nick))
+
+
+def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig) -> None:
+    """Configure libnice's agent as webrtcbin creates its ICE elements (before it gathers).
+
+    The agent is reached through ``nicesrc``/``nicesink``: webrtcbin's own ``ice-agent`` property
+    hands out a reference it does not own in 1.22 (reading it from Python frees the agent)."""
+    factory = element.get_factory()
+    if factory is None or factory.get_name() not in ("nicesrc", "nicesink"):
+        return
+    agent = element.get_property("agent")
+    if agent is None:
+        return
+    # no UPnP port mapping: it multicasts SSDP on the LAN, and a server has no router to ask
+    agent.set_property("upnp", False)
+    agent.set_property("ice-tcp", config.ice_tcp)
+
+
+def _on_pad_added(_webrtc: Any, pad: Any, ref: PeerRef) -> None:
+    peer = ref()
+    # pad-added also fires for the sink pads we request
+    if peer is not None and pad.get_direction() == Gst.PadDirection.SRC:
+        peer._link_incoming(pad)
+
+
+def _on_bus_error(_bus: Any, message: Any, ref: PeerRef) -> None:
+    peer = ref()
+    if peer is None or peer.closed:
+        return
+    err, debug = message.parse_error()
+    source = message.src.get_name() if message.src is not None else "pipeline"
+    log.warning("%s: %s from %s (%s)", peer.name, err.message, source, debug)
+    peer._fail("media", f"media pipeline error in {source}: {err.message}")
+
+
+def _deliver_audio(ref: PeerRef, samples: Audio) -> None:
+    peer = ref()
+    if peer is not None and not peer.closed:
+        peer.bytes_decoded += samples.nbytes
+        peer._listener.on_audio(samples)
+
+
+def _promise_error(promise: Any, reply: Any) -> str | None:
+    """Why a webrtcbin operation failed, or None. Called in the promise's change function, where
+    ``wait`` returns at once. Success may reply with no structure; failure puts an ``error`` in it."""
+    result = promise.wait()
+    if result != Gst.PromiseResult.REPLIED:
+        return f"operation {result.value_nick}"
+    if reply is not None and reply.has_field("error"):
+        error = reply.get_value("error")
+        return str(getattr(error, "message", error))
+    return None
+
+
+# -- the peer ----------------------------------------------------------------------------------------
+
+
+class WebRtcPeer:
+    """One webrtcbin call carrying Opus audio both ways. See the module docstring."""
+
+    def __init__(
+        self, listener: PeerListener, config: PeerConfig | None = None, *, name: str | None = None
+    ) -> None:
+        ensure_gst()
+        self._glib = GLibLoop.shared()  # runs the bus watch
+        self.config = config or PeerConfig()
+        self.name = name or f"webrtc-peer-{next(_peer_ids)}"
+        self._listener = listener
+        self._lock = threading.Lock()
+        #: held across negotiation steps and ``close``: a pipeline is never started after its close
+        self._control = threading.Lock()
+        self._closed = False
+        self._failed = False
+        self._started = False
+        #: local candidates gathered before our description was handed on (None once it was)
+        self._held_candidates: list[tuple[int, str]] | None = []
+        #: bytes of decoded audio handed to the listener
+        self.bytes_decoded = 0
+        ref: PeerRef = weakref.ref(self)
+        self._handlers: list[tuple[Any, int]] = []
+        self._pipeline: Any = None
+        self._bus: Any = None
+        self._source: AudioSource | None = None
+        self._sink: AudioSink | None = None
+        # the element is configured before the pipeline exists: a refused setting leaves nothing
+        self._webrtc: Any = make_element(
+            "webrtcbin",
+            "webrtc",
+            bundle_policy=GstWebRTC.WebRTCBundlePolicy.MAX_BUNDLE,
+            latency=self.config.latency_ms,
+        )
+        if self.config.stun_server:
+            self._webrtc.set_property("stun-server", self.config.stun_server)
+        for turn in self.config.turn_servers:
+            if not self._webrtc.emit("add-turn-server", turn):
+                self._closed = True
+                raise MediaError(f"webrtcbin refused the TURN server {_hide_password(turn)}")
+        self._pipeline = Gst.Pipeline.new(self.name)
+        _track(self._pipeline)
+        self._pipeline.add(self._webrtc)
+        self._handlers += [
+            (self._pipeline, self._pipeline.connect("deep-element-added", _on_element_added, self.config)),
+            (self._webrtc, self._webrtc.connect("on-ice-candidate", _on_ice_candidate, ref)),
+            (self._webrtc, self._webrtc.connect("pad-added", _on_pad_added, ref)),
+        ]
+        for prop in ("connection-state", "ice-connection-state", "ice-gathering-state"):
+            self._handlers.append((self._webrtc, self._webrtc.connect(f"notify::{prop}", _on_state, ref)))
+        self._bus = self._pipeline.get_bus()
+        self._bus.add_signal_watch()
+        self._handlers.append((self._bus, self._bus.connect("message::error", _on_bus_error, ref)))
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _fail(self, kind: str, message: str) -> None:
+        with self._lock:
+            if self._failed or self._closed:
+                return
+            self._failed = True
+        self._listener.on_error(kind, message)
+
+    # -- negotiation ------------------------------------------------------------------------------
+
+    def _description_ready(self, kind: str, text: str) -> None:
+        with self._lock:
+            held, self._held_candidates = self._held_candidates, None
+        self._listener.on_description(kind, text)
+        for mline_index, candidate in held or ():
+            self._listener.on_ice_candidate(mline_index, candidate)
+
+    def _local_candidate(self, mline_index: int, candidate: str) -> None:
+        with self._lock:
+            if self._held_candidates is not None:
+                # the remote end cannot use a candidate before the description it belongs to
+                self._held_candidates.append((mline_index, candidate))
+                return
+        self._listener.on_ice_candidate(mline_index, candidate)
+
+    def answer(self, offer_sdp: str) -> None:
+        """Answer a remote offer; the answer arrives at ``listener.on_description("answer", ...)``.
+        Raises InvalidSdpError for an offer that cannot set up an Opus call (nothing started then)."""
+        payload_type = opus_payload_type(offer_sdp)
+        description = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.OFFER, _parse(offer_sdp))
+        with self._control:
+            self._start(payload_type)
+            promise = Gst.Promise.new_with_change_func(_remote_set_then_answer, weakref.ref(self))
+            self._webrtc.emit("set-remote-description", description, promise)
+
+    def offer(self, payload_type: int = DEFAULT_PAYLOAD_TYPE) -> None:
+        """Create an offer (sendrecv Opus); it arrives at ``listener.on_description("offer", ...)``."""
+        with self._control:
+            self._start(payload_type)
+            promise = Gst.Promise.new_with_change_func(_description_created, weakref.ref(self), "offer")
+            self._webrtc.emit("create-offer", None, promise)
+
+    def accept_answer(self, answer_sdp: str) -> None:
+        """Set the remote end's answer to our ``offer``. Raises InvalidSdpError."""
+        opus_payload_type(answer_sdp)
+        description = GstWebRTC.WebRTCSessionDescription.new(
+            GstWebRTC.WebRTCSDPType.ANSWER, _parse(answer_sdp)
+        )
+        promise = Gst.Promise.new_with_change_func(
+            _operation_done, weakref.ref(self), "set-remote-description"
+        )
+        with self._control:
+            if self._closed:
+                return
+            self._webrtc.emit("set-remote-description", description, promise)
+
+    def add_ice_candidate(self, mline_index: int, candidate: str) -> None:
+        """A remote ICE candidate (``candidate:...`` line). webrtcbin keeps candidates that arrive
+        before the remote description and applies them once it is set."""
+        webrtc = self._webrtc
+        if webrtc is not None and not self._closed:
+            webrtc.emit("add-ice-candidate", int(mline_index), candidate)
+
+    def _start(self, payload_type: int) -> None:
+        with self._lock:
+            if self._closed:
+                raise MediaError(f"{self.name} is closed")
+            if self._started:
+                raise MediaError(f"{self.name} has already negotiated (one offer/answer per peer)")
+            self._started = True
+        self._add_sender(payload_type)
+        if self._pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            raise MediaError(f"{self.name}: the WebRTC pipeline could not start")
+
+    def _add_sender(self, payload_type: int) -> None:
+        self._source = AudioSource(
+            OPUS_RATE, 1, name="send", live=True, max_queue_s=self.config.max_send_queue_s
+        )
+        convert = make_element("audioconvert")
+        # voice, 20 ms frames: what browsers send too
+        encoder = make_element("opusenc", bitrate=self.config.bitrate, frame_size=20)
+        encoder.set_property("audio-type", "voice")
+        payloader = make_element("rtpopuspay", pt=payload_type)
+        caps = make_element(
+            "capsfilter",
+            caps=Gst.Caps.from_string(
+                f"application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload={payload_type}"
+            ),
+        )
+        for element in (self._source.element, convert, encoder, payloader, caps):
+            self._pipeline.add(element)
+        link_many(self._source.element, convert, encoder, payloader, caps)
+        sink_pad = self._webrtc.request_pad_simple("sink_%u")
+        if caps.get_static_pad("src").link(sink_pad) != Gst.PadLinkReturn.OK:
+            raise MediaError(f"{self.name}: could not link the Opus sender to webrtcbin")
+        transceiver = sink_pad.get_property("transceiver")
+        transceiver.set_property("direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDRECV)
+
+    def _link_incoming(self, pad: Any) -> None:
+        """Decode a new incoming stream (webrtcbin's streaming thread)."""
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        structure = caps.get_structure(0) if caps is not None and caps.get_size() else None
+        encoding = str(structure.get_value("encoding-name") or "") if structure is not None else ""
+        with self._lock:
+            closed, taken = self._closed, self._sink is not None
+        if closed:
+            return
+        if encoding.upper() != "OPUS" or taken:
+            # not ours to decode (another kind of media, a second stream): discard it
+            sink = make_element("fakesink", sync=False, async_=False)
+            self._pipeline.add(sink)
+            sink.sync_state_with_parent()
+            pad.link(sink.get_static_pad("sink"))
+            log.info("%s: discarding an incoming %s stream", self.name, encoding or "unknown")
+            return
+        self._sink = AudioSink(
+            OPUS_RATE, 1, name="receive", on_audio=functools.partial(_deliver_audio, weakref.ref(self))
+        )
+        depay = make_element("rtpopusdepay")
+        decoder = make_element("opusdec", plc=True, use_inband_fec=True)
+        convert = make_element("audioconvert")
+        resample = make_element("audioresample")
+        chain = (depay, decoder, convert, resample, self._sink.element)
+        for element in chain:
+            self._pipeline.add(element)
+        link_many(*chain)
+        for element in reversed(chain):
+            element.sync_state_with_parent()
+        if pad.link(depay.get_static_pad("sink")) != Gst.PadLinkReturn.OK:
+            self._fail("media", "the incoming audio could not be linked to the Opus decoder")
+
+    # -- media ------------------------------------------------------------------------------------
+
+    def push(self, samples: Audio) -> bool:
+        """Send 48 kHz mono float32 audio (any thread). False once the peer is closed or not started."""
+        source = self._source
+        if source is None or self._closed:
+            return False
+        return source.push(samples)
+
+    @property
+    def samples_sent(self) -> int:
+        source = self._source
+        return source.samples_pushed if source is not None else 0
+
+    def stats(self, timeout_s: float = 1.0) -> dict[str, float]:
+        """Figures from webrtcbin's ``get-stats``: ``rtt_ms`` (from the remote end's receiver
+        reports), ``jitter_ms``, ``packets_lost``, ``packets_received`` and ``bytes_received`` of the
+        audio received, ``packets_sent``/``bytes_sent`` of the audio sent, and what the remote end
+        reports of our stream (``remote_jitter_ms``, ``remote_packets_lost``). Empty if webrtcbin
+        does not answer within ``timeout_s`` or the peer is closed."""
+        webrtc = self._webrtc
+        if webrtc is None or self._closed or not self._started:
+            return {}
+        done = threading.Event()
+        found: dict[str, float] = {}
+        promise = Gst.Promise.new_with_change_func(_stats_ready, done, found)
+        webrtc.emit("get-stats", None, promise)
+        if not done.wait(timeout_s):
+            promise.interrupt()
+            return {}
+        return found
+
+    # -- teardown ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the pipeline and release everything (idempotent; blocks until GStreamer's threads
+        for this peer have stopped, so not on an event loop)."""
+        with self._control:
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+            for obj, handler in self._handlers:
+                obj.disconnect(handler)
+            self._handlers.clear()
+            if self._bus is not None:
+                self._bus.remove_signal_watch()
+            if self._pipeline is not None:
+                self._pipeline.set_state(Gst.State.NULL)
+            self._pipeline = self._webrtc = self._bus = None
+            self._source = self._sink = None
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            log.warning("%s was not closed; closing it now", getattr(self, "name", "webrtc peer"))
+            self.close()
+
+
+# -- promise callbacks (webrtcbin's thread) ----------------------------------------------------------
+
+
+def _remote_set_then_answer(promise: Any, ref: PeerRef) -> None:
+    reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
+    peer = ref()
+    if peer is None or peer.closed:
+        return
+    error = _promise_error(promise, reply)
+    if error is not None:
+        peer._fail("negotiation", f"the offer was refused: {error}")
+        return
+    answer = Gst.Promise.new_with_change_func(_description_created, ref, "answer")
+    peer._webrtc.emit("create-answer", None, answer)
+
+
+def _description_created(promise: Any, ref: PeerRef, kind: str) -> None:
+    reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
+    peer = ref()
+    if peer is None or peer.closed:
+        return
+    error = _promise_error(promise, reply)
+    if error is None and (reply is None or not reply.has_field(kind)):
+        error = f"webrtcbin created no {kind}"
+    if error is not None:
+        peer._fail("negotiation", f"creating the {kind} failed: {error}")
+        return
+    description = reply.get_value(kind)
+    text = description.sdp.as_text()
+    # handed on once it is set: the other end's reply can then never arrive before it is in place
+    done = Gst.Promise.new_with_change_func(_local_description_set, ref, kind, text)
+    peer._webrtc.emit("set-local-description", description, done)
+
+
+def _local_description_set(promise: Any, ref: PeerRef, kind: str, text: str) -> None:
+    reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
+    peer = ref()
+    if peer is None or peer.closed:
+        return
+    error = _promise_error(promise, reply)
+    if error is not None:
+        peer._fail("negotiation", f"setting the local {kind} failed: {error}")
+        return
+    peer._description_ready(kind, text)
+
+
+def _operation_done(promise: Any, ref: PeerRef, operation: str) -> None:
+    reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
+    peer = ref()
+    if peer is None or peer.closed:
+        return
+    if promise.wait() != Gst.PromiseResult.REPLIED:
+        return  # interrupted or expired at shutdown
+    error = _promise_error(promise, reply)
+    if error is not None:
+        peer._fail("negotiation", f"{operation} failed: {error}")
+
+
+_STATS_FIELDS: dict[str, dict[str, tuple[str, float]]] = {
+    # stats type -> field -> (our name, scale)
+    "inbound-rtp": {
+        "jitter": ("jitter_ms", 1000.0),
+        "packets-lost": ("packets_lost", 1.0),
+        "packets-received": ("packets_received", 1.0),
+        "bytes-received": ("bytes_received", 1.0),
+    },
+    "outbound-rtp": {"packets-sent": ("packets_sent", 1.0), "bytes-sent": ("bytes_sent", 1.0)},
+    "remote-inbound-rtp": {
+        "round-trip-time": ("rtt_ms", 1000.0),
+        "jitter": ("remote_jitter_ms", 1000.0),
+        "packets-lost": ("remote_packets_lost", 1.0),
+    },
+}
+
+
+def _stats_ready(promise: Any, done: threading.Event, found: dict[str, float]) -> None:
+    try:
+        reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
+        if reply is not None:
+            reply.foreach(_collect_stat, found)
+    except Exception:  # a stats reply we cannot read must not break the call
+        log.exception("reading webrtcbin statistics failed")
+    finally:
+        done.set()
+
+
+def _collect_stat(_field: int, value: Any, found: dict[str, float]) -> bool:
+    if not isinstance(value, Gst.Structure):
+        return True
+    kind = value.get_value("type")
+    wanted = _STATS_FIELDS.get(str(getattr(kind, "value_nick", "")))
+    if not wanted:
+        return True
+    for key, (name, scale) in wanted.items():
+        if value.has_field(key):
+            number = value.get_value(key)
+            if isinstance(number, int | float):
+                found[name] = float(number) * scale  # one audio stream each way
+    return True
+
+
+def _hide_password(uri: str) -> str:
+    return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", uri)

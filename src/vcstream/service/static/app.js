@@ -1,0 +1,722 @@
+// vcstream browser client: voice library (REST), signalling (WebSocket, protocol v1, see
+// vcstream/service/signalling.py), one RTCPeerConnection per call, level meters and live figures.
+// Plain ES module, no build step.
+
+const PROTOCOL = 1;
+const RECONNECT_MAX_ATTEMPTS = 12;
+const RECONNECT_MAX_DELAY_MS = 15000;
+const RECORD_MAX_S = 15;
+const STATS_INTERVAL_MS = 1000;
+// a level above this (RMS, full scale 1) counts as sound for "first audio"
+const SOUND_RMS = 0.003;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  serverState: $("server-state"),
+  banner: $("engine-banner"),
+  voiceSelect: $("voice-select"),
+  voiceDelete: $("voice-delete"),
+  start: $("start-button"),
+  callStatus: $("call-status"),
+  meterIn: $("meter-in"),
+  meterOut: $("meter-out"),
+  audio: $("remote-audio"),
+  uploadForm: $("upload-form"),
+  voiceName: $("voice-name"),
+  voiceFile: $("voice-file"),
+  record: $("record-button"),
+  uploadStatus: $("upload-status"),
+  settingsFields: $("settings-fields"),
+};
+
+// What the page knows; also readable as window.vcstream for diagnostics (and the browser tests).
+const state = {
+  ready: null, // the server's "ready" message
+  settings: {},
+  voices: [],
+  callWanted: false, // the user pressed Start and not Stop
+  callState: "idle",
+  timeline: {}, // performance.now() at: click, mic, offer, answer, connected, firstAudio
+  serverStats: null,
+  clientStats: null,
+  micStream: null,
+  remoteStream: null,
+  errors: [],
+};
+window.vcstream = state;
+
+// -- small helpers ---------------------------------------------------------------------------------
+
+function setCallState(name, text) {
+  state.callState = name;
+  ui.callStatus.dataset.state = name;
+  ui.callStatus.textContent = text;
+  const active = ["starting", "connecting", "live", "reconnecting"].includes(name);
+  ui.start.textContent = active ? "Stop" : "Start microphone";
+  ui.start.dataset.action = active ? "stop" : "start";
+  ui.start.classList.toggle("danger", active);
+}
+
+function setServerState(name, text) {
+  ui.serverState.dataset.state = name;
+  ui.serverState.textContent = text;
+}
+
+function fmt(value, unit, digits = 0) {
+  return value === null || value === undefined || Number.isNaN(value) ? "–" : `${Number(value).toFixed(digits)} ${unit}`;
+}
+
+async function apiJson(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new Error(body?.message || `${response.status} ${response.statusText}`);
+  }
+  return body;
+}
+
+// -- voices ----------------------------------------------------------------------------------------
+
+function chosenVoice() {
+  return ui.voiceSelect.value || null;
+}
+
+function renderVoices(voices, select) {
+  state.voices = voices;
+  const keep = select || chosenVoice() || localStorage.getItem("vcstream.voice");
+  ui.voiceSelect.replaceChildren();
+  if (!voices.length) {
+    const option = new Option("No voices yet: add one below", "");
+    option.disabled = true;
+    ui.voiceSelect.add(option);
+  }
+  for (const voice of voices) {
+    ui.voiceSelect.add(new Option(`${voice.name} (${voice.duration_s.toFixed(1)} s)`, voice.id));
+  }
+  if (keep && voices.some((v) => v.id === keep)) ui.voiceSelect.value = keep;
+  else if (voices.length) ui.voiceSelect.value = voices[voices.length - 1].id;
+  ui.voiceDelete.disabled = !voices.length;
+}
+
+async function loadVoices(select) {
+  try {
+    const body = await apiJson("/api/voices");
+    renderVoices(body.voices, select);
+  } catch (err) {
+    ui.uploadStatus.textContent = `Could not load the voices: ${err.message}`;
+  }
+}
+
+async function uploadVoice(blob, filename, name) {
+  const form = new FormData();
+  form.append("name", name);
+  form.append("file", blob, filename);
+  ui.uploadStatus.dataset.state = "busy";
+  ui.uploadStatus.textContent = "Uploading and analysing the voice…";
+  try {
+    const voice = await apiJson("/api/voices", { method: "POST", body: form });
+    const notes = voice.notices.length ? ` (${voice.notices.join("; ")})` : "";
+    ui.uploadStatus.dataset.state = "ok";
+    ui.uploadStatus.textContent = `Added “${voice.name}”, ${voice.duration_s.toFixed(1)} s${notes}.`;
+    await loadVoices(voice.id);
+    onVoiceChosen();
+  } catch (err) {
+    ui.uploadStatus.dataset.state = "error";
+    ui.uploadStatus.textContent = `Not added: ${err.message}`;
+  }
+}
+
+ui.uploadForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const file = ui.voiceFile.files[0];
+  const name = ui.voiceName.value.trim() || file?.name.replace(/\.[^.]+$/, "") || "";
+  if (!file) {
+    ui.uploadStatus.dataset.state = "error";
+    ui.uploadStatus.textContent = "Choose a recording first (or record one in the page).";
+    return;
+  }
+  uploadVoice(file, file.name, name).then(() => ui.uploadForm.reset());
+});
+
+ui.voiceDelete.addEventListener("click", async () => {
+  const id = chosenVoice();
+  const voice = state.voices.find((v) => v.id === id);
+  if (!voice || !confirm(`Delete the voice “${voice.name}” from the library?`)) return;
+  try {
+    await apiJson(`/api/voices/${id}`, { method: "DELETE" });
+    await loadVoices();
+  } catch (err) {
+    ui.uploadStatus.textContent = `Not deleted: ${err.message}`;
+  }
+});
+
+function onVoiceChosen() {
+  const id = chosenVoice();
+  if (!id) return;
+  localStorage.setItem("vcstream.voice", id);
+  if (signalling.isReady()) signalling.send("voice", { voice: id });
+}
+ui.voiceSelect.addEventListener("change", onVoiceChosen);
+
+// -- recording a reference in the page -------------------------------------------------------------
+
+let recorder = null;
+ui.record.addEventListener("click", async () => {
+  if (recorder) {
+    recorder.stop();
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: false, noiseSuppression: false } });
+  } catch (err) {
+    ui.uploadStatus.dataset.state = "error";
+    ui.uploadStatus.textContent = micErrorText(err);
+    return;
+  }
+  const chunks = [];
+  const type = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/mp4"].find((t) => MediaRecorder.isTypeSupported(t));
+  recorder = new MediaRecorder(stream, type ? { mimeType: type } : undefined);
+  recorder.ondataavailable = (event) => event.data.size && chunks.push(event.data);
+  const started = performance.now();
+  const ticker = setInterval(() => {
+    const left = RECORD_MAX_S - (performance.now() - started) / 1000;
+    ui.uploadStatus.textContent = `Recording… speak now (${Math.max(0, left).toFixed(0)} s left, press Stop to finish)`;
+    if (left <= 0) recorder?.stop();
+  }, 250);
+  recorder.onstop = () => {
+    clearInterval(ticker);
+    stream.getTracks().forEach((track) => track.stop());
+    const mime = recorder.mimeType || "audio/webm";
+    recorder = null;
+    ui.record.textContent = "Record in the page";
+    const extension = mime.includes("ogg") ? "ogg" : mime.includes("mp4") ? "m4a" : "webm";
+    const name = ui.voiceName.value.trim() || `Recording ${new Date().toLocaleTimeString()}`;
+    uploadVoice(new Blob(chunks, { type: mime }), `recording.${extension}`, name);
+  };
+  recorder.start(250);
+  ui.record.textContent = "Stop recording";
+  ui.uploadStatus.dataset.state = "busy";
+});
+
+// -- settings --------------------------------------------------------------------------------------
+
+function renderSettings(schema, values) {
+  ui.settingsFields.replaceChildren();
+  for (const [name, spec] of Object.entries(schema)) {
+    const id = `setting-${name}`;
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    const shown = document.createElement("output");
+    const input = document.createElement("input");
+    Object.assign(input, { id, type: "range", min: spec.min, max: spec.max, step: spec.step, value: values[name] ?? spec.default });
+    input.dataset.setting = name;
+    const show = () => {
+      shown.textContent = spec.unit === "s" ? `${Math.round(input.value * 1000)} ms` : input.value;
+    };
+    show();
+    label.append(`${spec.label || name} `, shown);
+    input.addEventListener("input", show);
+    input.addEventListener("change", () => {
+      const value = spec.type === "integer" ? parseInt(input.value, 10) : parseFloat(input.value);
+      state.settings = { ...state.settings, [name]: value };
+      if (signalling.isReady()) signalling.send("settings", { settings: { [name]: value } });
+    });
+    ui.settingsFields.append(label, input);
+  }
+}
+
+// -- signalling ------------------------------------------------------------------------------------
+
+class Signalling {
+  constructor() {
+    this.ws = null;
+    this.attempts = 0;
+    this.timer = null;
+    this.ready = false;
+    this.readyWaiters = [];
+  }
+
+  url() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/ws`;
+  }
+
+  isReady() {
+    return this.ready && this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    this.ready = false;
+    const ws = new WebSocket(this.url());
+    this.ws = ws;
+    ws.onopen = () => this.send("hello");
+    ws.onmessage = (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      handleMessage(message);
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      this.ready = false;
+      onSignallingClosed(event);
+    };
+  }
+
+  // resolves once "ready" arrived on the current connection (bounded by timeoutMs)
+  whenReady(timeoutMs = 10000) {
+    if (this.isReady()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("the server did not answer")), timeoutMs);
+      this.readyWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  markReady() {
+    this.ready = true;
+    this.attempts = 0;
+    const waiters = this.readyWaiters.splice(0);
+    waiters.forEach((wake) => wake());
+  }
+
+  send(type, fields = {}) {
+    if (this.ws?.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ v: PROTOCOL, type, ...fields }));
+    }
+  }
+
+  // reconnect with a growing delay; gives up after RECONNECT_MAX_ATTEMPTS
+  reconnectLater() {
+    this.attempts += 1;
+    if (this.attempts > RECONNECT_MAX_ATTEMPTS) return false;
+    const delay = Math.min(RECONNECT_MAX_DELAY_MS, 500 * 2 ** (this.attempts - 1));
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.connect(), delay);
+    return delay;
+  }
+
+  // leave on purpose: the server answers "bye" and closes; a fresh connection follows
+  bye() {
+    this.send("bye");
+  }
+}
+const signalling = new Signalling();
+
+function handleMessage(message) {
+  switch (message.type) {
+    case "ready":
+      state.ready = message;
+      state.settings = { ...message.settings, ...state.settings };
+      renderSettings(message.settings_schema, state.settings);
+      renderVoices(message.voices);
+      showEngine(message.engine);
+      setServerState("ready", "Connected");
+      signalling.markReady();
+      break;
+    case "answer":
+      call?.onAnswer(message.sdp);
+      break;
+    case "ice":
+      call?.onRemoteCandidate(message);
+      break;
+    case "stats":
+      state.serverStats = message;
+      renderStats();
+      break;
+    case "voice":
+      if (state.callState === "live") ui.callStatus.textContent = `Live: you sound like ${message.name}.`;
+      break;
+    case "settings":
+      state.settings = { ...message.settings };
+      break;
+    case "error":
+      onServerError(message);
+      break;
+    case "bye":
+    case "state":
+    default:
+      break;
+  }
+}
+
+function onServerError(error) {
+  state.errors.push(error);
+  const messages = {
+    server_full: "The server is full right now. Retrying shortly…",
+    server_draining: "The server is restarting. Reconnecting shortly…",
+    server_not_ready: "The server is still starting. Retrying shortly…",
+  };
+  if (error.code in messages) {
+    setServerState("full", error.code === "server_full" ? "Server full" : "Unavailable");
+    if (state.callWanted) setCallState("reconnecting", messages[error.code]);
+    else ui.callStatus.textContent = messages[error.code];
+    return;
+  }
+  if (error.code === "timeout" && !state.callWanted) {
+    // the server closes connections left idle; the next Start connects again
+    state.idle = true;
+    return;
+  }
+  if (error.code === "voice_not_found" || error.code === "voice_required") {
+    loadVoices();
+  }
+  if (!error.fatal) {
+    ui.callStatus.textContent = `Server: ${error.message}`;
+    return;
+  }
+  if (state.callWanted) setCallState("reconnecting", `Server: ${error.message}. Reconnecting…`);
+}
+
+function onSignallingClosed(event) {
+  const leaving = state.closingOnPurpose;
+  state.closingOnPurpose = false;
+  if (call) {
+    call.close();
+    call = null;
+  }
+  if (leaving) {
+    // we said bye: get a fresh connection for the next call without fuss
+    signalling.connect();
+    return;
+  }
+  if (state.idle && !state.callWanted) {
+    setServerState("idle", "Idle");
+    return;
+  }
+  const delay = signalling.reconnectLater();
+  if (delay === false) {
+    setServerState("down", "Disconnected");
+    if (state.callWanted) stopCall("Disconnected from the server. Press Start to try again.");
+    return;
+  }
+  if (ui.serverState.dataset.state !== "full") setServerState("down", "Reconnecting…");
+  if (state.callWanted) {
+    setCallState("reconnecting", `Connection lost. Reconnecting in ${(delay / 1000).toFixed(0)} s…`);
+    resumeCallWhenReady();
+  }
+}
+
+async function resumeCallWhenReady() {
+  try {
+    await signalling.whenReady(RECONNECT_MAX_DELAY_MS * 2);
+  } catch {
+    return; // the next close schedules another attempt
+  }
+  if (state.callWanted && !call) await placeCall();
+}
+
+function showEngine(engine) {
+  if (!engine) return;
+  ui.banner.hidden = !engine.cpu_fallback && engine.name !== "passthrough";
+  ui.banner.dataset.kind = engine.cpu_fallback ? "cpu" : engine.name;
+  ui.banner.textContent = engine.cpu_fallback
+    ? `Running on the CPU: ${engine.note}. Conversion works, with lower quality than on a GPU.`
+    : engine.note;
+}
+
+// -- the call --------------------------------------------------------------------------------------
+
+let call = null;
+
+class Call {
+  constructor(micStream) {
+    this.pendingCandidates = [];
+    this.pc = new RTCPeerConnection({ iceServers: state.ready?.ice_servers || [], bundlePolicy: "max-bundle" });
+    for (const track of micStream.getAudioTracks()) this.pc.addTrack(track, micStream);
+    this.pc.ontrack = (event) => {
+      const stream = event.streams[0] || new MediaStream([event.track]);
+      state.remoteStream = stream;
+      ui.audio.srcObject = stream;
+      ui.audio.play().catch(() => {});
+      meters.watch("out", stream);
+    };
+    this.pc.onicecandidate = (event) => {
+      const c = event.candidate;
+      signalling.send("ice", { candidate: c ? c.candidate : null, sdpMLineIndex: c?.sdpMLineIndex ?? 0 });
+    };
+    this.pc.onconnectionstatechange = () => this.onConnectionState(this.pc.connectionState);
+    this.statsTimer = setInterval(() => this.sampleStats(), STATS_INTERVAL_MS);
+    this.last = null;
+  }
+
+  async offer(voice) {
+    const offer = await this.pc.createOffer();
+    await this.pc.setLocalDescription(offer);
+    state.timeline.offer = performance.now();
+    signalling.send("offer", { sdp: this.pc.localDescription.sdp, voice, settings: state.settings });
+  }
+
+  async onAnswer(sdp) {
+    await this.pc.setRemoteDescription({ type: "answer", sdp });
+    state.timeline.answer = performance.now();
+    for (const candidate of this.pendingCandidates.splice(0)) await this.addCandidate(candidate);
+  }
+
+  async onRemoteCandidate(message) {
+    if (message.candidate === null) return; // the server gathered everything: nothing to do
+    if (!this.pc.remoteDescription) this.pendingCandidates.push(message);
+    else await this.addCandidate(message);
+  }
+
+  async addCandidate(message) {
+    try {
+      await this.pc.addIceCandidate({ candidate: message.candidate, sdpMLineIndex: message.sdpMLineIndex });
+    } catch (err) {
+      console.warn("ICE candidate refused", err);
+    }
+  }
+
+  onConnectionState(value) {
+    if (value === "connected") {
+      state.timeline.connected ??= performance.now();
+      const voice = state.voices.find((v) => v.id === chosenVoice());
+      setCallState("live", `Live${voice ? `: you sound like ${voice.name}` : ""}.`);
+    } else if (value === "failed") {
+      // ICE/DTLS gave up: start over on a fresh connection
+      setCallState("reconnecting", "The media connection failed. Reconnecting…");
+      state.closingOnPurpose = false;
+      signalling.ws?.close();
+    } else if (value === "disconnected") {
+      setCallState("connecting", "Connection interrupted, waiting for it to recover…");
+    }
+  }
+
+  async sampleStats() {
+    let report;
+    try {
+      report = await this.pc.getStats();
+    } catch {
+      return;
+    }
+    const now = performance.now();
+    const figures = { at: now };
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio") {
+        Object.assign(figures, {
+          jitterIn: s.jitter * 1000,
+          lost: s.packetsLost,
+          received: s.packetsReceived,
+          bytesIn: s.bytesReceived,
+          jitterBufferMs: s.jitterBufferEmittedCount ? (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount : null,
+          concealed: s.concealedSamples,
+          samples: s.totalSamplesReceived,
+        });
+      } else if (s.type === "outbound-rtp" && s.kind === "audio") {
+        figures.bytesOut = s.bytesSent;
+      } else if (s.type === "remote-inbound-rtp" && s.kind === "audio") {
+        figures.jitterOut = s.jitter * 1000;
+        figures.lostOut = s.packetsLost;
+        // measured with RTCP on the media path itself: preferred over the ICE checks' figure
+        if (s.roundTripTime !== undefined) figures.rtt = s.roundTripTime * 1000;
+      } else if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
+        if (s.currentRoundTripTime !== undefined) figures.rttIce = s.currentRoundTripTime * 1000;
+      }
+    });
+    figures.rtt ??= figures.rttIce;
+    const last = this.last;
+    if (last) {
+      const seconds = (now - last.at) / 1000;
+      figures.kbpsIn = (8 * (figures.bytesIn - last.bytesIn)) / seconds / 1000;
+      figures.kbpsOut = (8 * (figures.bytesOut - last.bytesOut)) / seconds / 1000;
+    }
+    this.last = figures;
+    state.clientStats = figures;
+    renderStats();
+  }
+
+  close() {
+    clearInterval(this.statsTimer);
+    this.pc.close();
+    ui.audio.srcObject = null;
+    meters.unwatch("out");
+    state.remoteStream = null;
+  }
+}
+
+function renderStats() {
+  const server = state.serverStats || {};
+  const client = state.clientStats || {};
+  const jitterBuffer = client.jitterBufferMs ?? 0;
+  const latency = server.latency_ms !== undefined && server.latency_ms !== null ? server.latency_ms + jitterBuffer : null;
+  $("stat-latency").textContent = fmt(latency, "ms");
+  $("stat-rtt").textContent = fmt(client.rtt ?? server.rtt_ms, "ms", 1);
+  $("stat-jitter").textContent = `${fmt(client.jitterIn, "ms", 1)} / ${fmt(client.jitterOut ?? server.jitter_ms, "ms", 1)}`;
+  const total = (client.received ?? 0) + Math.max(0, client.lost ?? 0);
+  $("stat-loss").textContent = total ? `${((100 * Math.max(0, client.lost)) / total).toFixed(1)} %` : "–";
+  $("stat-bitrate").textContent = `${fmt(client.kbpsOut, "kb/s")} / ${fmt(client.kbpsIn, "kb/s")}`;
+  $("stat-inference").textContent =
+    server.inference_ms !== undefined && server.inference_ms !== null
+      ? `${server.inference_ms.toFixed(1)} ms of ${server.block_ms.toFixed(0)} ms`
+      : "–";
+  $("stat-drops").textContent = server.blocks !== undefined ? `${server.late_blocks} blocks / ${fmt(server.dropped_ms, "ms")}` : "–";
+  $("stat-backlog").textContent = fmt(server.backlog_ms, "ms");
+}
+
+function micErrorText(err) {
+  if (!window.isSecureContext || !navigator.mediaDevices) {
+    return "The microphone needs a secure page: open this site over HTTPS (or on localhost).";
+  }
+  if (err?.name === "NotAllowedError" || err?.name === "SecurityError") {
+    return "Microphone access was denied. Allow it in the browser's site settings, then press Start again.";
+  }
+  if (err?.name === "NotFoundError" || err?.name === "OverconstrainedError") {
+    return "No microphone was found. Connect one and press Start again.";
+  }
+  if (err?.name === "NotReadableError") {
+    return "The microphone is in use by another application.";
+  }
+  return `The microphone could not be opened: ${err?.message || err}`;
+}
+
+async function openMicrophone() {
+  if (state.micStream) return state.micStream;
+  if (!navigator.mediaDevices?.getUserMedia) throw new Error("insecure");
+  // echo cancellation keeps the converted voice out of the microphone on loudspeakers; no noise
+  // suppression or gain control: they colour the voice the engine converts
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+  });
+  state.micStream = stream;
+  meters.watch("in", stream);
+  return stream;
+}
+
+async function startCall() {
+  state.timeline = { click: performance.now() };
+  state.serverStats = state.clientStats = null;
+  renderStats();
+  if (!chosenVoice()) {
+    setCallState("idle", "Add a voice first (below), then start the microphone.");
+    return;
+  }
+  setCallState("starting", "Asking for the microphone…");
+  meters.resume();
+  try {
+    await openMicrophone();
+  } catch (err) {
+    setCallState("mic-denied", micErrorText(err));
+    return;
+  }
+  state.timeline.mic = performance.now();
+  state.callWanted = true;
+  await placeCall();
+}
+
+async function placeCall() {
+  setCallState("connecting", "Connecting…");
+  if (state.idle || !signalling.ws || signalling.ws.readyState > WebSocket.OPEN) {
+    state.idle = false;
+    signalling.connect();
+  }
+  try {
+    await signalling.whenReady();
+  } catch {
+    setCallState("reconnecting", "The server is not reachable. Retrying…");
+    resumeCallWhenReady();
+    return;
+  }
+  if (!state.callWanted || call) return;
+  call = new Call(state.micStream);
+  try {
+    await call.offer(chosenVoice());
+  } catch (err) {
+    setCallState("error", `Could not start the call: ${err.message}`);
+  }
+}
+
+function stopCall(text = "Stopped. Press Start to talk again.") {
+  state.callWanted = false;
+  if (call) {
+    call.close();
+    call = null;
+    state.closingOnPurpose = true;
+    signalling.bye();
+  }
+  if (state.micStream) {
+    state.micStream.getTracks().forEach((track) => track.stop());
+    state.micStream = null;
+    meters.unwatch("in");
+  }
+  setCallState("idle", text);
+}
+
+ui.start.addEventListener("click", () => {
+  if (ui.start.dataset.action === "stop") stopCall();
+  else startCall();
+});
+
+// -- level meters ----------------------------------------------------------------------------------
+
+const meters = {
+  context: null,
+  analysers: {},
+  frame: null,
+
+  resume() {
+    // created on a click: browsers only start audio after a user gesture
+    this.context ??= new AudioContext();
+    this.context.resume();
+  },
+
+  watch(which, stream) {
+    this.resume();
+    this.unwatch(which);
+    const source = this.context.createMediaStreamSource(stream);
+    const analyser = this.context.createAnalyser();
+    analyser.fftSize = 1024;
+    source.connect(analyser);
+    this.analysers[which] = { source, analyser, data: new Float32Array(analyser.fftSize) };
+    this.frame ??= requestAnimationFrame(() => this.draw());
+  },
+
+  unwatch(which) {
+    const entry = this.analysers[which];
+    if (!entry) return;
+    entry.source.disconnect();
+    delete this.analysers[which];
+    const bar = which === "in" ? ui.meterIn : ui.meterOut;
+    bar.style.width = "0%";
+    bar.parentElement.setAttribute("aria-valuenow", "0");
+  },
+
+  draw() {
+    this.frame = null;
+    for (const [which, entry] of Object.entries(this.analysers)) {
+      entry.analyser.getFloatTimeDomainData(entry.data);
+      let sum = 0;
+      for (const x of entry.data) sum += x * x;
+      const rms = Math.sqrt(sum / entry.data.length);
+      if (which === "out" && rms > SOUND_RMS) state.timeline.firstAudio ??= performance.now();
+      // -60 dBFS .. 0 dBFS onto 0..100 %
+      const level = Math.max(0, Math.min(100, ((20 * Math.log10(rms + 1e-9) + 60) / 60) * 100));
+      const bar = which === "in" ? ui.meterIn : ui.meterOut;
+      bar.style.width = `${level.toFixed(0)}%`;
+      bar.parentElement.setAttribute("aria-valuenow", level.toFixed(0));
+    }
+    if (Object.keys(this.analysers).length) this.frame = requestAnimationFrame(() => this.draw());
+  },
+};
+
+// -- start-up --------------------------------------------------------------------------------------
+
+async function loadInfo() {
+  try {
+    const info = await apiJson("/api/info");
+    showEngine({ name: info.engine, note: info.engine_note, cpu_fallback: info.cpu_fallback });
+  } catch {
+    /* the signalling connection reports the server's state */
+  }
+}
+
+renderStats();
+loadInfo();
+loadVoices();
+signalling.connect();

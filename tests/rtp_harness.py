@@ -1,0 +1,202 @@
+"""Helpers for the RTP tests: a real sender -> relay -> receiver chain in one process (three separate
+pipelines on loopback), and measures of continuity on received audio."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.signal import correlate, resample_poly
+
+from vcstream.engines.base import Audio, Engine
+from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, RtpOpusReceiver, RtpOpusSender
+from vcstream.transports.pacing import push_in_real_time
+from vcstream.transports.rtp_relay import RtpRelay
+
+
+class Collector:
+    """Thread-safe audio sink for receivers; keeps (arrival time, samples) of every chunk."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chunks: list[Audio] = []
+        self.arrivals: list[tuple[float, int]] = []
+
+    def __call__(self, samples: Audio) -> None:
+        with self._lock:
+            self._chunks.append(samples)
+            self.arrivals.append((time.monotonic(), samples.shape[0]))
+
+    def audio(self) -> Audio:
+        with self._lock:
+            return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+
+
+@dataclass
+class Chain:
+    """A relay between a local receiver and (per test) one or more senders."""
+
+    relay: RtpRelay
+    receiver: RtpOpusReceiver
+    collector: Collector
+    senders: list[RtpOpusSender] = field(default_factory=list)
+
+    def sender(self, **options: Any) -> RtpOpusSender:
+        sender = RtpOpusSender("127.0.0.1", self.relay.port, **options).start()
+        self.senders.append(sender)
+        return sender
+
+    def send(
+        self, sender: RtpOpusSender, audio: Audio, on_chunk: Callable[[int, float], None] | None = None
+    ) -> None:
+        push_in_real_time(audio, OPUS_RATE, sender.push, chunk_s=0.01, on_chunk=on_chunk)
+
+    def finish(self, tail_s: float = 0.6) -> tuple[Audio, dict[str, Any], dict[str, Any]]:
+        """Wait for the tail, stop everything; returns (received audio, relay snapshot, receiver stats)."""
+        time.sleep(tail_s)
+        snapshot, received = self.relay.snapshot(), self.receiver.stats()
+        self.close()
+        return self.collector.audio(), snapshot, received
+
+    def close(self) -> None:
+        for sender in self.senders:
+            if sender.running:
+                sender.stop(drain_timeout_s=0.5)
+        self.senders.clear()
+        if self.relay.receiver.running:
+            self.relay.stop()
+        if self.receiver.running:
+            self.receiver.stop()
+
+
+def open_chain(
+    engine: Engine,
+    reference: Audio,
+    *,
+    codec: OpusCodecSettings | None = None,
+    block_time: float = 0.1,
+    latency_ms: int = 60,
+) -> Chain:
+    collector = Collector()
+    receiver = RtpOpusReceiver(0, collector, codec=codec, latency_ms=latency_ms, name="test-rx").start()
+    voice = engine.prepare_voice(reference, engine.sample_rate)
+    relay = RtpRelay(
+        engine,
+        voice,
+        0,
+        ("127.0.0.1", receiver.port),
+        codec=codec,
+        latency_ms=latency_ms,
+        settings={"block_time": block_time},
+    )
+    relay.start()
+    return Chain(relay, receiver, collector)
+
+
+def to_rate(samples: np.ndarray, rate: int, target: int = OPUS_RATE) -> Audio:
+    g = np.gcd(rate, target)
+    return resample_poly(samples, target // g, rate // g).astype(np.float32)
+
+
+def align(reference: Audio, received: Audio, max_lag_s: float = 2.0) -> tuple[int, Audio]:
+    """Lag (samples) of ``received`` behind ``reference`` and the received audio cut to match it
+    (zero-padded where it ends early)."""
+    c = correlate(received, reference, mode="full", method="fft")
+    zero = reference.shape[0] - 1
+    lag = int(np.argmax(c[zero : zero + round(max_lag_s * OPUS_RATE)]))
+    cut = received[lag : lag + reference.shape[0]]
+    return lag, np.concatenate([cut, np.zeros(reference.shape[0] - cut.shape[0], np.float32)])
+
+
+def timeline_drift_ms(reference: Audio, received: Audio, piece_s: float = 1.5) -> float:
+    """How much later the end of ``reference`` sits in ``received`` than its beginning does: time
+    lost (negative) or added (positive) in between."""
+    piece = round(piece_s * OPUS_RATE)
+    head_lag, _ = align(reference[:piece], received)
+    start = reference.shape[0] - piece - OPUS_RATE // 4
+    tail_lag, _ = align(reference[start : start + piece], received[start:])
+    return 1000 * (tail_lag - head_lag) / OPUS_RATE
+
+
+def frame_db(x: Audio, frame: int) -> np.ndarray:
+    n = x.shape[0] // frame
+    power = np.mean(x[: n * frame].astype(np.float64).reshape(n, frame) ** 2, axis=1)
+    return 10 * np.log10(power + 1e-12)
+
+
+def silence_gaps_ms(reference: Audio, aligned: Audio, frame_ms: float = 5.0) -> list[float]:
+    """Runs (ms) where the reference holds sound (above -45 dBFS) but the received audio is near
+    silence (below -65 dBFS): holes that concealment did not fill."""
+    frame = round(OPUS_RATE * frame_ms / 1000)
+    hole = (frame_db(reference, frame) > -45) & (frame_db(aligned, frame) < -65)
+    runs, length = [], 0
+    for flag in [*hole.tolist(), False]:
+        if flag:
+            length += 1
+        elif length:
+            runs.append(length * frame_ms)
+            length = 0
+    return runs
+
+
+def tone(freq: float, seconds: float, level: float = 0.3) -> Audio:
+    t = np.arange(round(OPUS_RATE * seconds)) / OPUS_RATE
+    return (level * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def dominant_hz(x: Audio) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.shape[0])))
+    return float(np.argmax(spectrum[1:]) + 1) * OPUS_RATE / x.shape[0]
+
+
+def free_udp_port_pair() -> int:
+    """A UDP port whose successor is free too (RTP + RTCP), on 127.0.0.1, at the time of asking."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp:
+            rtp.bind(("127.0.0.1", 0))
+            port = int(rtp.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtcp:
+                try:
+                    rtcp.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free pair of UDP ports")
+
+
+def read_json_line(process: subprocess.Popen[str], event: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    """The first JSON line of ``process``'s stdout whose "event" is ``event`` (bounded wait)."""
+    import json
+
+    assert process.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    stream = process.stdout
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+            if f'"{event}"' in line:
+                return
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if not line:
+            raise AssertionError(f"process ended before printing {event!r} (exit {process.poll()})")
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            return dict(json.loads(line))
+    raise AssertionError(f"no {event!r} line within {timeout_s} s")

@@ -1,0 +1,301 @@
+"""The browser client in a real headless Chromium (Debian's, driven by Playwright) against a real
+server (aiohttp on a socket, webrtcbin, the WORLD engine).
+
+Chromium's fake microphone plays flite speech of a male voice; the page records a reference with
+MediaRecorder and uploads a female reference through its own form, starts the microphone and receives
+the converted voice, which the test captures in the page with an AudioWorklet and checks: continuous
+(no concealment, no drops) and converted toward the reference (F0 moved up to the reference's).
+Then, in the same call: a voice switch from the page's selector (F0 follows), a second page told the
+server is full and that the CPU engine serves, a server-side disconnect the page recovers from by
+itself, and a page whose microphone permission is denied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import median_f0, write_wav
+from test_session_leaks import Server, serving
+from vcstream.media.webrtc import OPUS_RATE
+from vcstream.service.health import STATE_KEY
+from vcstream.service.keys import SESSIONS_KEY
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+Speech = Callable[..., tuple[np.ndarray, int]]
+CHROMIUM = "/usr/bin/chromium"
+#: flags from STACK-NOTES: no sandbox (containers), no GPU, and none of Chromium's background traffic
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=Translate,OptimizationHints,MediaRouter",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-device-for-media-stream",
+]
+CAPTURE_S = 5.0
+
+# An AudioWorklet that copies every render quantum of the stream it is fed; the page keeps the
+# copies and notes when sound first arrived (performance.now(), the page's clock).
+CAPTURE_JS = """
+async () => {
+  const state = window.vcstream;
+  if (!state.remoteStream) throw new Error("no remote stream yet");
+  const context = new AudioContext({ sampleRate: 48000 });
+  const code = `class Tap extends AudioWorkletProcessor {
+    process(inputs) { const x = inputs[0][0]; if (x) this.port.postMessage(x.slice(0)); return true; }
+  }
+  registerProcessor("tap", Tap);`;
+  await context.audioWorklet.addModule(URL.createObjectURL(new Blob([code], { type: "text/javascript" })));
+  const source = context.createMediaStreamSource(state.remoteStream);
+  const tap = new AudioWorkletNode(context, "tap");
+  const mute = context.createGain();
+  mute.gain.value = 0;
+  source.connect(tap).connect(mute).connect(context.destination);
+  const capture = { context, chunks: [], first: null, stream: state.remoteStream };
+  tap.port.onmessage = (event) => {
+    const x = event.data;
+    capture.chunks.push(x);
+    if (capture.first === null) {
+      let sum = 0;
+      for (const v of x) sum += v * v;
+      if (Math.sqrt(sum / x.length) > 0.003) capture.first = performance.now();
+    }
+  };
+  await context.resume();
+  window.__capture = capture;
+}
+"""
+
+# the captured samples since ``from`` (an index), as base64 float32 (compact for a few seconds)
+TAKE_JS = """
+(from) => {
+  const chunks = window.__capture.chunks;
+  let n = 0;
+  for (const c of chunks) n += c.length;
+  const all = new Float32Array(n);
+  let at = 0;
+  for (const c of chunks) { all.set(c, at); at += c.length; }
+  const bytes = new Uint8Array(all.buffer, from * 4);
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return { b64: btoa(text), total: n };
+}
+"""
+
+
+async def _take(page: Any, start: int = 0) -> tuple[np.ndarray, int]:
+    result = await page.evaluate(TAKE_JS, start)
+    return np.frombuffer(base64.b64decode(result["b64"]), dtype="<f4"), int(result["total"])
+
+
+async def _captured(page: Any) -> int:
+    return int(await page.evaluate("window.__capture.chunks.reduce((n, c) => n + c.length, 0)"))
+
+
+async def _wait_for(page: Any, expression: str, timeout_s: float, what: str) -> Any:
+    """Poll a page expression until it is truthy (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await page.evaluate(expression)
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    state = await page.evaluate(
+        "[window.vcstream.callState, document.getElementById('call-status').textContent]"
+    )
+    raise AssertionError(f"{what}: not within {timeout_s} s (page state {state})")
+
+
+async def _upload_through_ui(page: Any, name: str, path: Path) -> None:
+    await page.fill("#voice-name", name)
+    await page.set_input_files("#voice-file", str(path))
+    await page.click("#upload-button")
+    await page.wait_for_function(
+        "name => document.getElementById('upload-status').textContent.includes('Added “' + name)",
+        arg=name,
+        timeout=20000,
+    )
+
+
+def _voiced_fraction(x: np.ndarray, rate: int) -> float:
+    frame = rate // 50
+    frames = x[: x.shape[0] // frame * frame].reshape(-1, frame)
+    rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    return float(np.mean(rms > 10 ** (-45 / 20)))
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see STACK-NOTES)")
+    return CHROMIUM
+
+
+def test_browser_converts_switches_recovers_and_reports_states(
+    tmp_path: Path, flite_speech: Speech, chromium: str
+) -> None:
+    microphone, _ = flite_speech("rms", None, OPUS_RATE)
+    # twice the sentence with a short pause: Chromium loops the file, speech keeps coming
+    pause = np.zeros(OPUS_RATE // 4, dtype=np.float32)
+    mic_wav = write_wav(
+        tmp_path / "microphone.wav", np.concatenate([microphone, pause, microphone, pause]), OPUS_RATE
+    )
+    high_ref = write_wav(tmp_path / "slt.wav", *flite_speech("slt", None, 16000))
+    low_ref = write_wav(tmp_path / "kal16.wav", *flite_speech("kal16", None, 16000))
+    f0_mic = median_f0(microphone, OPUS_RATE)
+    f0_high = median_f0(flite_speech("slt", None, 16000)[0], 16000)
+    f0_low = median_f0(flite_speech("kal16", None, 16000)[0], 16000)
+
+    async def main() -> None:
+        async with (
+            serving(tmp_path / "data", max_sessions=1) as server,
+            playwright_api.async_playwright() as pw,
+        ):
+            browser = await pw.chromium.launch(
+                executable_path=chromium,
+                headless=True,
+                args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}"],
+            )
+            try:
+                await _run(server, browser)
+            finally:
+                await browser.close()
+
+    async def _run(server: Server, browser: Any) -> None:
+        granted = await browser.new_context(
+            permissions=["microphone"], viewport={"width": 1100, "height": 900}
+        )
+        page = await granted.new_page()
+        page.on(
+            "console", lambda message: print(f"[page] {message.text}") if message.type == "error" else None
+        )
+        await page.goto(server.base + "/")
+        await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
+        assert await page.is_visible("#engine-banner") is False  # WORLD chosen explicitly: no fallback note
+
+        # a reference recorded in the page (MediaRecorder, webm/opus, decoded by the server)
+        await page.fill("#voice-name", "recorded")
+        await page.click("#record-button")
+        await asyncio.sleep(3.0)
+        await page.click("#record-button")
+        await page.wait_for_function(
+            "document.getElementById('upload-status').textContent.includes('Added “recorded')", timeout=20000
+        )
+        # the reference the call uses, from a file; uploading selects it
+        await _upload_through_ui(page, "slt", high_ref)
+        names = await page.eval_on_selector_all("#voice-select option", "options => options.map(o => o.text)")
+        assert [n.split(" (")[0] for n in names] == ["recorded", "slt"], names
+        selected = await page.eval_on_selector("#voice-select", "s => s.selectedOptions[0].text")
+        assert selected.startswith("slt"), selected
+
+        # -- start: first converted audio ---------------------------------------------------------
+        await page.click("#start-button")
+        await _wait_for(page, "!!window.vcstream.remoteStream", 10, "the remote track")
+        await page.evaluate(CAPTURE_JS)
+        await _wait_for(page, "window.__capture.first", 10, "converted audio")
+        timeline = await page.evaluate("({...window.vcstream.timeline, first: window.__capture.first})")
+        click_ms, offer_ms = timeline["first"] - timeline["click"], timeline["first"] - timeline["offer"]
+        print(f"\nclick -> first converted audio: {click_ms:.0f} ms")
+        print(f"offer -> first converted audio: {offer_ms:.0f} ms")
+        relative = {k: round(v - timeline["click"]) for k, v in timeline.items()}
+        print(f"page timeline (ms after click): {relative}")
+        await _wait_for(page, "window.vcstream.callState === 'live'", 5, "the live state")
+
+        start = await _captured(page)
+        await asyncio.sleep(CAPTURE_S)
+        converted, _ = await _take(page, start)
+        client = await page.evaluate("window.vcstream.clientStats")
+        server_stats = await page.evaluate("window.vcstream.serverStats")
+        f0_out = median_f0(converted, OPUS_RATE)
+        concealed = client["concealed"] / max(1, client["samples"])
+        print(
+            f"F0: microphone {f0_mic:.0f} Hz, reference {f0_high:.0f} Hz, converted {f0_out:.0f} Hz; "
+            f"voiced {_voiced_fraction(converted, OPUS_RATE):.0%}, concealed {concealed:.2%}"
+        )
+        print(f"server stats: { {k: v for k, v in server_stats.items() if k not in ('v', 'type')} }")
+        # a continuous stream: the browser concealed (almost) nothing, the server dropped nothing
+        assert converted.shape[0] >= 0.95 * CAPTURE_S * OPUS_RATE
+        assert concealed < 0.02
+        assert server_stats["dropped_ms"] == 0 and server_stats["drop_events"] == 0
+        assert _voiced_fraction(converted, OPUS_RATE) > 0.5
+        # converted toward the reference: F0 moved from the microphone's to the reference's
+        assert abs(f0_mic / f0_high - 1) > 0.3
+        assert abs(f0_out / f0_high - 1) < 0.15, (f0_mic, f0_high, f0_out)
+        # the live figures are on screen
+        for field in ("stat-latency", "stat-rtt", "stat-bitrate", "stat-inference"):
+            assert "–" not in (await page.text_content(f"#{field}") or "–"), field
+
+        # -- switch the voice from the selector, mid-call -----------------------------------------
+        await _upload_through_ui(page, "kal16", low_ref)  # selects the new voice: switches at once
+        await asyncio.sleep(1.0)
+        start = await _captured(page)
+        await asyncio.sleep(3.0)
+        switched, _ = await _take(page, start)
+        f0_switched = median_f0(switched, OPUS_RATE)
+        print(f"after switching to kal16 ({f0_low:.0f} Hz): converted {f0_switched:.0f} Hz")
+        assert f0_switched < 0.8 * f0_out
+        assert await page.evaluate("window.vcstream.callState") == "live"
+
+        # -- a second page while the only place is taken: told the server is full -----------------
+        # (and the server now reports the CPU engine standing in for Seed-VC, as `auto` does
+        # without a GPU: the page must say so)
+        service = server.app[STATE_KEY]
+        service.cpu_fallback, service.engine_note = True, "CPU engine (WORLD): no CUDA GPU found"
+        second = await granted.new_page()
+        await second.goto(server.base + "/")
+        await second.wait_for_selector("#server-state[data-state='full']", timeout=10000)
+        assert "full" in (await second.text_content("#server-state") or "").lower()
+        await second.wait_for_selector("#engine-banner[data-kind='cpu']", state="visible", timeout=5000)
+        assert "no CUDA GPU found" in (await second.text_content("#engine-banner") or "")
+        await second.close()
+
+        # -- the server drops the connection: the page reconnects and the audio comes back ---------
+        dropped_at = time.perf_counter()
+        await server.app[SESSIONS_KEY].close_all("test", final=False)
+        await _wait_for(page, "window.vcstream.callState === 'reconnecting'", 5, "the reconnecting state")
+        await _wait_for(page, "window.vcstream.callState === 'live'", 15, "live again")
+        await _wait_for(
+            page,
+            "!!window.vcstream.remoteStream && window.vcstream.remoteStream !== window.__capture.stream",
+            5,
+            "a new stream",
+        )
+        await page.evaluate(CAPTURE_JS)
+        await _wait_for(page, "window.__capture.first", 10, "converted audio after reconnecting")
+        recovered = time.perf_counter() - dropped_at
+        print(f"audio back {recovered:.1f} s after the server dropped the call")
+
+        # -- stop: the place is free again --------------------------------------------------------
+        await page.click("#start-button")
+        await _wait_for(page, "window.vcstream.callState === 'idle'", 5, "idle after stop")
+        await granted.close()
+
+        # -- microphone denied ---------------------------------------------------------------------
+        denied = await browser.new_context(permissions=[])
+        page = await denied.new_page()
+        await page.goto(server.base + "/")
+        await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
+        await page.click("#start-button")
+        await page.wait_for_selector("#call-status[data-state='mic-denied']", timeout=10000)
+        assert "denied" in (await page.text_content("#call-status") or "")
+        await denied.close()
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    print(f"browser test: {time.perf_counter() - started:.1f} s")
