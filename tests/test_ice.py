@@ -13,9 +13,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from test_session_leaks import serving
 from vcstream.service.config import ServiceSettings
 from vcstream.service.ice import ice_servers, turn_credentials
+from webrtc_harness import serving
 
 
 def test_turn_credentials_match_coturns_rest_scheme() -> None:

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from conftest import median_f0
-from test_session_leaks import PyClient, Server, client, reference_wav, serving, speech_48k
 from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer, live_pipelines
 from vcstream.service import signalling
 from vcstream.service.app import drain
 from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
 from vcstream.service.signalling import MAX_MESSAGE_BYTES
+from webrtc_harness import PyClient, Server, client, reference_wav, serving, speech_48k
 
 Speech = Callable[..., tuple[np.ndarray, int]]
 

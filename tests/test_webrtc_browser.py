@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from conftest import median_f0, write_wav
-from test_session_leaks import Server, serving
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.health import STATE_KEY
 from vcstream.service.keys import SESSIONS_KEY
+from webrtc_harness import Server, serving
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
