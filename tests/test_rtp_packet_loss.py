@@ -155,8 +155,9 @@ def test_relay_through_a_lossy_jittery_link(pair: NetnsPair, flite_speech: Speec
         f"log-spectral distance {c['lsd_db']:.2f} -> {lo['lsd_db']:.2f} dB ({plc['lsd_db']:.2f} dB PLC alone)"
     )
 
-    # the clean path loses nothing and sounds like two Opus passes
-    assert c["lost"] == 0 and c["received"] == c["sent"]
+    # the clean path loses nothing and sounds like two Opus passes (rtpbin drops a last packet
+    # that arrives after the sender's BYE, which travels on the RTCP socket)
+    assert c["lost"] == 0 and c["received"] >= c["sent"] - 1
     assert c["snr_db"] > 12
     for r in (lo, plc):
         # the relay saw the kernel's drops (5 % of ~480 packets: 24 +/- 4.8)
@@ -172,7 +173,8 @@ def test_relay_through_a_lossy_jittery_link(pair: NetnsPair, flite_speech: Speec
     # two decoders may each keep a FEC frame, and a lossy link may eat the last packets, which
     # no later packet reveals as lost
     for r in (c, lo, plc):
-        assert all(gap <= 20 for gap in r["gaps_ms"]), r["gaps_ms"]
+        # concealment alone fades out over two lost packets in a row (about 1 in 400 at 5 %)
+        assert all(gap <= (60 if r is plc else 20) for gap in r["gaps_ms"]), r["gaps_ms"]
         assert abs(r["drift_ms"]) <= 2.5
         assert -(60 if r is c else 120) < r["extra_ms"] < 150
     # in-band FEC rebuilds lost frames nearly intact (speech below 8 kHz sits in the SILK layer

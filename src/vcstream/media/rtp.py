@@ -72,6 +72,8 @@ TRACE_PACKETS = 10000
 #: shortfalls of decoded audio filled with silence (at 48 kHz): from half a 20 ms frame to 2 s
 MIN_FILL_SAMPLES = 480
 MAX_FILL_SAMPLES = 2 * OPUS_RATE
+#: SSRCs whose latest sequence number the RTP gate remembers
+_TRACKED_SSRCS = 16
 #: after a BYE, how much longer than the jitter buffer's latency the last packets may take
 BYE_GRACE_MS = 100
 #: how often a receiver keeps its copy of the session's per-sender statistics current
@@ -546,7 +548,10 @@ class _RtpGate:
         self.held_back = 0
         self.last_packet_at: float | None = None
         #: SSRCs that sent an RTCP BYE since the last reset
-        self.said_bye: set[int] = set()
+        #: SSRC -> when it said BYE (monotonic), since the last reset
+        self.said_bye: dict[int, float] = {}
+        #: latest sequence number per SSRC (a few SSRCs: bounded by ``_TRACKED_SSRCS``)
+        self.last_seq: dict[int, int] = {}
         self.reset_pending = False
 
     def __call__(self, _pad: Any, info: Any) -> Any:
@@ -564,17 +569,28 @@ class _RtpGate:
         if head[1] & 0x7F != self.payload_type:
             self.wrong_payload_type += 1
             return Gst.PadProbeReturn.DROP
-        if self.said_bye and int.from_bytes(head[8:12], "big") in self.said_bye:
+        now = time.monotonic()
+        ssrc, seq = int.from_bytes(head[8:12], "big"), int.from_bytes(head[2:4], "big")
+        said_bye = self.said_bye.get(ssrc)
+        if said_bye is not None and not self._straggler(ssrc, seq, now - said_bye):
             self.held_back += 1
             if not self.reset_pending:
                 self.reset_pending = True
                 self.on_returning()
             return Gst.PadProbeReturn.DROP
-        now = time.monotonic()
+        if ssrc not in self.last_seq and len(self.last_seq) >= _TRACKED_SSRCS:
+            self.last_seq.pop(next(iter(self.last_seq)))
+        self.last_seq[ssrc] = seq
         self.last_packet_at = now
         if self.trace is not None:
-            self.trace.record(int.from_bytes(head[2:4], "big"), now)
+            self.trace.record(seq, now)
         return Gst.PadProbeReturn.OK
+
+    def _straggler(self, ssrc: int, seq: int, since_bye_s: float) -> bool:
+        """A packet sent before the BYE that arrived after it (RTCP took another path), not a
+        restarted sender: it continues the sequence, shortly after the BYE."""
+        last = self.last_seq.get(ssrc)
+        return last is not None and 0 < (seq - last) % 65536 < 64 and since_bye_s < 1.0
 
 
 class _RtcpPeer:
@@ -880,7 +896,7 @@ class RtpOpusReceiver(_LivePipeline):
 
     def _on_bye(self, _bin: Any, _session_id: int, ssrc: int) -> None:
         self.byes += 1
-        self._gate.said_bye.add(ssrc)
+        self._gate.said_bye[ssrc] = time.monotonic()
         # packets sent before the BYE may still wait in the jitter buffer: end the stream once
         # they are through (rtpbin itself only lets the source go when it times out, seconds later)
         delay_ms = self.latency_ms + BYE_GRACE_MS
