@@ -4,7 +4,6 @@ per engine and block size, with passthrough measured in the same run as the base
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,7 +112,6 @@ def run_engine_bench(
     model_cache: Path | None = None,
     threads: int = 1,
 ) -> list[BlockTiming]:
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     if "seedvc" in engines:
         import torch
 

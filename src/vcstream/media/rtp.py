@@ -326,6 +326,20 @@ class _LivePipeline:
 # -- sender -------------------------------------------------------------------------------------------
 
 
+def _add_rtcp_io(pipeline: Any, rtpbin: Any, sock: Any) -> tuple[Any, Any]:
+    """RTCP in and out on one UDP socket (so the far end's reports come back to the port we send
+    from), linked to rtpbin's session 0. Returns (udpsrc, multiudpsink); the caller adds clients."""
+    rtcp_src = make_element(
+        "udpsrc", socket=sock, close_socket=False, caps=Gst.Caps.from_string("application/x-rtcp")
+    )
+    rtcp_sink = make_element("multiudpsink", socket=sock, close_socket=False, sync=False, async_=False)
+    for element in (rtcp_src, rtcp_sink):
+        pipeline.add(element)
+    _link_pads(rtcp_src.get_static_pad("src"), rtpbin.request_pad_simple("recv_rtcp_sink_0"))
+    _link_pads(rtpbin.request_pad_simple("send_rtcp_src_0"), rtcp_sink.get_static_pad("sink"))
+    return rtcp_src, rtcp_sink
+
+
 class RtpOpusSender(_LivePipeline):
     """appsrc -> audioconvert -> audioresample -> opusenc -> rtpopuspay -> rtpbin -> [netsim] -> udpsink,
     with RTCP sender reports out and receiver reports in on one socket.
@@ -404,20 +418,8 @@ class RtpOpusSender(_LivePipeline):
         if self.rtcp_port:
             bind = "::" if ":" in self.host else "0.0.0.0"
             self._rtcp_socket = _bind_udp(bind, 0)
-            rtcp_src = make_element(
-                "udpsrc",
-                socket=self._rtcp_socket,
-                close_socket=False,
-                caps=Gst.Caps.from_string("application/x-rtcp"),
-            )
-            rtcp_sink = make_element(
-                "multiudpsink", socket=self._rtcp_socket, close_socket=False, sync=False, async_=False
-            )
+            _, rtcp_sink = _add_rtcp_io(self.pipeline, self.rtpbin, self._rtcp_socket)
             rtcp_sink.emit("add", self.host, self.rtcp_port)
-            for element in (rtcp_src, rtcp_sink):
-                self.pipeline.add(element)
-            _link_pads(rtcp_src.get_static_pad("src"), self.rtpbin.request_pad_simple("recv_rtcp_sink_0"))
-            _link_pads(self.rtpbin.request_pad_simple("send_rtcp_src_0"), rtcp_sink.get_static_pad("sink"))
             rtcp_sink.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, self._rtcp_count)
             _session(self.rtpbin).set_property("rtcp-min-interval", seconds_to_ns(rtcp_interval_s))
 
@@ -823,20 +825,8 @@ class RtpOpusReceiver(_LivePipeline):
 
         self._rtcp_peer: _RtcpPeer | None = None
         if self._rtcp_socket is not None:
-            rtcp_src = make_element(
-                "udpsrc",
-                socket=self._rtcp_socket,
-                close_socket=False,
-                caps=Gst.Caps.from_string("application/x-rtcp"),
-            )
-            # no clients until a sender's report tells us where to answer
-            rtcp_sink = make_element(
-                "multiudpsink", socket=self._rtcp_socket, close_socket=False, sync=False, async_=False
-            )
-            for element in (rtcp_src, rtcp_sink):
-                self.pipeline.add(element)
-            _link_pads(rtcp_src.get_static_pad("src"), self.rtpbin.request_pad_simple("recv_rtcp_sink_0"))
-            _link_pads(self.rtpbin.request_pad_simple("send_rtcp_src_0"), rtcp_sink.get_static_pad("sink"))
+            # no clients on the sink until a sender's report tells us where to answer
+            rtcp_src, rtcp_sink = _add_rtcp_io(self.pipeline, self.rtpbin, self._rtcp_socket)
             self._rtcp_peer = _RtcpPeer(rtcp_sink)
             rtcp_src.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._rtcp_peer)
         _session(self.rtpbin).set_property("rtcp-min-interval", seconds_to_ns(rtcp_interval_s))
