@@ -98,10 +98,14 @@ function renderVoices(voices, select) {
   ui.voiceDelete.disabled = !voices.length;
 }
 
+let voicesRequest = 0;
+
 async function loadVoices(select) {
+  // only the newest listing renders: an older response arriving late must not hide a new voice
+  const request = ++voicesRequest;
   try {
     const body = await apiJson("/api/voices");
-    renderVoices(body.voices, select);
+    if (request === voicesRequest) renderVoices(body.voices, select);
   } catch (err) {
     ui.uploadStatus.textContent = `Could not load the voices: ${err.message}`;
   }
@@ -116,9 +120,10 @@ async function uploadVoice(blob, filename, name) {
   try {
     const voice = await apiJson("/api/voices", { method: "POST", body: form });
     const notes = voice.notices.length ? ` (${voice.notices.join("; ")})` : "";
+    // the list first, then the message: once "Added" shows, the voice is in the selector
+    await loadVoices(voice.id);
     ui.uploadStatus.dataset.state = "ok";
     ui.uploadStatus.textContent = `Added “${voice.name}”, ${voice.duration_s.toFixed(1)} s${notes}.`;
-    await loadVoices(voice.id);
     onVoiceChosen();
   } catch (err) {
     ui.uploadStatus.dataset.state = "error";
