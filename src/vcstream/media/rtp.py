@@ -76,6 +76,9 @@ MAX_FILL_SAMPLES = 2 * OPUS_RATE
 _TRACKED_SSRCS = 16
 #: after a BYE, how much longer than the jitter buffer's latency the last packets may take
 BYE_GRACE_MS = 100
+#: a pause in a sender's packets after which a sequence number that does not continue the old
+#: sequence means the sender restarted (DTX pauses run up to 400 ms but keep the numbering)
+RESTART_PAUSE_S = 0.2
 #: how often a receiver keeps its copy of the session's per-sender statistics current
 STATS_REFRESH_MS = 500
 #: a pipeline that fails this often within a minute is left stopped instead of restarted
@@ -533,9 +536,12 @@ class _RtpGate:
     """Pad probe on the RTP socket's output: counts datagrams and drops those that are not RTP v2
     with the expected payload type. Holds no GStreamer objects (no reference cycles through probes).
 
-    A sender that said BYE and comes back with the same SSRC (a restart with a fixed SSRC) would be
-    ignored by rtpbin, which remembers the BYE: its packets are held back and ``on_returning``
-    is asked to reset the session."""
+    A sender that comes back with the same SSRC (a restart with a fixed SSRC) gets a fresh session:
+    its packets are held back and ``on_returning`` is asked to reset. After a BYE rtpbin would
+    ignore the SSRC; without one (the sender was killed) the jitter buffer would take the new
+    sequence numbers for a huge loss and conceal across it, a stray tone between the two streams.
+    The second case is told by a pause in arrivals followed by a sequence number that does not
+    continue the old sequence."""
 
     def __init__(
         self, payload_type: int, trace: PacketTrace | None, on_returning: Callable[[], None]
@@ -552,9 +558,10 @@ class _RtpGate:
         #: SSRCs that sent an RTCP BYE since the last reset
         #: SSRC -> when it said BYE (monotonic), since the last reset
         self.said_bye: dict[int, float] = {}
-        #: latest sequence number per SSRC (a few SSRCs: bounded by ``_TRACKED_SSRCS``)
-        self.last_seq: dict[int, int] = {}
+        #: latest sequence number and its arrival per SSRC (bounded by ``_TRACKED_SSRCS``)
+        self.last_seq: dict[int, tuple[int, float]] = {}
         self.reset_pending = False
+        self.restarts_without_bye = 0
 
     def __call__(self, _pad: Any, info: Any) -> Any:
         buffer = info.get_buffer()
@@ -574,25 +581,42 @@ class _RtpGate:
         now = time.monotonic()
         ssrc, seq = int.from_bytes(head[8:12], "big"), int.from_bytes(head[2:4], "big")
         said_bye = self.said_bye.get(ssrc)
-        if said_bye is not None and not self._straggler(ssrc, seq, now - said_bye):
+        returning = said_bye is not None and not self._straggler(ssrc, seq, now - said_bye)
+        if returning or self.reset_pending or self._restarted(ssrc, seq, now):
             self.held_back += 1
             if not self.reset_pending:
                 self.reset_pending = True
+                self.restarts_without_bye += not returning
                 self.on_returning()
             return Gst.PadProbeReturn.DROP
         if ssrc not in self.last_seq and len(self.last_seq) >= _TRACKED_SSRCS:
             self.last_seq.pop(next(iter(self.last_seq)))
-        self.last_seq[ssrc] = seq
+        self.last_seq[ssrc] = (seq, now)
         self.last_packet_at = now
         if self.trace is not None:
             self.trace.record(seq, now)
         return Gst.PadProbeReturn.OK
 
+    def forget(self) -> None:
+        """The session was reset: every SSRC is new again."""
+        self.said_bye.clear()
+        self.last_seq.clear()
+        self.reset_pending = False
+
     def _straggler(self, ssrc: int, seq: int, since_bye_s: float) -> bool:
         """A packet sent before the BYE that arrived after it (RTCP took another path), not a
         restarted sender: it continues the sequence, shortly after the BYE."""
         last = self.last_seq.get(ssrc)
-        return last is not None and 0 < (seq - last) % 65536 < 64 and since_bye_s < 1.0
+        return last is not None and 0 < (seq - last[0]) % 65536 < 64 and since_bye_s < 1.0
+
+    def _restarted(self, ssrc: int, seq: int, now: float) -> bool:
+        """After a pause, a sequence number that no run of lost packets (at most 100 a second,
+        10 ms frames) or DTX (which keeps numbering) could explain: a new sender with the old SSRC."""
+        last = self.last_seq.get(ssrc)
+        if last is None or now - last[1] < RESTART_PAUSE_S:
+            return False
+        step = (seq - last[0]) % 65536
+        return not 0 < step <= 64 + 100 * (now - last[1])
 
 
 class _RtcpPeer:
@@ -803,6 +827,8 @@ class RtpOpusReceiver(_LivePipeline):
         self._state = _ReceiverState(on_audio, on_stream_end)
         self._gate = _RtpGate(self.codec.payload_type, self.arrivals, _weak_call(self._request_reset))
         self._branches: dict[str, _Branch] = {}
+        #: elements of branches whose pad rtpbin removed, to be stopped on the GLib thread
+        self._removed: list[Any] = []
         self._jitterbuffers: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._retired = dict.fromkeys(_JITTERBUFFER_COUNTERS, 0)
@@ -905,12 +931,15 @@ class RtpOpusReceiver(_LivePipeline):
         """Forget every source: a fresh session (GLib thread)."""
         if self.running:
             self.resets += 1
-            log.info("%s: a sender came back with an SSRC that had said BYE: resetting", self.name)
+            log.info("%s: a sender came back with a known SSRC: resetting", self.name)
+            with self._lock:
+                deliveries = [branch.delivery for branch in self._branches.values()]
+            for delivery in deliveries:
+                delivery.end()  # after a BYE already done; a killed sender's stream ends here
             self.pipeline.set_state(Gst.State.NULL)
             self._remove_all_branches()
-            self._gate.said_bye.clear()
             self.pipeline.set_state(Gst.State.PLAYING)
-        self._gate.reset_pending = False
+        self._gate.forget()
 
     def _on_pad_added(self, _bin: Any, pad: Any) -> None:
         name = pad.get_name()
@@ -960,9 +989,11 @@ class RtpOpusReceiver(_LivePipeline):
             if self._state.active_ssrc == branch.ssrc:
                 newest = max(self._branches.values(), key=lambda b: b.created_at, default=None)
                 self._state.active_ssrc = newest.ssrc if newest else None
+            self._removed.extend(branch.elements)
         log.info("%s: SSRC %08x ended", self.name, branch.ssrc)
-        # elements are stopped from the GLib thread: this may be a streaming thread of rtpbin
-        self.loop.call_soon(self._dispose, branch.elements)
+        # elements are stopped from the GLib thread: this may be a streaming thread of rtpbin, or
+        # the pipeline's own stop (then ``_remove_all_branches`` gets there first)
+        self.loop.call_soon(self._dispose_removed)
 
     def _retire(self, branch: _Branch) -> None:
         """Keep the counters of a branch that goes away (caller holds the lock)."""
@@ -987,6 +1018,12 @@ class RtpOpusReceiver(_LivePipeline):
             self._state.active_ssrc = None
         for branch in branches:
             self._dispose(branch.elements)
+        self._dispose_removed()
+
+    def _dispose_removed(self) -> None:
+        with self._lock:
+            removed, self._removed = self._removed, []
+        self._dispose(removed)
 
     def _on_restart(self) -> None:
         self._remove_all_branches()
@@ -1055,6 +1092,7 @@ class RtpOpusReceiver(_LivePipeline):
             "byes": self.byes,
             "resets": self.resets,
             "held_back": self._gate.held_back,
+            "restarts_without_bye": self._gate.restarts_without_bye,
             "samples_decoded": state.samples_decoded,
             "ignored_samples": state.ignored_samples,
             "filled_samples": state.filled_samples,
