@@ -532,12 +532,21 @@ class WebRtcPeer:
 # -- promise callbacks (webrtcbin's thread) ----------------------------------------------------------
 
 
-def _remote_set_then_answer(promise: Any, ref: PeerRef) -> None:
+def _settle(promise: Any, ref: PeerRef) -> tuple[WebRtcPeer, Any, str | None] | None:
+    """What every promise callback does first: the peer (None once it is gone or closed), the reply
+    and the error it carries."""
     reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
     peer = ref()
     if peer is None or peer.closed:
+        return None
+    return peer, reply, _promise_error(promise, reply)
+
+
+def _remote_set_then_answer(promise: Any, ref: PeerRef) -> None:
+    settled = _settle(promise, ref)
+    if settled is None:
         return
-    error = _promise_error(promise, reply)
+    peer, _reply, error = settled
     if error is not None:
         peer._fail("negotiation", f"the offer was refused: {error}")
         return
@@ -546,11 +555,10 @@ def _remote_set_then_answer(promise: Any, ref: PeerRef) -> None:
 
 
 def _description_created(promise: Any, ref: PeerRef, kind: str) -> None:
-    reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
-    peer = ref()
-    if peer is None or peer.closed:
+    settled = _settle(promise, ref)
+    if settled is None:
         return
-    error = _promise_error(promise, reply)
+    peer, reply, error = settled
     if error is None and (reply is None or not reply.has_field(kind)):
         error = f"webrtcbin created no {kind}"
     if error is not None:
@@ -564,11 +572,10 @@ def _description_created(promise: Any, ref: PeerRef, kind: str) -> None:
 
 
 def _local_description_set(promise: Any, ref: PeerRef, kind: str, text: str) -> None:
-    reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
-    peer = ref()
-    if peer is None or peer.closed:
+    settled = _settle(promise, ref)
+    if settled is None:
         return
-    error = _promise_error(promise, reply)
+    peer, _reply, error = settled
     if error is not None:
         peer._fail("negotiation", f"setting the local {kind} failed: {error}")
         return
@@ -576,13 +583,10 @@ def _local_description_set(promise: Any, ref: PeerRef, kind: str, text: str) -> 
 
 
 def _operation_done(promise: Any, ref: PeerRef, operation: str) -> None:
-    reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
-    peer = ref()
-    if peer is None or peer.closed:
-        return
-    if promise.wait() != Gst.PromiseResult.REPLIED:
-        return  # interrupted or expired at shutdown
-    error = _promise_error(promise, reply)
+    settled = _settle(promise, ref)
+    if settled is None or promise.wait() != Gst.PromiseResult.REPLIED:
+        return  # gone, or interrupted or expired at shutdown
+    peer, _reply, error = settled
     if error is not None:
         peer._fail("negotiation", f"{operation} failed: {error}")
 
