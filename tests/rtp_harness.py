@@ -15,28 +15,11 @@ from typing import Any
 import numpy as np
 from scipy.signal import correlate, resample_poly
 
+from vcstream.bench.latency import StreamRecorder
 from vcstream.engines.base import Audio, Engine
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, RtpOpusReceiver, RtpOpusSender
 from vcstream.transports.pacing import push_in_real_time
 from vcstream.transports.rtp_relay import RtpRelay
-
-
-class Collector:
-    """Thread-safe audio sink for receivers; keeps (arrival time, samples) of every chunk."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._chunks: list[Audio] = []
-        self.arrivals: list[tuple[float, int]] = []
-
-    def __call__(self, samples: Audio) -> None:
-        with self._lock:
-            self._chunks.append(samples)
-            self.arrivals.append((time.monotonic(), samples.shape[0]))
-
-    def audio(self) -> Audio:
-        with self._lock:
-            return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
 
 
 @dataclass
@@ -45,7 +28,7 @@ class Chain:
 
     relay: RtpRelay
     receiver: RtpOpusReceiver
-    collector: Collector
+    collector: StreamRecorder
     senders: list[RtpOpusSender] = field(default_factory=list)
 
     def sender(self, **options: Any) -> RtpOpusSender:
@@ -84,7 +67,7 @@ def open_chain(
     block_time: float = 0.1,
     latency_ms: int = 60,
 ) -> Chain:
-    collector = Collector()
+    collector = StreamRecorder()
     receiver = RtpOpusReceiver(0, collector, codec=codec, latency_ms=latency_ms, name="test-rx").start()
     voice = engine.prepare_voice(reference, engine.sample_rate)
     relay = RtpRelay(

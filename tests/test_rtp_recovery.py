@@ -189,7 +189,7 @@ def test_overloaded_engine_drops_and_counts_instead_of_lagging() -> None:
         chain.send(sender, tone(BEFORE, 4.0))
         sent_at = time.monotonic()
         time.sleep(1.0)
-        arrivals = list(chain.collector.arrivals)  # before stopping, which flushes the last block
+        arrivals = chain.collector.arrivals()  # before stopping, which flushes the last block
         _, snapshot, _ = chain.finish(tail_s=0.0)
     finally:
         chain.close()

@@ -94,6 +94,11 @@ class StreamRecorder:
             chunks = list(self._chunks)
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
+    def arrivals(self) -> list[tuple[float, int]]:
+        """(arrival time, samples) of every chunk so far."""
+        with self._lock:
+            return [(at, chunk.shape[0]) for at, chunk in zip(self._times, self._chunks, strict=True)]
+
     def available_at(self, index: int) -> float:
         """When sample ``index`` of the recording arrived (NaN if it never did)."""
         with self._lock:
