@@ -21,7 +21,7 @@ from vcstream.engines.base import Audio
 from vcstream.media.webrtc import WebRtcPeer, live_pipelines
 from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
 from vcstream.streaming.live import LiveSession
-from webrtc_harness import CHUNK, PyClient, Server, Speech, client, reference_wav, serving, speech_48k  # noqa: F401
+from webrtc_harness import Server, Speech, client, reference_wav, serving, speech_48k
 
 # -- the test ---------------------------------------------------------------------------------------
 
