@@ -6,6 +6,7 @@ affordable on two CPU cores."""
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -260,6 +261,27 @@ def test_mel_matches_seed_vc(models: SeedVCModels, source: np.ndarray) -> None:
     )
     torch.testing.assert_close(models.mel(wav), expected)
     assert expected.shape[-1] == 12000 // 256
+
+
+def test_vocoder_is_reproducible_while_other_threads_vocode(models: SeedVCModels) -> None:
+    # HiFT draws its noise from torch's global RNG: without the models' lock, concurrent sessions
+    # would reseed it under each other's feet and get each other's noise
+    mels = [torch.randn(1, 80, 24, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    alone = [models.vocode(mel, seed=100 + k) for k, mel in enumerate(mels)]
+    results: dict[int, list[torch.Tensor]] = {k: [] for k in range(4)}
+
+    def run(k: int) -> None:
+        for _ in range(3):
+            results[k].append(models.vocode(mels[k], seed=100 + k))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for k in range(4):
+        for wave in results[k]:
+            torch.testing.assert_close(wave, alone[k], rtol=0, atol=0)
 
 
 def test_content_buffer_has_no_block_edges(source: np.ndarray) -> None:

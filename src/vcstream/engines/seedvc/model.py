@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -128,7 +129,7 @@ def kaldi_fbank(wav16: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block with torch's global RNG seeded, then restore it. HiFT draws its excitation noise
     from the global RNG; seeding it per call keeps each session reproducible and independent of the
-    others (not thread-safe against other threads drawing from the global RNG at the same moment)."""
+    others. Not thread-safe by itself: callers serialise (``SeedVCModels.vocode`` holds a lock)."""
     devices: list[int] = []
     if device.type == "cuda":
         devices = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -154,6 +155,8 @@ class SeedVCModels:
     origin: str
     dtype: torch.dtype = torch.float32
     mel: MelSpectrogram = field(init=False, repr=False)
+    #: the vocoder's seeded use of the global RNG, one thread at a time (sessions share the models)
+    _vocoder_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.mel = MelSpectrogram(self.mel_settings, self.device)
@@ -190,7 +193,7 @@ class SeedVCModels:
 
     def vocode(self, mel: torch.Tensor, seed: int) -> torch.Tensor:
         """(batch, 80, frames) -> (batch, frames * hop) waveform, with the vocoder's noise seeded."""
-        with seeded_global_rng(seed, self.device):
+        with self._vocoder_lock, seeded_global_rng(seed, self.device):
             wave: torch.Tensor = self.vocoder(mel.float())
         return wave
 
