@@ -158,15 +158,54 @@ def test_burst_of_loss_is_concealed_and_the_stream_resumes(chain: Chain) -> None
 
     count = iter(range(10**6))
     chain.send(sender, tone(BEFORE, 3.0), on_chunk=lambda _f, _t: lose(next(count)))
+    sender.stop()  # BYE: the stream ends here (a sender that only went quiet gets its pause filled)
     y, snapshot, _ = chain.finish()
     stats = snapshot["input"]
     assert stats["packets_lost"] == burst
-    assert stats["filled_samples"] > 0  # beyond what Opus conceals (120 ms), silence holds the time
+    # beyond what Opus conceals (120 ms), silence holds the time: in real time while nothing came
+    # (the relay's engine keeps running), the rest concealed or filled once the loss was known
+    assert stats["pause_filled_samples"] > 0
     # the timeline survived: as much audio came out as went in, and the tone is back after the burst
-    assert abs(y.shape[0] - 3.0 * OPUS_RATE) < 0.25 * OPUS_RATE
+    assert abs(y.shape[0] - 3.0 * OPUS_RATE) < 0.03 * OPUS_RATE
+    assert stats["overfilled_samples"] == 0
     tail = y[-OPUS_RATE:]
     assert abs(dominant_hz(tail) - BEFORE) < 15 and np.sqrt(np.mean(tail**2)) > 0.1
     assert snapshot["session"]["errors"] == 0
+
+
+def test_dtx_pauses_keep_their_length_and_the_phrase_end_goes_out_during_them() -> None:
+    # With DTX a sender sends nothing in silence. The relay must neither shorten the pause nor keep
+    # the end of the phrase back until the next one: 1.05 s leaves half a block open at the pause.
+    dtx = OpusCodecSettings(dtx=True)
+    chain = open_chain(PassthroughEngine(), tone(200, 2.0), codec=dtx)
+    try:
+        sender = chain.sender(codec=dtx)
+        chain.send(sender, np.concatenate([tone(BEFORE, 1.05), np.zeros(round(1.5 * OPUS_RATE), np.float32)]))
+        resumed_at = time.monotonic()
+        chain.send(sender, tone(AFTER, 1.0))
+        sender.stop()
+        arrivals = chain.collector.arrivals()
+        y, snapshot, _ = chain.finish()
+    finally:
+        chain.close()
+    size = OPUS_RATE // 100
+    loud = [
+        i * size
+        for i in range(y.shape[0] // size)
+        if np.sqrt(np.mean(y[i * size : (i + 1) * size] ** 2)) > 0.1
+    ]
+    first = loud[0]
+    second = next(
+        i for i in loud if i > first + OPUS_RATE and abs(dominant_hz(y[i : i + 4 * size]) - AFTER) < 30
+    )
+    last_of_first = max(i for i in loud if i < second - OPUS_RATE // 2) + size
+    # the pause kept its length (Opus frames are 20 ms)
+    assert abs((second - first) / OPUS_RATE - 2.55) < 0.03, (first, second)
+    assert snapshot["input"]["pause_filled_samples"] > OPUS_RATE // 2
+    # the end of the phrase arrived well before the next phrase was even sent
+    ends = np.cumsum([n for _, n in arrivals])
+    arrived_at = arrivals[int(np.searchsorted(ends, last_of_first))][0]
+    assert arrived_at < resumed_at - 0.5, arrived_at - resumed_at
 
 
 class SlowSession(PassthroughSession):

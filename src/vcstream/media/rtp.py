@@ -72,6 +72,16 @@ TRACE_PACKETS = 10000
 #: shortfalls of decoded audio filled with silence (at 48 kHz): from half a 20 ms frame to 2 s
 MIN_FILL_SAMPLES = 480
 MAX_FILL_SAMPLES = 2 * OPUS_RATE
+#: a sender's pause (DTX) is filled with silence once nothing was decoded for the jitter buffer's
+#: latency plus this (longer than ``BYE_GRACE_MS``: a stream that ended is not filled), in pieces
+#: of 10 ms every ``PAUSE_TICK_MS``
+PAUSE_GRACE_MS = 150
+PAUSE_PIECE_SAMPLES = OPUS_RATE // 100
+PAUSE_TICK_MS = 20
+#: within a pause, how long past a comfort-noise update before the filling goes on
+IN_PAUSE_WAIT_MS = 60
+#: marks a loss event this receiver re-sent with a corrected duration
+_ACCOUNTED = "vcstream-accounted"
 #: SSRCs whose latest sequence number the RTP gate remembers
 _TRACKED_SSRCS = 16
 #: after a BYE, how much longer than the jitter buffer's latency the last packets may take
@@ -690,21 +700,35 @@ def _rtp_payload(data: bytes) -> bytes:
 class _Delivery:
     """Decoded audio of one SSRC branch goes to the user's callback only while it is the active one.
 
-    It also keeps the timeline: opusdec conceals at most 120 ms per loss event (libopus's limit),
-    so after a longer burst of loss fewer samples come out than went missing. The depayloader's
-    input is accounted for (each packet's duration from its TOC byte, each lost-packet event's
-    duration) and a shortfall beyond what the decoder may still hold is filled with silence after
-    the concealment, so that output sample n stays at stream time n.
+    It also keeps the timeline, so that output sample n stays at stream time n:
+
+    - Loss: opusdec conceals at most 120 ms per loss event (libopus's limit), so after a longer
+      burst fewer samples come out than went missing. The depayloader's input is accounted for (each
+      packet's duration from its TOC byte, each lost-packet event's duration) and a shortfall beyond
+      what the decoder may still hold is filled with silence after the concealment.
+    - Pauses: a sender with DTX sends nothing in silence, and its next packet's RTP timestamp jumps
+      (the sequence numbers do not): the jump is filled with silence like a loss. For a live
+      consumer, ``fill_pause`` (a timer) also delivers the silence in real time while nothing comes,
+      so the consumer keeps running and flushes the end of what was said; the timestamp jump then
+      settles the account. Silence filled during what turns out to be a loss burst is taken off the
+      loss event, so the two never both fill the same time; silence filled for packets that were
+      only late is taken off the next pause.
     """
 
     def __init__(self, ssrc: int, state: _ReceiverState, decoder_holds_one: bool) -> None:
         self.ssrc = ssrc
         self.state = state
         self._holds_one = decoder_holds_one  # opusdec with in-band FEC decodes one packet late
-        self._expected = 0  # samples that went into the decoder (packets and lost durations)
-        self._last_item = 0  # duration of the latest of them
+        self._lock = threading.Lock()  # streaming thread (decoding) and GLib thread (pause fill)
+        self._expected = 0  # stream time that went into the decoder (packets, losses, pauses)
+        self._last_item = 0  # duration of the latest packet or loss
         self._delivered = 0
         self._frame = 0  # duration of the latest packet, what a lost one is taken to have lasted
+        self._ts_base: int | None = None  # RTP timestamp of stream time 0
+        self._decoded_at: float | None = None  # when the decoder last delivered
+        self._pause_filled = 0  # silence delivered since then
+        self._credit = 0  # of that, not yet matched by a timestamp jump or a loss
+        self._pausing = False  # the sender is in a pause (DTX), between its comfort-noise updates
         self._ended = False
 
     def account(self, pad: Any, info: Any) -> Any:
@@ -713,13 +737,15 @@ class _Delivery:
             buffer = info.get_buffer()
             size = buffer.get_size()
             if size > RTP_HEADER_BYTES:
-                self._last_item = opus_packet_samples(_rtp_payload(buffer.extract_dup(0, size)))
-                self._expected += self._last_item
-                self._frame = self._last_item or self._frame
+                packet = buffer.extract_dup(0, size)
+                with self._lock:
+                    self._account_packet(int.from_bytes(packet[4:8], "big"), _rtp_payload(packet))
             return Gst.PadProbeReturn.OK
         event = info.get_event()
         structure = event.get_structure() if event is not None else None
         if structure is None or structure.get_name() != "GstRTPPacketLost":
+            return Gst.PadProbeReturn.OK
+        if structure.has_field(_ACCOUNTED):  # our own corrected copy, on its way through
             return Gst.PadProbeReturn.OK
         found, duration = structure.get_uint64("duration")
         if not found or not self._frame:
@@ -728,38 +754,91 @@ class _Delivery:
         # (25 ms for a 20 ms packet), and opusdec conceals exactly that long: the timeline would
         # drift. Lost packets last whole frames: round to them.
         frames = max(1, round(int(duration) * OPUS_RATE / Gst.SECOND / self._frame))
-        exact_ns = frames * self._frame * Gst.SECOND // OPUS_RATE
-        if exact_ns != duration:
-            fixed = structure.copy()
-            fixed.set_value("duration", GObject.Value(GObject.TYPE_UINT64, exact_ns))
-            pad.send_event(Gst.Event.new_custom(event.type, fixed))  # comes back through here
+        with self._lock:
+            if not self._credit:
+                conceal = frames
+            else:  # silence already stood in for the start of this loss: conceal only the rest
+                covered = min(self._credit, frames * self._frame)
+                self._credit -= covered
+                conceal = (frames * self._frame - covered) // self._frame
+            self._last_item = frames * self._frame
+            self._expected += self._last_item
+        if conceal == 0:
             return Gst.PadProbeReturn.DROP
-        self._last_item = frames * self._frame
+        exact_ns = conceal * self._frame * Gst.SECOND // OPUS_RATE
+        if exact_ns == duration:
+            return Gst.PadProbeReturn.OK
+        fixed = structure.copy()
+        fixed.set_value("duration", GObject.Value(GObject.TYPE_UINT64, exact_ns))
+        fixed.set_value(_ACCOUNTED, True)
+        pad.send_event(Gst.Event.new_custom(event.type, fixed))  # comes back through here
+        return Gst.PadProbeReturn.DROP
+
+    def _account_packet(self, timestamp: int, payload: bytes) -> None:
+        if self._ts_base is None:
+            self._ts_base = (timestamp - self._expected) % 2**32
+        jump = (timestamp - self._ts_base) % 2**32 - self._expected
+        if 0 < jump < 2**31:  # stream time passed without packets: a pause (DTX)
+            self._expected += jump
+            self._credit -= min(self._credit, jump)
+        else:
+            self._pausing = False  # the stream goes on without a break
+        # silence filled beyond the pause (the packets were only late) stays ahead of the account
+        # until the next pause takes it off
+        self.state.overfilled_samples += self._credit
+        self._credit = 0
+        self._last_item = opus_packet_samples(payload)
         self._expected += self._last_item
-        return Gst.PadProbeReturn.OK
+        self._frame = self._last_item or self._frame
 
     def __call__(self, samples: Audio) -> None:
         state = self.state
-        self._deliver(samples)
-        state.samples_decoded += samples.shape[0]
-        state.last_audio_at = time.monotonic()
-        # after the concealment of a loss, not before it: concealment continues the signal
-        pending = self._last_item if self._holds_one else 0
-        hole = self._expected - pending - self._delivered
-        if MIN_FILL_SAMPLES <= hole <= MAX_FILL_SAMPLES:
-            self._deliver(np.zeros(hole, dtype=np.float32))
-            state.filled_samples += hole
-        elif hole > MAX_FILL_SAMPLES:  # a jump in the stream, not loss: start counting afresh
-            self._delivered += hole
+        with self._lock:
+            # a pause longer than the live filling goes: the rest of it is skipped, not filled late
+            skip_rest = self._pause_filled >= MAX_FILL_SAMPLES
+            self._deliver(samples)
+            state.samples_decoded += samples.shape[0]
+            state.last_audio_at = self._decoded_at = time.monotonic()
+            self._pause_filled = 0
+            # after the concealment of a loss, not before it: concealment continues the signal
+            pending = self._last_item if self._holds_one else 0
+            hole = self._expected - pending - self._delivered
+            if MIN_FILL_SAMPLES <= hole <= MAX_FILL_SAMPLES and not skip_rest:
+                self._deliver(np.zeros(hole, dtype=np.float32))
+                state.filled_samples += hole
+            elif hole > 0 and (skip_rest or hole > MAX_FILL_SAMPLES):
+                self._delivered += hole  # a jump in the stream, not loss: start counting afresh
+
+    def fill_pause(self, now: float, grace_s: float) -> None:
+        """Timer (GLib thread): nothing decoded for longer than ``grace_s``: deliver the silence due
+        since, in whole 10 ms pieces, up to ``MAX_FILL_SAMPLES`` per pause."""
+        with self._lock:
+            if self._ended or self._decoded_at is None:
+                return
+            # in a pause already, the next comfort-noise update is not awaited as long
+            wait_s = IN_PAUSE_WAIT_MS / 1000 if self._pausing else grace_s
+            due = min(round((now - self._decoded_at - wait_s) * OPUS_RATE), MAX_FILL_SAMPLES)
+            pending = self._last_item if self._holds_one else 0
+            ahead = max(0, self._delivered - self._credit - (self._expected - pending))
+            due = (due - self._pause_filled - ahead) // PAUSE_PIECE_SAMPLES * PAUSE_PIECE_SAMPLES
+            if due <= 0:
+                return
+            self._deliver(np.zeros(due, dtype=np.float32))
+            self._pause_filled += due
+            self._credit += due
+            self._pausing = True
+            self.state.pause_filled_samples += due
 
     def end(self) -> None:
         """The stream is over (after its BYE, or timed out): tell the user once, if it was the one
         being delivered."""
-        if not self._ended:
+        with self._lock:
+            if self._ended:
+                return
             self._ended = True
-            on_end = self.state.on_stream_end
-            if on_end is not None and self.state.active_ssrc == self.ssrc:
-                on_end()
+        on_end = self.state.on_stream_end
+        if on_end is not None and self.state.active_ssrc == self.ssrc:
+            on_end()
 
     def _deliver(self, samples: Audio) -> None:
         self._delivered += samples.shape[0]
@@ -777,6 +856,8 @@ class _ReceiverState:
         self.samples_decoded = 0
         self.ignored_samples = 0
         self.filled_samples = 0
+        self.pause_filled_samples = 0
+        self.overfilled_samples = 0
         self.last_audio_at: float | None = None
 
 
@@ -792,7 +873,8 @@ class RtpOpusReceiver(_LivePipeline):
     ``fec_decode`` (default: ``codec.fec``) recovers a lost packet from the next one's in-band FEC;
     opusdec then decodes every packet one frame late. ``on_stream_end`` is called (on the GLib or a
     GStreamer thread) when the delivered stream ends: the jitter buffer's latency after its BYE, or
-    when it timed out.
+    when it timed out. Pauses of the sender (DTX) are filled with silence when it resumes; with
+    ``fill_pauses`` also in real time while it pauses, for live consumers (up to 2 s per pause).
     """
 
     def __init__(
@@ -804,6 +886,7 @@ class RtpOpusReceiver(_LivePipeline):
         latency_ms: int = 60,
         fec_decode: bool | None = None,
         on_stream_end: Callable[[], None] | None = None,
+        fill_pauses: bool = False,
         bind_address: str = "0.0.0.0",
         rtcp_port: int | None = None,
         rtcp_interval_s: float = 1.0,
@@ -817,6 +900,7 @@ class RtpOpusReceiver(_LivePipeline):
         self.codec = codec or OpusCodecSettings()
         self.latency_ms = latency_ms
         self.fec_decode = self.codec.fec if fec_decode is None else fec_decode
+        self.fill_pauses = fill_pauses
         self._rtp_socket, self._rtcp_socket = _bind_rtp_pair(bind_address, port, rtcp_port)
         self.bind_address = bind_address
         self.port = _local_port(self._rtp_socket)
@@ -870,7 +954,13 @@ class RtpOpusReceiver(_LivePipeline):
 
     def start(self) -> RtpOpusReceiver:
         self._start_pipeline()
-        self.loop.call(lambda: GLib.timeout_add(STATS_REFRESH_MS, _weak_timer(self._refresh)))
+
+        def timers() -> None:
+            GLib.timeout_add(STATS_REFRESH_MS, _weak_timer(self._refresh))
+            if self.fill_pauses:
+                GLib.timeout_add(PAUSE_TICK_MS, _weak_timer(self._fill_pauses))
+
+        self.loop.call(timers)
         return self
 
     def stop(self) -> None:
@@ -1046,6 +1136,17 @@ class RtpOpusReceiver(_LivePipeline):
                 }
         return dict(self._last_source)
 
+    def _fill_pauses(self) -> bool:
+        """GLib timer: silence for the active stream while its sender pauses (see ``_Delivery``)."""
+        if not self.running:
+            return False
+        with self._lock:
+            active = [b.delivery for b in self._branches.values() if b.ssrc == self._state.active_ssrc]
+        now = time.monotonic()
+        for delivery in active:
+            delivery.fill_pause(now, (self.latency_ms + PAUSE_GRACE_MS) / 1000)
+        return True
+
     def _refresh(self) -> bool:
         """GLib timer: keep the session's view of the sender while it exists."""
         if self.running:
@@ -1096,6 +1197,8 @@ class RtpOpusReceiver(_LivePipeline):
             "samples_decoded": state.samples_decoded,
             "ignored_samples": state.ignored_samples,
             "filled_samples": state.filled_samples,
+            "pause_filled_samples": state.pause_filled_samples,
+            "overfilled_samples": state.overfilled_samples,
             "errors": self.errors,
             "restarts": self.restarts,
             "last_error": self.last_error,

@@ -93,6 +93,7 @@ class RtpRelay:
                 listen_port,
                 self._ingest,
                 on_stream_end=self._flush,
+                fill_pauses=True,  # the engine keeps running through a pause: the end of a phrase goes out
                 codec=self.codec,
                 latency_ms=latency_ms,
                 bind_address=bind_address,
