@@ -97,3 +97,14 @@ def median_f0(samples: np.ndarray, rate: int) -> float:
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     noise = reference - estimate
     return float(10 * np.log10(np.sum(reference**2) / max(np.sum(noise**2), 1e-20)))
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, which the browser tests drive through Playwright."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see STACK-NOTES)")
+    return CHROMIUM

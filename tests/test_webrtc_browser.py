@@ -13,8 +13,6 @@ itself, and a page whose microphone permission is denied.
 from __future__ import annotations
 
 import asyncio
-import base64
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from browser_harness import CAPTURE_JS, CAPTURE_S, CHROMIUM_FLAGS, captured, take, voiced_fraction, wait_for
 from conftest import median_f0, write_wav
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.health import STATE_KEY
@@ -32,94 +31,6 @@ from webrtc_harness import Server, serving
 playwright_api = pytest.importorskip("playwright.async_api")
 
 Speech = Callable[..., tuple[np.ndarray, int]]
-CHROMIUM = "/usr/bin/chromium"
-#: flags from STACK-NOTES: no sandbox (containers), no GPU, and none of Chromium's background traffic
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-features=Translate,OptimizationHints,MediaRouter",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-device-for-media-stream",
-]
-CAPTURE_S = 5.0
-
-# An AudioWorklet that copies every render quantum of the stream it is fed; the page keeps the
-# copies and notes when sound first arrived (performance.now(), the page's clock).
-CAPTURE_JS = """
-async () => {
-  const state = window.vcstream;
-  if (!state.remoteStream) throw new Error("no remote stream yet");
-  const context = new AudioContext({ sampleRate: 48000 });
-  const code = `class Tap extends AudioWorkletProcessor {
-    process(inputs) { const x = inputs[0][0]; if (x) this.port.postMessage(x.slice(0)); return true; }
-  }
-  registerProcessor("tap", Tap);`;
-  await context.audioWorklet.addModule(URL.createObjectURL(new Blob([code], { type: "text/javascript" })));
-  const source = context.createMediaStreamSource(state.remoteStream);
-  const tap = new AudioWorkletNode(context, "tap");
-  const mute = context.createGain();
-  mute.gain.value = 0;
-  source.connect(tap).connect(mute).connect(context.destination);
-  const capture = { context, chunks: [], first: null, stream: state.remoteStream };
-  tap.port.onmessage = (event) => {
-    const x = event.data;
-    capture.chunks.push(x);
-    if (capture.first === null) {
-      let sum = 0;
-      for (const v of x) sum += v * v;
-      if (Math.sqrt(sum / x.length) > 0.003) capture.first = performance.now();
-    }
-  };
-  await context.resume();
-  window.__capture = capture;
-}
-"""
-
-# the captured samples since ``from`` (an index), as base64 float32 (compact for a few seconds)
-TAKE_JS = """
-(from) => {
-  const chunks = window.__capture.chunks;
-  let n = 0;
-  for (const c of chunks) n += c.length;
-  const all = new Float32Array(n);
-  let at = 0;
-  for (const c of chunks) { all.set(c, at); at += c.length; }
-  const bytes = new Uint8Array(all.buffer, from * 4);
-  let text = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return { b64: btoa(text), total: n };
-}
-"""
-
-
-async def _take(page: Any, start: int = 0) -> tuple[np.ndarray, int]:
-    result = await page.evaluate(TAKE_JS, start)
-    return np.frombuffer(base64.b64decode(result["b64"]), dtype="<f4"), int(result["total"])
-
-
-async def _captured(page: Any) -> int:
-    return int(await page.evaluate("window.__capture.chunks.reduce((n, c) => n + c.length, 0)"))
-
-
-async def _wait_for(page: Any, expression: str, timeout_s: float, what: str) -> Any:
-    """Poll a page expression until it is truthy (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await page.evaluate(expression)
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    state = await page.evaluate(
-        "[window.vcstream.callState, document.getElementById('call-status').textContent]"
-    )
-    raise AssertionError(f"{what}: not within {timeout_s} s (page state {state})")
 
 
 async def _upload_through_ui(page: Any, name: str, path: Path) -> None:
@@ -131,20 +42,6 @@ async def _upload_through_ui(page: Any, name: str, path: Path) -> None:
         arg=name,
         timeout=20000,
     )
-
-
-def _voiced_fraction(x: np.ndarray, rate: int) -> float:
-    frame = rate // 50
-    frames = x[: x.shape[0] // frame * frame].reshape(-1, frame)
-    rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
-    return float(np.mean(rms > 10 ** (-45 / 20)))
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see STACK-NOTES)")
-    return CHROMIUM
 
 
 def test_browser_converts_switches_recovers_and_reports_states(
@@ -206,34 +103,34 @@ def test_browser_converts_switches_recovers_and_reports_states(
 
         # -- start: first converted audio ---------------------------------------------------------
         await page.click("#start-button")
-        await _wait_for(page, "!!window.vcstream.remoteStream", 10, "the remote track")
+        await wait_for(page, "!!window.vcstream.remoteStream", 10, "the remote track")
         await page.evaluate(CAPTURE_JS)
-        await _wait_for(page, "window.__capture.first", 10, "converted audio")
+        await wait_for(page, "window.__capture.first", 10, "converted audio")
         timeline = await page.evaluate("({...window.vcstream.timeline, first: window.__capture.first})")
         click_ms, offer_ms = timeline["first"] - timeline["click"], timeline["first"] - timeline["offer"]
         print(f"\nclick -> first converted audio: {click_ms:.0f} ms")
         print(f"offer -> first converted audio: {offer_ms:.0f} ms")
         relative = {k: round(v - timeline["click"]) for k, v in timeline.items()}
         print(f"page timeline (ms after click): {relative}")
-        await _wait_for(page, "window.vcstream.callState === 'live'", 5, "the live state")
+        await wait_for(page, "window.vcstream.callState === 'live'", 5, "the live state")
 
-        start = await _captured(page)
+        start = await captured(page)
         await asyncio.sleep(CAPTURE_S)
-        converted, _ = await _take(page, start)
+        converted, _ = await take(page, start)
         client = await page.evaluate("window.vcstream.clientStats")
         server_stats = await page.evaluate("window.vcstream.serverStats")
         f0_out = median_f0(converted, OPUS_RATE)
         concealed = client["concealed"] / max(1, client["samples"])
         print(
             f"F0: microphone {f0_mic:.0f} Hz, reference {f0_high:.0f} Hz, converted {f0_out:.0f} Hz; "
-            f"voiced {_voiced_fraction(converted, OPUS_RATE):.0%}, concealed {concealed:.2%}"
+            f"voiced {voiced_fraction(converted, OPUS_RATE):.0%}, concealed {concealed:.2%}"
         )
         print(f"server stats: { {k: v for k, v in server_stats.items() if k not in ('v', 'type')} }")
         # a continuous stream: the browser concealed (almost) nothing, the server dropped nothing
         assert converted.shape[0] >= 0.95 * CAPTURE_S * OPUS_RATE
         assert concealed < 0.02
         assert server_stats["dropped_ms"] == 0 and server_stats["drop_events"] == 0
-        assert _voiced_fraction(converted, OPUS_RATE) > 0.5
+        assert voiced_fraction(converted, OPUS_RATE) > 0.5
         # converted toward the reference: F0 moved from the microphone's to the reference's
         assert abs(f0_mic / f0_high - 1) > 0.3
         assert abs(f0_out / f0_high - 1) < 0.15, (f0_mic, f0_high, f0_out)
@@ -244,9 +141,9 @@ def test_browser_converts_switches_recovers_and_reports_states(
         # -- switch the voice from the selector, mid-call -----------------------------------------
         await _upload_through_ui(page, "kal16", low_ref)  # selects the new voice: switches at once
         await asyncio.sleep(1.0)
-        start = await _captured(page)
+        start = await captured(page)
         await asyncio.sleep(3.0)
-        switched, _ = await _take(page, start)
+        switched, _ = await take(page, start)
         f0_switched = median_f0(switched, OPUS_RATE)
         print(f"after switching to kal16 ({f0_low:.0f} Hz): converted {f0_switched:.0f} Hz")
         assert f0_switched < 0.8 * f0_out
@@ -268,22 +165,22 @@ def test_browser_converts_switches_recovers_and_reports_states(
         # -- the server drops the connection: the page reconnects and the audio comes back ---------
         dropped_at = time.perf_counter()
         await server.app[SESSIONS_KEY].close_all("test", final=False)
-        await _wait_for(page, "window.vcstream.callState === 'reconnecting'", 5, "the reconnecting state")
-        await _wait_for(page, "window.vcstream.callState === 'live'", 15, "live again")
-        await _wait_for(
+        await wait_for(page, "window.vcstream.callState === 'reconnecting'", 5, "the reconnecting state")
+        await wait_for(page, "window.vcstream.callState === 'live'", 15, "live again")
+        await wait_for(
             page,
             "!!window.vcstream.remoteStream && window.vcstream.remoteStream !== window.__capture.stream",
             5,
             "a new stream",
         )
         await page.evaluate(CAPTURE_JS)
-        await _wait_for(page, "window.__capture.first", 10, "converted audio after reconnecting")
+        await wait_for(page, "window.__capture.first", 10, "converted audio after reconnecting")
         recovered = time.perf_counter() - dropped_at
         print(f"audio back {recovered:.1f} s after the server dropped the call")
 
         # -- stop: the place is free again --------------------------------------------------------
         await page.click("#start-button")
-        await _wait_for(page, "window.vcstream.callState === 'idle'", 5, "idle after stop")
+        await wait_for(page, "window.vcstream.callState === 'idle'", 5, "idle after stop")
         await granted.close()
 
         # -- microphone denied ---------------------------------------------------------------------

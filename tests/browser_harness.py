@@ -1,0 +1,106 @@
+"""What the browser tests share: Debian's Chromium and its flags, and page scripts that capture the
+audio a page receives (an AudioWorklet tap) and hand it back to the test."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import numpy as np
+
+#: flags from STACK-NOTES: no sandbox (containers), no GPU, and none of Chromium's background traffic
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=Translate,OptimizationHints,MediaRouter",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-device-for-media-stream",
+]
+CAPTURE_S = 5.0
+
+# An AudioWorklet that copies every render quantum of the stream it is fed; the page keeps the
+# copies and notes when sound first arrived (performance.now(), the page's clock).
+CAPTURE_JS = """
+async () => {
+  const state = window.vcstream;
+  if (!state.remoteStream) throw new Error("no remote stream yet");
+  const context = new AudioContext({ sampleRate: 48000 });
+  const code = `class Tap extends AudioWorkletProcessor {
+    process(inputs) { const x = inputs[0][0]; if (x) this.port.postMessage(x.slice(0)); return true; }
+  }
+  registerProcessor("tap", Tap);`;
+  await context.audioWorklet.addModule(URL.createObjectURL(new Blob([code], { type: "text/javascript" })));
+  const source = context.createMediaStreamSource(state.remoteStream);
+  const tap = new AudioWorkletNode(context, "tap");
+  const mute = context.createGain();
+  mute.gain.value = 0;
+  source.connect(tap).connect(mute).connect(context.destination);
+  const capture = { context, chunks: [], first: null, stream: state.remoteStream };
+  tap.port.onmessage = (event) => {
+    const x = event.data;
+    capture.chunks.push(x);
+    if (capture.first === null) {
+      let sum = 0;
+      for (const v of x) sum += v * v;
+      if (Math.sqrt(sum / x.length) > 0.003) capture.first = performance.now();
+    }
+  };
+  await context.resume();
+  window.__capture = capture;
+}
+"""
+
+# the captured samples since ``from`` (an index), as base64 float32 (compact for a few seconds)
+TAKE_JS = """
+(from) => {
+  const chunks = window.__capture.chunks;
+  let n = 0;
+  for (const c of chunks) n += c.length;
+  const all = new Float32Array(n);
+  let at = 0;
+  for (const c of chunks) { all.set(c, at); at += c.length; }
+  const bytes = new Uint8Array(all.buffer, from * 4);
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return { b64: btoa(text), total: n };
+}
+"""
+
+
+async def take(page: Any, start: int = 0) -> tuple[np.ndarray, int]:
+    result = await page.evaluate(TAKE_JS, start)
+    return np.frombuffer(base64.b64decode(result["b64"]), dtype="<f4"), int(result["total"])
+
+
+async def captured(page: Any) -> int:
+    return int(await page.evaluate("window.__capture.chunks.reduce((n, c) => n + c.length, 0)"))
+
+
+async def wait_for(page: Any, expression: str, timeout_s: float, what: str) -> Any:
+    """Poll a page expression until it is truthy (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await page.evaluate(expression)
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    state = await page.evaluate(
+        "[window.vcstream.callState, document.getElementById('call-status').textContent]"
+    )
+    raise AssertionError(f"{what}: not within {timeout_s} s (page state {state})")
+
+
+def voiced_fraction(x: np.ndarray, rate: int) -> float:
+    frame = rate // 50
+    frames = x[: x.shape[0] // frame * frame].reshape(-1, frame)
+    rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    return float(np.mean(rms > 10 ** (-45 / 20)))
