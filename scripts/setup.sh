@@ -13,6 +13,7 @@ APT_PACKAGES=(
   nftables iproute2                                 # packet-loss tests in network namespaces
   chromium                                          # real-browser tests of the WebRTC client
   postgresql                                        # the voice library's cluster database, in tests
+  coturn                                            # a real TURN server for the relayed-call test
 )
 
 missing=()
