@@ -30,9 +30,10 @@ class Chain:
     receiver: RtpOpusReceiver
     collector: StreamRecorder
     senders: list[RtpOpusSender] = field(default_factory=list)
+    address: str = "127.0.0.1"
 
     def sender(self, **options: Any) -> RtpOpusSender:
-        sender = RtpOpusSender("127.0.0.1", self.relay.port, **options).start()
+        sender = RtpOpusSender(self.address, self.relay.port, **options).start()
         self.senders.append(sender)
         return sender
 
@@ -66,21 +67,26 @@ def open_chain(
     codec: OpusCodecSettings | None = None,
     block_time: float = 0.1,
     latency_ms: int = 60,
+    address: str = "127.0.0.1",
 ) -> Chain:
+    """Receiver and relay listening on ``address`` (loopback), the relay sending to the receiver."""
     collector = StreamRecorder()
-    receiver = RtpOpusReceiver(0, collector, codec=codec, latency_ms=latency_ms, name="test-rx").start()
+    receiver = RtpOpusReceiver(
+        0, collector, codec=codec, latency_ms=latency_ms, bind_address=address, name="test-rx"
+    ).start()
     voice = engine.prepare_voice(reference, engine.sample_rate)
     relay = RtpRelay(
         engine,
         voice,
         0,
-        ("127.0.0.1", receiver.port),
+        (address, receiver.port),
         codec=codec,
         latency_ms=latency_ms,
         settings={"block_time": block_time},
+        bind_address=address,
     )
     relay.start()
-    return Chain(relay, receiver, collector)
+    return Chain(relay, receiver, collector, address=address)
 
 
 def to_rate(samples: np.ndarray, rate: int, target: int = OPUS_RATE) -> Audio:

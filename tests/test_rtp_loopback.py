@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,12 +18,14 @@ import pytest
 from conftest import median_f0, snr_db, write_wav
 from rtp_harness import (
     align,
+    dominant_hz,
     free_udp_port_pair,
     open_chain,
     read_json_line,
     silence_gaps_ms,
     timeline_drift_ms,
     to_rate,
+    tone,
 )
 from vcstream.commands.rtp import parse_endpoint, parse_listen
 from vcstream.engines.passthrough import PassthroughEngine
@@ -85,6 +88,33 @@ def _vcstream(*args: str | Path) -> list[str]:
 
 def _json_lines(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_relay_over_ipv6() -> None:
+    chain = open_chain(PassthroughEngine(), tone(200, 2.0), address="::1")
+    try:
+        sender = chain.sender()
+        chain.send(sender, tone(440, 1.5))
+        sender.stop()
+        y, snapshot, received = chain.finish()
+    finally:
+        chain.close()
+    stats = snapshot["input"]
+    assert stats["packets_received"] >= 70 and stats["packets_lost"] == 0
+    assert stats["rtcp_packets_received"] > 0 and received["rtcp_packets_received"] > 0
+    assert stats["rtp_from"].rsplit(":", 1)[0] == "::1"  # rtpbin writes "host:port" unbracketed
+    assert abs(y.shape[0] / OPUS_RATE - 1.5) < 0.05
+    assert abs(dominant_hz(y[OPUS_RATE // 4 : OPUS_RATE]) - 440) < 5
 
 
 def test_commands_relay_a_file_end_to_end(flite_speech: Speech, tmp_path: Path) -> None:
