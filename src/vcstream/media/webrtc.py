@@ -532,37 +532,35 @@ class WebRtcPeer:
 # -- promise callbacks (webrtcbin's thread) ----------------------------------------------------------
 
 
-def _settle(promise: Any, ref: PeerRef) -> tuple[WebRtcPeer, Any, str | None] | None:
-    """What every promise callback does first: the peer (None once it is gone or closed), the reply
-    and the error it carries."""
+def _settle(promise: Any, ref: PeerRef, failure: str) -> tuple[WebRtcPeer, Any] | None:
+    """What every promise callback does first: the peer and the reply, or None when the peer is gone
+    or closed, or when the operation failed (then the peer fails with ``failure: <why>``)."""
     reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
     peer = ref()
     if peer is None or peer.closed:
         return None
-    return peer, reply, _promise_error(promise, reply)
+    error = _promise_error(promise, reply)
+    if error is not None:
+        peer._fail("negotiation", f"{failure}: {error}")
+        return None
+    return peer, reply
 
 
 def _remote_set_then_answer(promise: Any, ref: PeerRef) -> None:
-    settled = _settle(promise, ref)
-    if settled is None:
-        return
-    peer, _reply, error = settled
-    if error is not None:
-        peer._fail("negotiation", f"the offer was refused: {error}")
-        return
-    answer = Gst.Promise.new_with_change_func(_description_created, ref, "answer")
-    peer._webrtc.emit("create-answer", None, answer)
+    settled = _settle(promise, ref, "the offer was refused")
+    if settled is not None:
+        answer = Gst.Promise.new_with_change_func(_description_created, ref, "answer")
+        settled[0]._webrtc.emit("create-answer", None, answer)
 
 
 def _description_created(promise: Any, ref: PeerRef, kind: str) -> None:
-    settled = _settle(promise, ref)
+    failure = f"creating the {kind} failed"
+    settled = _settle(promise, ref, failure)
     if settled is None:
         return
-    peer, reply, error = settled
-    if error is None and (reply is None or not reply.has_field(kind)):
-        error = f"webrtcbin created no {kind}"
-    if error is not None:
-        peer._fail("negotiation", f"creating the {kind} failed: {error}")
+    peer, reply = settled
+    if reply is None or not reply.has_field(kind):
+        peer._fail("negotiation", f"{failure}: webrtcbin created no {kind}")
         return
     description = reply.get_value(kind)
     text = description.sdp.as_text()
@@ -572,23 +570,14 @@ def _description_created(promise: Any, ref: PeerRef, kind: str) -> None:
 
 
 def _local_description_set(promise: Any, ref: PeerRef, kind: str, text: str) -> None:
-    settled = _settle(promise, ref)
-    if settled is None:
-        return
-    peer, _reply, error = settled
-    if error is not None:
-        peer._fail("negotiation", f"setting the local {kind} failed: {error}")
-        return
-    peer._description_ready(kind, text)
+    settled = _settle(promise, ref, f"setting the local {kind} failed")
+    if settled is not None:
+        settled[0]._description_ready(kind, text)
 
 
 def _operation_done(promise: Any, ref: PeerRef, operation: str) -> None:
-    settled = _settle(promise, ref)
-    if settled is None or promise.wait() != Gst.PromiseResult.REPLIED:
-        return  # gone, or interrupted or expired at shutdown
-    peer, _reply, error = settled
-    if error is not None:
-        peer._fail("negotiation", f"{operation} failed: {error}")
+    if promise.wait() == Gst.PromiseResult.REPLIED:  # not interrupted or expired at shutdown
+        _settle(promise, ref, f"{operation} failed")
 
 
 _STATS_FIELDS: dict[str, dict[str, tuple[str, float]]] = {
