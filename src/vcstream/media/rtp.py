@@ -778,11 +778,11 @@ class _Delivery:
         if self._ts_base is None:
             self._ts_base = (timestamp - self._expected) % 2**32
         jump = (timestamp - self._ts_base) % 2**32 - self._expected
-        if 0 < jump < 2**31:  # stream time passed without packets: a pause (DTX)
+        # stream time passed without packets: a pause (DTX), in which this was a comfort-noise update
+        self._pausing = 0 < jump < 2**31
+        if self._pausing:
             self._expected += jump
             self._credit -= min(self._credit, jump)
-        else:
-            self._pausing = False  # the stream goes on without a break
         # silence filled beyond the pause (the packets were only late) stays ahead of the account
         # until the next pause takes it off
         self.state.overfilled_samples += self._credit
@@ -815,7 +815,9 @@ class _Delivery:
         with self._lock:
             if self._ended or self._decoded_at is None:
                 return
-            # in a pause already, the next comfort-noise update is not awaited as long
+            # after a comfort-noise update the next one is not awaited as long; the wait counts from
+            # the last decoded audio, so it must not shorten while one silence is being filled (the
+            # fill would run ahead of real time, past the end of a loss burst)
             wait_s = IN_PAUSE_WAIT_MS / 1000 if self._pausing else grace_s
             due = min(round((now - self._decoded_at - wait_s) * OPUS_RATE), MAX_FILL_SAMPLES)
             pending = self._last_item if self._holds_one else 0
@@ -826,7 +828,6 @@ class _Delivery:
             self._deliver(np.zeros(due, dtype=np.float32))
             self._pause_filled += due
             self._credit += due
-            self._pausing = True
             self.state.pause_filled_samples += due
 
     def end(self) -> None:
