@@ -94,14 +94,21 @@ def to_rate(samples: np.ndarray, rate: int, target: int = OPUS_RATE) -> Audio:
     return resample_poly(samples, target // g, rate // g).astype(np.float32)
 
 
-def align(reference: Audio, received: Audio, max_lag_s: float = 2.0) -> tuple[int, Audio]:
+def align(
+    reference: Audio, received: Audio, max_lag_s: float = 2.0, max_lead_s: float = 0.1
+) -> tuple[int, Audio]:
     """Lag (samples) of ``received`` behind ``reference`` and the received audio cut to match it
-    (zero-padded where it ends early)."""
+    (zero-padded where it starts or ends early). The lag is negative where ``received`` starts
+    early: a stream whose first packets were lost starts with its first packet that arrived, and no
+    receiver can know what came before it."""
     c = correlate(received, reference, mode="full", method="fft")
     zero = reference.shape[0] - 1
-    lag = int(np.argmax(c[zero : zero + round(max_lag_s * OPUS_RATE)]))
-    cut = received[lag : lag + reference.shape[0]]
-    return lag, np.concatenate([cut, np.zeros(reference.shape[0] - cut.shape[0], np.float32)])
+    lead = min(round(max_lead_s * OPUS_RATE), zero)
+    lag = int(np.argmax(c[zero - lead : zero + round(max_lag_s * OPUS_RATE)])) - lead
+    cut = received[max(lag, 0) : lag + reference.shape[0]]
+    before = np.zeros(max(-lag, 0), np.float32)
+    after = np.zeros(reference.shape[0] - before.shape[0] - cut.shape[0], np.float32)
+    return lag, np.concatenate([before, cut, after])
 
 
 def timeline_drift_ms(reference: Audio, received: Audio, piece_s: float = 1.5) -> float:
