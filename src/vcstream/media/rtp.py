@@ -424,6 +424,9 @@ class RtpOpusSender(_LivePipeline):
             after_bin.insert(0, self._netsim)
             self.pipeline.add(self._netsim)
             link_many(*after_bin)
+            # EOS would overtake the packets netsim still delays: the sink then refuses them, and
+            # the BYE (which rtpbin sends on EOS) beats them to the receiver. Hold EOS back that long.
+            payloader.get_static_pad("src").add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self._hold_eos)
         _link_pads(self.rtpbin.get_static_pad("send_rtp_src_0"), after_bin[0].get_static_pad("sink"))
         rtp_sink.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, self._rtp_count)
 
@@ -454,10 +457,7 @@ class RtpOpusSender(_LivePipeline):
         if self.running:
             self._remote_report()  # the BYE ends the session's record of the far end's reports
             self.source.end_of_stream()
-            done = self.eos.wait(timeout_s)
-            if self._netsim_delay_s:  # EOS overtakes the packets netsim still delays
-                time.sleep(self._netsim_delay_s)
-            return done
+            return self.eos.wait(timeout_s + self._netsim_delay_s)
         return self.eos.is_set()
 
     def stop(self, drain_timeout_s: float = 2.0) -> None:
@@ -467,6 +467,12 @@ class RtpOpusSender(_LivePipeline):
         if self._rtcp_socket is not None:
             self._rtcp_socket.close()
             self._rtcp_socket = None
+
+    def _hold_eos(self, _pad: Any, info: Any) -> Any:
+        event = info.get_event()
+        if event is not None and event.type == Gst.EventType.EOS:
+            time.sleep(self._netsim_delay_s)  # the payloader's thread: nothing else comes after EOS
+        return Gst.PadProbeReturn.OK
 
     def drop_next_packets(self, count: int) -> None:
         """Lose the next ``count`` packets in a burst (needs ``netsim``)."""
