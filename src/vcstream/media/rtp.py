@@ -807,8 +807,7 @@ class _Delivery:
             state.last_audio_at = self._decoded_at = time.monotonic()
             self._pause_filled = 0
             # after the concealment of a loss, not before it: concealment continues the signal
-            pending = self._last_item if self._holds_one else 0
-            hole = self._expected - pending - self._delivered
+            hole = self._owed() - self._delivered
             if MIN_FILL_SAMPLES <= hole <= MAX_FILL_SAMPLES and not skip_rest:
                 self._deliver(np.zeros(hole, dtype=np.float32))
                 state.filled_samples += hole
@@ -826,8 +825,7 @@ class _Delivery:
             # fill would run ahead of real time, past the end of a loss burst)
             wait_s = IN_PAUSE_WAIT_MS / 1000 if self._pausing else grace_s
             due = min(round((now - self._decoded_at - wait_s) * OPUS_RATE), MAX_FILL_SAMPLES)
-            pending = self._last_item if self._holds_one else 0
-            ahead = max(0, self._delivered - self._credit - (self._expected - pending))
+            ahead = max(0, self._delivered - self._credit - self._owed())
             due = (due - self._pause_filled - ahead) // PAUSE_PIECE_SAMPLES * PAUSE_PIECE_SAMPLES
             if due <= 0:
                 return
@@ -835,6 +833,11 @@ class _Delivery:
             self._pause_filled += due
             self._credit += due
             self.state.pause_filled_samples += due
+
+    def _owed(self) -> int:
+        """Stream time the decoder should have delivered by now: all that went in, less the latest
+        packet or loss where it decodes one late (in-band FEC)."""
+        return self._expected - (self._last_item if self._holds_one else 0)
 
     def end(self) -> None:
         """The stream is over (after its BYE, or timed out): tell the user once, if it was the one
