@@ -82,7 +82,7 @@ def open_chain(
         (address, receiver.port),
         codec=codec,
         latency_ms=latency_ms,
-        settings={"block_time": block_time},
+        settings=engine.settings(block_time=block_time),
         bind_address=address,
     )
     relay.start()

@@ -44,8 +44,9 @@ def test_missing_markers_are_reported_as_missing() -> None:
 
 
 def test_short_latency_run_over_rtp(flite_speech: Speech) -> None:
+    engine = PassthroughEngine()
     report = measure_rtp_latency(
-        PassthroughEngine(), flite_speech("awb")[0], settings={"block_time": 0.1}, seconds=4.0
+        engine, flite_speech("awb")[0], settings=engine.settings(block_time=0.1), seconds=4.0
     )
     assert report.found >= 0.9 * report.markers
     # passthrough with 100 ms blocks: at least the block wait of late markers, and the media path's

@@ -49,7 +49,7 @@ def models() -> SeedVCModels:
 
 @pytest.fixture(scope="module")
 def engine(models: SeedVCModels) -> SeedVCEngine:
-    return SeedVCEngine(models, max_prompt_length=2.0)
+    return SeedVCEngine(models, SeedVCSettings(max_prompt_length=2.0))
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ class AloneRuns:
 
 @pytest.fixture(scope="module")
 def alone(engine: SeedVCEngine, voices: dict[str, VoiceProfile], source: np.ndarray) -> AloneRuns:
-    sa = engine.open_session(voices["slt"], seed=1, **FAST)
-    sb = engine.open_session(voices["rms"], seed=2, **FAST)
+    sa = engine.open_session(voices["slt"], engine.settings(seed=1, **FAST))
+    sb = engine.open_session(voices["rms"], engine.settings(seed=2, **FAST))
     inputs_a = blocks_of(source, sa.block_size, 2)
     inputs_b = blocks_of(source[::-1].copy(), sb.block_size, 2)
     return AloneRuns([sa.process(x) for x in inputs_a], [sb.process(x) for x in inputs_b], inputs_a, inputs_b)
@@ -94,7 +94,7 @@ def alone(engine: SeedVCEngine, voices: dict[str, VoiceProfile], source: np.ndar
 def test_session_returns_whole_finite_blocks(
     engine: SeedVCEngine, voices: dict[str, VoiceProfile], source: np.ndarray
 ) -> None:
-    session = engine.open_session(voices["slt"], **FAST)
+    session = engine.open_session(voices["slt"], engine.settings(**FAST))
     assert session.sample_rate == SR
     assert session.block_size == 9 * 441  # 0.18 s in 20 ms units
     for block in blocks_of(source, session.block_size, 3):
@@ -118,7 +118,7 @@ def test_session_returns_whole_finite_blocks(
 def test_latency_follows_the_documented_formula(
     engine: SeedVCEngine, voices: dict[str, VoiceProfile], settings: dict[str, float], expected: int
 ) -> None:
-    session = engine.open_session(voices["slt"], **settings)
+    session = engine.open_session(voices["slt"], engine.settings(**settings))
     layout = session.layout
     assert session.latency_samples == expected
     assert session.latency_samples == layout.extra_right + layout.sola_buffer + layout.search
@@ -149,7 +149,7 @@ def test_identity_model_is_delayed_by_exactly_latency_samples(
         return frames
 
     monkeypatch.setattr(engine, "infer", identity)
-    session = engine.open_session(voices["slt"], **settings)
+    session = engine.open_session(voices["slt"], engine.settings(**settings))
     t = np.arange(12 * session.block_size) / SR
     chirp = (0.5 * np.sin(2 * np.pi * (200 * t + 150 * t**2))).astype(np.float32)  # 200-1000 Hz
     out = np.concatenate([session.process(b) for b in blocks_of(chirp, session.block_size, 12)])
@@ -159,12 +159,12 @@ def test_identity_model_is_delayed_by_exactly_latency_samples(
 
 
 def test_layout_rejects_times_off_the_20ms_grid() -> None:
-    with pytest.raises(ConfigurationError, match="multiple of 20 ms"):
+    with pytest.raises(ConfigurationError, match=r"in steps of 0\.02 s"):
         StreamLayout.from_settings(SeedVCSettings(block_time=0.19), SR, 256)
     with pytest.raises(ConfigurationError, match="extra_time_dit"):
         StreamLayout.from_settings(SeedVCSettings(extra_time_ce=0.2, extra_time_dit=0.5), SR, 256)
-    with pytest.raises(ConfigurationError, match="unknown"):
-        SeedVCSettings.merged(SeedVCSettings(), {"block_tme": 0.2})
+    with pytest.raises(ConfigurationError, match="not a seedvc setting"):
+        SeedVCSettings().updated({"block_tme": 0.2})
     layout = StreamLayout.from_settings(SeedVCSettings(), SR, 256)
     assert layout.window == (125 + 2 + 1 + 9 + 1) * 441
     assert layout.skipped_content_frames == 100  # (2.5 - 0.5) s at 50 frames/s
@@ -174,8 +174,8 @@ def test_layout_rejects_times_off_the_20ms_grid() -> None:
 def test_interleaved_sessions_match_sessions_run_alone(
     engine: SeedVCEngine, voices: dict[str, VoiceProfile], alone: AloneRuns
 ) -> None:
-    sa = engine.open_session(voices["slt"], seed=1, **FAST)
-    sb = engine.open_session(voices["rms"], seed=2, **FAST)
+    sa = engine.open_session(voices["slt"], engine.settings(seed=1, **FAST))
+    sb = engine.open_session(voices["rms"], engine.settings(seed=2, **FAST))
     for k in range(2):
         out_a = sa.process(alone.inputs_a[k])
         out_b = sb.process(alone.inputs_b[k])
@@ -188,8 +188,8 @@ def test_interleaved_sessions_match_sessions_run_alone(
 def test_seed_makes_output_reproducible(
     engine: SeedVCEngine, voices: dict[str, VoiceProfile], alone: AloneRuns
 ) -> None:
-    same = engine.open_session(voices["slt"], seed=1, **FAST)
-    other = engine.open_session(voices["slt"], seed=7, **FAST)
+    same = engine.open_session(voices["slt"], engine.settings(seed=1, **FAST))
+    other = engine.open_session(voices["slt"], engine.settings(seed=7, **FAST))
     for k in range(2):
         np.testing.assert_array_equal(same.process(alone.inputs_a[k]), alone.a[k])
         assert np.max(np.abs(other.process(alone.inputs_a[k]) - alone.a[k])) > 1e-4
@@ -199,7 +199,7 @@ def test_seed_makes_output_reproducible(
 def test_set_voice_applies_from_the_next_block(
     engine: SeedVCEngine, voices: dict[str, VoiceProfile], alone: AloneRuns
 ) -> None:
-    session = engine.open_session(voices["slt"], seed=1, **FAST)
+    session = engine.open_session(voices["slt"], engine.settings(seed=1, **FAST))
     np.testing.assert_array_equal(session.process(alone.inputs_a[0]), alone.a[0])
     session.set_voice(voices["rms"])
     assert session.voice is voices["rms"]
@@ -212,8 +212,8 @@ def test_set_voice_applies_from_the_next_block(
 def test_process_batch_matches_sessions_run_alone(
     engine: SeedVCEngine, voices: dict[str, VoiceProfile], alone: AloneRuns
 ) -> None:
-    sa = engine.open_session(voices["slt"], seed=1, **FAST)
-    sb = engine.open_session(voices["rms"], seed=2, **FAST)
+    sa = engine.open_session(voices["slt"], engine.settings(seed=1, **FAST))
+    sb = engine.open_session(voices["rms"], engine.settings(seed=2, **FAST))
     for k in range(2):
         out_a, out_b = engine.process_batch([sa, sb], [alone.inputs_a[k], alone.inputs_b[k]])
         # One padded batch through XLS-R and the DiT: equal up to float summation order.
@@ -303,9 +303,9 @@ def test_half_precision_needs_cuda_and_describe_flags_random_weights(
     engine: SeedVCEngine, voices: dict[str, VoiceProfile]
 ) -> None:
     with pytest.raises(ConfigurationError, match="CUDA"):
-        engine.open_session(voices["slt"], dtype="fp16")
+        engine.open_session(voices["slt"], engine.settings(dtype="fp16"))
     with pytest.raises(ConfigurationError, match="dtype"):
-        engine.open_session(voices["slt"], dtype="int8")
+        engine.open_session(voices["slt"], engine.settings(dtype="int8"))
     info = engine.describe()
     assert info["random_weights"] is True
     assert info["device"] == "cpu"
@@ -349,7 +349,7 @@ def test_saved_checkpoints_load_through_the_real_path(
     assert str(saved_cache) in loaded.describe()["weights"]
     samples, rate = flite_speech("slt")
     voice = loaded.prepare_voice(samples[: int(2.0 * rate)], rate)
-    session = loaded.open_session(voice, seed=1, max_prompt_length=2.0, **FAST)
+    session = loaded.open_session(voice, loaded.settings(seed=1, max_prompt_length=2.0, **FAST))
     for k in range(2):
         np.testing.assert_array_equal(session.process(alone.inputs_a[k]), alone.a[k])
 

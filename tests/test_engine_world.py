@@ -12,6 +12,7 @@ from scipy.signal import resample_poly
 
 from conftest import median_f0
 from vcstream.engines.base import VoiceProfile
+from vcstream.engines.settings import SettingsError
 from vcstream.engines.world import ENV_GRID_HZ, WorldEngine, WorldSession, estimate_warp
 
 Speech = Callable[..., tuple[np.ndarray, int]]
@@ -56,7 +57,7 @@ def test_output_f0_moves_to_reference(
     ref: str,
 ) -> None:
     x = source(src)
-    y = stream(engine.open_session(voices[ref], block_time=0.1), x)
+    y = stream(engine.open_session(voices[ref], engine.settings(block_time=0.1)), x)
     f0_in, f0_ref, f0_out = median_f0(x, RATE), median_f0(flite_speech(ref)[0], RATE), median_f0(y, RATE)
     print(f"{src}->{ref}: input {f0_in:.1f} Hz, reference {f0_ref:.1f} Hz, output {f0_out:.1f} Hz")
     assert abs(f0_in / f0_ref - 1) > 0.4  # the pairs really differ
@@ -67,7 +68,7 @@ def test_output_is_speech_like(
     engine: WorldEngine, voices: dict[str, VoiceProfile], source: Callable[[str], np.ndarray]
 ) -> None:
     x = source("slt")
-    session = engine.open_session(voices["rms"], block_time=0.1)
+    session = engine.open_session(voices["rms"], engine.settings(block_time=0.1))
     y = stream(session, x)
     assert y.shape[0] == -(-len(x) // session.block_size) * session.block_size
     rms_in, rms_out = float(np.sqrt(np.mean(x**2))), float(np.sqrt(np.mean(y**2)))
@@ -87,7 +88,7 @@ def test_block_joins_have_no_clicks(
     then exceeds every jump inside the two blocks around it, and the joins' mean second difference
     stands far above that of any other position in the block. With the carry dropped this fails by
     ratios of 5-8 and 4-7 (0.05-0.1 s blocks); with it both stay below 0.5."""
-    session = engine.open_session(voices["rms"], block_time=block_time)
+    session = engine.open_session(voices["rms"], engine.settings(block_time=block_time))
     y = stream(session, source("slt")).astype(np.float64)
     size = session.block_size
     jumps = np.abs(np.diff(y))  # jumps[i] = |y[i+1] - y[i]|
@@ -110,12 +111,12 @@ def test_block_joins_have_no_clicks(
 def test_silence_in_silence_out(
     engine: WorldEngine, voices: dict[str, VoiceProfile], source: Callable[[str], np.ndarray]
 ) -> None:
-    session = engine.open_session(voices["rms"], block_time=0.1)
+    session = engine.open_session(voices["rms"], engine.settings(block_time=0.1))
     assert np.abs(stream(session, np.zeros(RATE, dtype=np.float32))).max() < 1e-4
 
     x = source("slt")
     lead = RATE // 2
-    session = engine.open_session(voices["rms"], block_time=0.1)
+    session = engine.open_session(voices["rms"], engine.settings(block_time=0.1))
     y = stream(session, np.concatenate([np.zeros(lead, dtype=np.float32), x]))
     quiet = lead + session.latency_samples
     assert np.abs(y[:quiet]).max() < 1e-3
@@ -142,7 +143,7 @@ def test_envelope_warp_is_estimated_from_the_reference(
     x = source("slt")
 
     def warp_after(voice: VoiceProfile) -> float:
-        session = engine.open_session(voice, block_time=0.1)
+        session = engine.open_session(voice, engine.settings(block_time=0.1))
         stream(session, x)
         return session.warp_factor
 
@@ -198,7 +199,7 @@ def test_set_voice_switches_target(
     source: Callable[[str], np.ndarray],
 ) -> None:
     x = np.concatenate([source("slt"), source("slt")])
-    session = engine.open_session(voices["rms"], block_time=0.1)
+    session = engine.open_session(voices["rms"], engine.settings(block_time=0.1))
     half = len(x) // 2 // session.block_size * session.block_size
     first = stream(session, x[:half])
     session.set_voice(voices["slt"])
@@ -208,9 +209,11 @@ def test_set_voice_switches_target(
 
 
 def test_session_framing_and_latency(engine: WorldEngine, voices: dict[str, VoiceProfile]) -> None:
-    session = engine.open_session(voices["rms"], block_time=0.1)
+    session = engine.open_session(voices["rms"], engine.settings(block_time=0.1))
     assert (session.sample_rate, session.block_size, session.latency_samples) == (16000, 1600, 640)
-    assert engine.open_session(voices["rms"], block_time=0.014).block_size == 240  # whole 5 ms frames
+    assert engine.open_session(voices["rms"], engine.settings(block_time=0.025)).block_size == 400
+    with pytest.raises(SettingsError, match=r"steps of 0.005 s \(nearest: 0.1 or 0.105\)"):
+        engine.settings(block_time=0.102)  # whole 5 ms frames: refused, never rounded silently
     with pytest.raises(ValueError):
         session.process(np.zeros(100, dtype=np.float32))
     with pytest.raises(ValueError):

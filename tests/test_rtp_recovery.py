@@ -9,14 +9,14 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 import pytest
 
 from rtp_harness import Chain, dominant_hz, open_chain, tone
 from vcstream.engines.base import Audio, EngineSession, VoiceProfile
-from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession
+from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession, PassthroughSettings
+from vcstream.engines.settings import SessionSettings
 from vcstream.media.rtp import OPUS_RATE, NetworkSimulation, OpusCodecSettings
 
 BEFORE, AFTER = 440.0, 880.0
@@ -217,8 +217,8 @@ class SlowSession(PassthroughSession):
 
 
 class SlowEngine(PassthroughEngine):
-    def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
-        return SlowSession(self.sample_rate, float(settings.get("block_time", 0.1)))
+    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
+        return SlowSession(self.sample_rate, self.own_settings(settings, PassthroughSettings).block_time)
 
 
 def test_overloaded_engine_drops_and_counts_instead_of_lagging() -> None:

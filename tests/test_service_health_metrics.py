@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vcstream.cli import build_parser
 from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile
 from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession
+from vcstream.engines.settings import SessionSettings
 from vcstream.errors import ConfigurationError, ModelUnavailableError
 from vcstream.service.app import create_app, drain
 from vcstream.service.config import ServiceSettings, byte_size, settings_from_args
@@ -57,7 +58,7 @@ class GatedEngine(PassthroughEngine):
         super().__init__()
         self.gate, self.fail = threading.Event(), fail
 
-    def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
+    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
         return GatedSession(self.gate, self.fail)
 
 

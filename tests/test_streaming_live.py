@@ -2,12 +2,12 @@
 
 import threading
 import time
-from typing import Any
 
 import numpy as np
 
 from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile
 from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession
+from vcstream.engines.settings import SessionSettings
 from vcstream.streaming.converter import StreamConverter
 from vcstream.streaming.live import LiveSession
 
@@ -31,7 +31,7 @@ class SlowEngine(PassthroughEngine):
         super().__init__(RATE)
         self.delay_s = delay_s
 
-    def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
+    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
         return SlowSession(self.delay_s)
 
 
@@ -46,7 +46,7 @@ def collect(engine: Engine, chunks: list[np.ndarray], pace_s: float) -> tuple[Li
         if sum(o.shape[0] for o in outputs) >= total - 400:
             done.set()
 
-    live = LiveSession(StreamConverter(engine, voice, RATE, block_time=0.02), on_output)
+    live = LiveSession(StreamConverter(engine, voice, RATE, engine.settings(block_time=0.02)), on_output)
     feed_times = []
     for chunk in chunks:
         start = time.perf_counter()
@@ -93,7 +93,7 @@ def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
             return super().process(block)
 
     class BrokenEngine(PassthroughEngine):
-        def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
+        def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
             return Broken(RATE, 0.02)
 
     engine = BrokenEngine(RATE)

@@ -14,7 +14,7 @@ from vcstream.streaming.converter import StreamConverter, convert_stream
 def run_passthrough(x: np.ndarray, io_rate: int, block_time: float) -> tuple[np.ndarray, StreamConverter]:
     engine = PassthroughEngine()
     voice = engine.prepare_voice(x, io_rate)
-    converter = StreamConverter(engine, voice, io_rate, block_time=block_time)
+    converter = StreamConverter(engine, voice, io_rate, engine.settings(block_time=block_time))
     return convert_stream(converter, x), converter
 
 
@@ -60,7 +60,8 @@ def test_speech_through_streaming_path(
 def test_latency_accounts_for_block_and_resamplers() -> None:
     engine = PassthroughEngine()
     x = np.zeros(4800, np.float32)
-    converter = StreamConverter(engine, engine.prepare_voice(x, 48000), 48000, block_time=0.1)
+    voice = engine.prepare_voice(x, 48000)
+    converter = StreamConverter(engine, voice, 48000, engine.settings(block_time=0.1))
     assert converter.delay_samples == 0
     # block (100 ms) + under 3 ms held by the two resamplers
     assert 0.1 < converter.algorithmic_latency_s < 0.103

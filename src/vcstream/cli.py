@@ -9,90 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from vcstream.errors import ConfigurationError, InvalidAudioError, ModelUnavailableError, VcstreamError
+from vcstream.commands.options import add_engine_options, engine_from_args, session_settings
+from vcstream.errors import InvalidAudioError, ModelUnavailableError, VcstreamError
 
 log = logging.getLogger("vcstream")
 
 EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NO_MODEL = 1, 2, 3
-
-#: per-session engine settings: flag -> (settings key, type, help)
-SESSION_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--block-time": ("block_time", float, "seconds per block (multiple of 20 ms for seedvc)"),
-    "--crossfade-time": ("crossfade_time", float, "seedvc: SOLA crossfade seconds"),
-    "--extra-time-ce": ("extra_time_ce", float, "seedvc: content-encoder left context seconds"),
-    "--extra-time-dit": ("extra_time_dit", float, "seedvc: DiT left context seconds"),
-    "--extra-time-right": ("extra_time_right", float, "seedvc: right context seconds"),
-    "--diffusion-steps": ("diffusion_steps", int, "seedvc: CFM Euler steps"),
-    "--cfg-rate": ("cfg_rate", float, "seedvc: classifier-free guidance rate (0 halves DiT cost)"),
-    "--max-prompt-length": ("max_prompt_length", float, "seedvc: seconds of reference used as prompt"),
-    "--dtype": ("dtype", str, "seedvc: fp32, fp16 or bf16 (half precision on GPU only)"),
-}
-
-
-def add_engine_options(parser: argparse.ArgumentParser, default_engine: str = "world") -> None:
-    from vcstream.engines.registry import ENGINE_NAMES
-
-    parser.add_argument("--engine", choices=ENGINE_NAMES, default=default_engine)
-    parser.add_argument("--device", default="auto", help="seedvc: auto, cpu, cuda, cuda:N")
-    parser.add_argument(
-        "--model-cache",
-        type=Path,
-        default=os.environ.get("VCSTREAM_MODEL_CACHE"),
-        help="Hugging Face cache folder for Seed-VC weights (env VCSTREAM_MODEL_CACHE)",
-    )
-    parser.add_argument(
-        "--allow-download", action="store_true", help="seedvc: fetch missing weights from the hub"
-    )
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="seedvc: full-size model with RANDOM weights (tests and benchmarks only; output is noise)",
-    )
-    parser.add_argument(
-        "--weights",
-        action="append",
-        default=[],
-        metavar="PART=PATH",
-        help="seedvc: a local weight file instead of the cache; PART is dit, dit_config, campplus, hift "
-        "or xlsr (a folder with config.json and the weights); repeatable",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    for flag, (key, kind, text) in SESSION_FLAGS.items():
-        parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
-
-
-def session_settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings = {key: getattr(args, key) for key, _, _ in SESSION_FLAGS.values()}
-    settings = {k: v for k, v in settings.items() if v is not None}
-    if args.engine == "seedvc":
-        settings["seed"] = args.seed
-    return settings
-
-
-def parse_weights(pairs: list[str]) -> dict[str, Path] | None:
-    local: dict[str, Path] = {}
-    for pair in pairs:
-        part, sep, path = pair.partition("=")
-        if not sep or not part or not path:
-            raise ConfigurationError(f"--weights expects PART=PATH, got {pair!r}")
-        local[part.strip()] = Path(path)
-    return local or None
-
-
-def engine_from_args(args: argparse.Namespace) -> Any:
-    from vcstream.engines.registry import EngineOptions, create_engine
-
-    options = EngineOptions(
-        local_paths=parse_weights(args.weights),
-        device=args.device,
-        model_cache=args.model_cache,
-        allow_download=args.allow_download,
-        random_weights=args.random_weights,
-        seed=args.seed,
-    )
-    return create_engine(args.engine, options)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -106,7 +29,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.output,
         io_rate=args.rate,
         offline=args.offline,
-        settings=session_settings(args),
+        settings=session_settings(args, engine),
     )
     for notice in report.notices:
         print(f"notice: {notice}", file=sys.stderr)
@@ -187,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vcstream.commands import registrars
 
     for register in registrars():
-        register(sub, bench_sub, add_engine_options)
+        register(sub, bench_sub)
     return parser
 
 

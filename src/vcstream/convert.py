@@ -8,10 +8,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vcstream.audio.reference import check_finite, prepare_reference
 from vcstream.engines.base import Engine, VoiceProfile
+from vcstream.engines.settings import SessionSettings
 from vcstream.errors import ConfigurationError, InvalidAudioError
 from vcstream.media import decode_file, encode_file
 from vcstream.streaming.converter import StreamConverter, convert_stream
@@ -46,9 +46,9 @@ def convert_file(
     output: Path,
     io_rate: int = DEFAULT_IO_RATE,
     offline: bool = False,
-    settings: dict[str, Any] | None = None,
+    settings: SessionSettings | None = None,
 ) -> ConversionReport:
-    settings = settings or {}
+    settings = settings or engine.defaults
     started = time.perf_counter()
     samples = decode_file(source, io_rate, channels=1)
     if samples.shape[0] == 0:
@@ -57,25 +57,26 @@ def convert_file(
     voice, notices = load_voice(engine, reference)
 
     if offline:
-        from vcstream.engines.seedvc import SeedVCEngine, convert_offline
+        from vcstream.engines.seedvc import SeedVCEngine, SeedVCSettings, convert_offline
 
         if not isinstance(engine, SeedVCEngine):
             raise ConfigurationError("--offline is Seed-VC's whole-utterance inference: use --engine seedvc")
         from vcstream.audio.resample import resample
 
         at_engine_rate = resample(samples, io_rate, engine.sample_rate)
-        keys = ("diffusion_steps", "cfg_rate")
+        chosen = engine.own_settings(settings, SeedVCSettings)
         converted = convert_offline(
             engine,
             voice,
             at_engine_rate,
             engine.sample_rate,
-            **{k: settings[k] for k in keys if k in settings},
+            diffusion_steps=chosen.diffusion_steps,
+            cfg_rate=chosen.cfg_rate,
         )
         out = resample(converted, engine.sample_rate, io_rate)
         delay_ms = latency_ms = 0.0
     else:
-        converter = StreamConverter(engine, voice, io_rate, **settings)
+        converter = StreamConverter(engine, voice, io_rate, settings)
         out = convert_stream(converter, samples)
         delay_ms = 1000 * converter.delay_samples / io_rate
         latency_ms = 1000 * converter.algorithmic_latency_s

@@ -15,6 +15,7 @@ import numpy as np
 from vcstream.bench.signals import flite_speech
 from vcstream.engines.base import Engine
 from vcstream.engines.registry import EngineOptions, create_engine
+from vcstream.engines.settings import SessionSettings
 from vcstream.errors import ConfigurationError, ModelUnavailableError
 from vcstream.streaming.converter import StreamConverter
 
@@ -45,13 +46,13 @@ class BlockTiming:
 
 
 def time_stream(
-    engine: Engine, settings: dict[str, Any], blocks: int, warmup: int = 2, io_rate: int = 48000
+    engine: Engine, settings: SessionSettings, blocks: int, warmup: int = 2, io_rate: int = 48000
 ) -> tuple[list[float], list[float]]:
     """Per-block wall time (s) of one live stream at ``io_rate`` fed with speech, one block per push
     (resampling in and out included), after ``warmup`` blocks. Returns (wall s, CPU s) per block."""
     reference = flite_speech("awb", engine.sample_rate)
     voice = engine.prepare_voice(reference, engine.sample_rate)
-    converter = StreamConverter(engine, voice, io_rate, **settings)
+    converter = StreamConverter(engine, voice, io_rate, settings)
     size = converter.block_size
     signal = np.resize(flite_speech("slt", io_rate), (blocks + warmup + 1) * size)  # loops the sentence
     wall, cpu = [], []
@@ -124,8 +125,8 @@ def run_engine_bench(
             on_gpu = str(engine.describe().get("device", "cpu")).startswith("cuda")
             for dtype in dtypes if on_gpu else ("fp32",):
                 for bt in block_times:
-                    settings = {"block_time": bt, "dtype": dtype}
                     try:
+                        settings = engine.settings(block_time=bt, dtype=dtype)
                         times = time_stream(engine, settings, blocks if on_gpu else seedvc_blocks)
                     except ConfigurationError as exc:
                         print(f"seedvc {dtype} skipped: {exc}")
@@ -137,7 +138,9 @@ def run_engine_bench(
         else:
             engine = create_engine(name)
             for bt in block_times:
-                results.append(summarise(name, "cpu", bt, time_stream(engine, {"block_time": bt}, blocks)))
+                results.append(
+                    summarise(name, "cpu", bt, time_stream(engine, engine.settings(block_time=bt), blocks))
+                )
                 print_row(results[-1], results)
     return results
 

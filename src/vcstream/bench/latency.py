@@ -29,6 +29,7 @@ from scipy.signal import correlate
 from vcstream.bench.signals import flite_speech
 from vcstream.engines.base import Audio, Engine
 from vcstream.engines.registry import create_engine
+from vcstream.engines.settings import SessionSettings
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, PacketTrace, RtpOpusReceiver, RtpOpusSender
 from vcstream.transports.pacing import push_in_real_time
 from vcstream.transports.rtp_relay import RelayTaps, RtpRelay
@@ -219,14 +220,13 @@ def measure_rtp_latency(
     engine: Engine,
     reference: Audio,
     *,
-    settings: dict[str, Any] | None = None,
+    settings: SessionSettings | None = None,
     codec: OpusCodecSettings | None = None,
     latency_ms: int = 60,
     seconds: float = 12.0,
 ) -> LatencyReport:
     """Send the marker signal through sender -> relay(engine) -> receiver on loopback and time it."""
     codec = codec or OpusCodecSettings()
-    settings = dict(settings or {})
     voice = engine.prepare_voice(reference, engine.sample_rate)
     signal, onsets = marker_signal(OPUS_RATE, seconds)
     relay_in, relay_out, received = StreamRecorder(), StreamRecorder(), StreamRecorder()
@@ -350,7 +350,7 @@ def run_latency_bench(
         report = measure_rtp_latency(
             engine,
             reference,
-            settings={"block_time": block_time},
+            settings=engine.settings(block_time=block_time),
             codec=codec,
             latency_ms=latency_ms,
             seconds=seconds,

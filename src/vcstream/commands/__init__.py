@@ -1,10 +1,11 @@
 """Sub-commands that live beside their feature (RTP, server). Each module has
-``register(subparsers, bench_subparsers, add_engine_options)``; ``cli.build_parser`` calls them all."""
+``register(subparsers, bench_subparsers)``; ``cli.build_parser`` calls them all. Options several
+commands share live in ``commands.options`` (not in ``cli``: the command line imports the commands,
+never the other way round)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Protocol
 
 
@@ -13,7 +14,6 @@ class Registrar(Protocol):
         self,
         sub: argparse._SubParsersAction,  # type: ignore[type-arg]
         bench_sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-        add_engine_options: Callable[[argparse.ArgumentParser], None],
     ) -> None: ...
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vcstream.commands.options import add_engine_options
 from vcstream.errors import ConfigurationError, InvalidAudioError
 
 #: how often waiting loops look at their stop conditions
@@ -148,7 +149,7 @@ def wait_until(
 
 
 def cmd_rtp(args: argparse.Namespace) -> int:
-    from vcstream.cli import engine_from_args, session_settings
+    from vcstream.commands.options import engine_from_args, session_settings
     from vcstream.convert import load_voice
     from vcstream.transports.rtp_relay import RtpRelay
 
@@ -166,7 +167,7 @@ def cmd_rtp(args: argparse.Namespace) -> int:
         latency_ms=args.latency,
         bind_address=bind,
         rtcp_port=args.rtcp_port,
-        settings=session_settings(args),
+        settings=session_settings(args, engine),
         max_backlog_s=args.max_backlog,
     )
     with stop_on_signals() as stop:
@@ -299,7 +300,6 @@ def cmd_bench_bandwidth(args: argparse.Namespace) -> int:
 def register(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     bench_sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    add_engine_options: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     relay = sub.add_parser(
         "rtp",

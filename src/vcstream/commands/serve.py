@@ -12,7 +12,6 @@ import asyncio
 import logging
 import signal
 import ssl
-from collections.abc import Callable
 
 from aiohttp import web
 
@@ -28,10 +27,9 @@ CLOSE_TIMEOUT_S = 5.0
 def register(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     bench_sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    add_engine_options: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    # add_engine_options is not used: serving takes 'auto', never random weights, and reads the
-    # environment too (see ServiceSettings)
+    # no engine options: serving takes 'auto', never random weights, and reads the environment too
+    # (see ServiceSettings)
     parser = sub.add_parser(
         "serve",
         help="run the server: browser client, WebRTC signalling, REST API, /metrics",

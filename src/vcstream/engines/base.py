@@ -14,12 +14,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from vcstream.engines.settings import SessionSettings
+
 Audio = npt.NDArray[np.float32]
+S = TypeVar("S", bound=SessionSettings)
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,33 @@ class Engine(ABC):
     name: str
     #: the rate blocks are exchanged at (the streaming core resamples I/O to and from it)
     sample_rate: int
+    #: this engine's session settings (fields, schema, validation)
+    settings_type: ClassVar[type[SessionSettings]]
+
+    @property
+    def defaults(self) -> SessionSettings:
+        """The settings a session gets unless told otherwise."""
+        return self.settings_type()
+
+    def settings(self, **values: object) -> SessionSettings:
+        """The defaults with ``values`` applied, validated (SettingsError names what is allowed)."""
+        return self.defaults.updated(values)
 
     @abstractmethod
     def prepare_voice(self, reference: Audio, sample_rate: int) -> VoiceProfile:
         """Compute a reusable profile from a validated mono float32 reference recording."""
 
     @abstractmethod
-    def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
-        """Open an independent streaming session; ``settings`` are engine-specific (block time...)."""
+    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
+        """Open an independent streaming session (``settings``: this engine's ``settings_type``,
+        default ``defaults``)."""
+
+    def own_settings(self, settings: SessionSettings | None, kind: type[S]) -> S:
+        """``settings`` checked to be this engine's kind (``defaults`` when None)."""
+        chosen = self.defaults if settings is None else settings
+        if not isinstance(chosen, kind):
+            raise TypeError(f"engine {self.name} takes {kind.__name__}, not {type(chosen).__name__}")
+        return chosen
 
     def process_batch(self, sessions: Sequence[EngineSession], blocks: Sequence[Audio]) -> list[Audio]:
         """Run one block for each of several sessions of this engine. Engines that can batch the

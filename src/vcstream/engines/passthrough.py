@@ -3,9 +3,27 @@ real engines (block framing and both sample-rate conversions)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
+from vcstream.engines.settings import SessionSettings, setting
+
+
+@dataclass(frozen=True)
+class PassthroughSettings(SessionSettings):
+    engine: ClassVar[str] = "passthrough"
+
+    block_time: float = setting(
+        0.1,
+        "Block size",
+        "seconds of audio per block (the latency a real engine's block would add)",
+        unit="s",
+        minimum=0.01,
+        maximum=1.0,
+        step=0.01,
+        per_call=True,
+    )
 
 
 class PassthroughSession(EngineSession):
@@ -26,6 +44,7 @@ class PassthroughSession(EngineSession):
 
 class PassthroughEngine(Engine):
     name = "passthrough"
+    settings_type = PassthroughSettings
 
     def __init__(self, sample_rate: int = 22050) -> None:
         # 22.05 kHz by default so the baseline crosses the same rate conversions as Seed-VC.
@@ -34,5 +53,7 @@ class PassthroughEngine(Engine):
     def prepare_voice(self, reference: Audio, sample_rate: int) -> VoiceProfile:
         return VoiceProfile(self.name, sample_rate, reference.shape[0] / sample_rate, features=None)
 
-    def open_session(self, voice: VoiceProfile, **settings: Any) -> EngineSession:
-        return PassthroughSession(self.sample_rate, float(settings.get("block_time", 0.1)))
+    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
+        return PassthroughSession(
+            self.sample_rate, self.own_settings(settings, PassthroughSettings).block_time
+        )

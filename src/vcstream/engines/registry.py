@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vcstream.engines.base import Engine
+from vcstream.engines.settings import SessionSettings, SettingSpec
 from vcstream.errors import ConfigurationError
 
 ENGINE_NAMES = ("seedvc", "world", "passthrough")
@@ -47,3 +48,32 @@ def create_engine(name: str, options: EngineOptions | None = None) -> Engine:
             seed=options.seed,
         )
     raise ConfigurationError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+
+
+def settings_type(name: str) -> type[SessionSettings]:
+    """An engine's session settings class, without loading the engine (no torch for seedvc)."""
+    if name == "passthrough":
+        from vcstream.engines.passthrough import PassthroughSettings
+
+        return PassthroughSettings
+    if name == "world":
+        from vcstream.engines.world import WorldSettings
+
+        return WorldSettings
+    if name == "seedvc":
+        from vcstream.engines.seedvc.settings import SeedVCSettings
+
+        return SeedVCSettings
+    raise ConfigurationError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+
+
+def all_setting_specs() -> dict[str, tuple[SettingSpec, type, list[str]]]:
+    """Every engine's settings by name: the spec and type (from the first engine that declares it) and
+    the engines that have it; for one command-line flag per setting."""
+    found: dict[str, tuple[SettingSpec, type, list[str]]] = {}
+    for engine in ENGINE_NAMES:
+        kind = settings_type(engine)
+        kinds = kind.kinds()
+        for name, spec in kind.specs().items():
+            found.setdefault(name, (spec, kinds[name], []))[2].append(engine)
+    return found

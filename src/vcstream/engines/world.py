@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,7 @@ import pyworld
 from scipy.signal import resample_poly
 
 from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
+from vcstream.engines.settings import SessionSettings, setting
 from vcstream.errors import InvalidAudioError
 
 FloatArray = npt.NDArray[np.float64]
@@ -476,11 +477,28 @@ def _features_of(voice: VoiceProfile) -> WorldVoiceFeatures:
     return voice.features
 
 
+@dataclass(frozen=True)
+class WorldSettings(SessionSettings):
+    engine: ClassVar[str] = "world"
+
+    block_time: float = setting(
+        0.1,
+        "Block size",
+        "seconds of audio per block, whole 5 ms analysis frames",
+        unit="s",
+        minimum=0.02,
+        maximum=0.5,
+        step=FRAME / SAMPLE_RATE,
+        per_call=True,
+    )
+
+
 class WorldEngine(Engine):
     """WORLD-vocoder conversion: no weights, one CPU core carries several streams."""
 
     name = "world"
     sample_rate = SAMPLE_RATE
+    settings_type = WorldSettings
 
     def __init__(self, lookahead_time: float = 0.04, correction: float = 0.5, seed: int = 0) -> None:
         #: analysis lookahead (the session's whole algorithmic delay)
@@ -508,7 +526,8 @@ class WorldEngine(Engine):
         features = WorldVoiceFeatures(lf0_mean, lf0_std, envelope, float(voiced.sum()) * FRAME / SAMPLE_RATE)
         return VoiceProfile(self.name, sample_rate, reference.shape[0] / sample_rate, features)
 
-    def open_session(self, voice: VoiceProfile, block_time: float = 0.1, **_: Any) -> WorldSession:
+    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> WorldSession:
+        block_time = self.own_settings(settings, WorldSettings).block_time
         return WorldSession(voice, block_time, self.lookahead_time, self.correction, self.seed)
 
     def describe(self) -> dict[str, Any]:

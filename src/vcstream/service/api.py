@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, hdrs, web
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S
 from vcstream.errors import InvalidAudioError, VcstreamError
 from vcstream.service.health import STATE_KEY
-from vcstream.service.keys import ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
 from vcstream.service.voices import (
     MAX_NAME_CHARS,
     EmptyUploadError,
@@ -206,7 +206,7 @@ async def info(request: web.Request) -> web.Response:
             "cpu_fallback": state.cpu_fallback,
             "device": str(described.get("device", "cpu")),
             "sample_rate": engine.sample_rate,
-            "block_time_s": settings.block_time,
+            "block_time_s": app[DEFAULTS_KEY].block_time,
             "max_sessions": state.max_sessions,
             "active_sessions": app[METRICS_KEY].active_sessions,
             "ready": state.not_ready_reason() is None,

@@ -28,11 +28,12 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from vcstream.engines.base import Engine
+from vcstream.engines.settings import SessionSettings
 from vcstream.service import api, health
 from vcstream.service.config import ServiceSettings
 from vcstream.service.engine_loader import load_engine, loaded, warm_engine
 from vcstream.service.health import STATE_KEY, ServiceState
-from vcstream.service.keys import ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.service.voices import VoiceLibrary
 
@@ -86,7 +87,8 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
         state.max_sessions = result.max_sessions
         app[METRICS_KEY].engine_loaded(result.engine.name, result.device, result.cpu_fallback)
         log.info("engine %s loaded; up to %d sessions", result.engine.name, result.max_sessions)
-        warming = asyncio.create_task(_warm(state, result.engine, settings.block_time), name="engine-warm-up")
+        app[DEFAULTS_KEY] = result.defaults
+        warming = asyncio.create_task(_warm(state, result.engine, result.defaults), name="engine-warm-up")
         yield
         warming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -95,9 +97,9 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
     return engine_context
 
 
-async def _warm(state: ServiceState, engine: Engine, block_time: float | None) -> None:
+async def _warm(state: ServiceState, engine: Engine, defaults: SessionSettings) -> None:
     try:
-        await asyncio.get_running_loop().run_in_executor(None, warm_engine, engine, block_time)
+        await asyncio.get_running_loop().run_in_executor(None, warm_engine, engine, defaults)
     except Exception as exc:  # stays up, unready, and says why (on /readyz and in the log)
         log.exception("engine warm-up failed")
         state.warm_error = f"{type(exc).__name__}: {exc}"

@@ -20,6 +20,7 @@ import numpy as np
 
 from vcstream.engines.base import Audio, Engine
 from vcstream.engines.registry import EngineOptions, create_engine
+from vcstream.engines.settings import SessionSettings
 from vcstream.service.config import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class LoadedEngine:
     #: the CPU engine stands in for Seed-VC (no GPU or no weights)
     cpu_fallback: bool
     max_sessions: int
+    #: the engine's session settings with the operator's defaults (VCSTREAM_BLOCK_TIME...) applied
+    defaults: SessionSettings
 
     @property
     def device(self) -> str:
@@ -109,6 +112,7 @@ def loaded(engine: Engine, settings: ServiceSettings, note: str | None = None) -
         engine_note=note or note_for(engine),
         cpu_fallback=False,
         max_sessions=settings.max_sessions or _default_max_sessions(engine),
+        defaults=engine.defaults.updated(settings.session_overrides()),
     )
 
 
@@ -136,6 +140,7 @@ def load_engine(settings: ServiceSettings) -> LoadedEngine:
         engine_note=_cpu_note(reasons),
         cpu_fallback=True,
         max_sessions=settings.max_sessions or _default_max_sessions(engine),
+        defaults=engine.defaults.updated(settings.session_overrides()),
     )
     log.warning(result.engine_note)
     return result
@@ -153,12 +158,12 @@ def warmup_reference(sample_rate: int, seconds: float = 2.0) -> Audio:
     return np.asarray(0.3 * x / np.max(np.abs(x)), dtype=np.float32)
 
 
-def warm_engine(engine: Engine, block_time: float | None = None, blocks: int = 2) -> float:
+def warm_engine(engine: Engine, settings: SessionSettings | None = None, blocks: int = 2) -> float:
     """Run ``blocks`` blocks through a fresh session (first-call costs: CUDA context, kernel
     selection, allocator, caches) and return the last block's inference seconds."""
     reference = warmup_reference(engine.sample_rate)
     voice = engine.prepare_voice(reference, engine.sample_rate)
-    session = engine.open_session(voice, **({"block_time": block_time} if block_time else {}))
+    session = engine.open_session(voice, settings)
     try:
         block = np.resize(reference, session.block_size).astype(np.float32)
         seconds = 0.0

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from vcstream.engines.base import Engine
+from vcstream.engines.settings import SessionSettings
 
 if TYPE_CHECKING:
     from vcstream.service.config import ServiceSettings
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 SETTINGS_KEY: web.AppKey[ServiceSettings] = web.AppKey("settings")
 ENGINE_KEY: web.AppKey[Engine] = web.AppKey("engine", Engine)
+#: the engine's session settings with the operator's defaults applied
+DEFAULTS_KEY: web.AppKey[SessionSettings] = web.AppKey("session_defaults", SessionSettings)
 VOICES_KEY: web.AppKey[VoiceLibrary] = web.AppKey("voices")
 METRICS_KEY: web.AppKey[ServiceMetrics] = web.AppKey("metrics")
 SESSIONS_KEY: web.AppKey[SessionRegistry] = web.AppKey("sessions")

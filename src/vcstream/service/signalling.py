@@ -69,7 +69,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import secrets
 import threading
 import time
@@ -82,6 +81,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import WSMsgType, web
 
 from vcstream.engines.base import Audio, Engine, VoiceProfile
+from vcstream.engines.settings import SessionSettings, SettingsError
 from vcstream.errors import VcstreamError
 from vcstream.media.mainloop import AsyncioBridge, GLibLoop
 from vcstream.media.webrtc import (
@@ -94,7 +94,14 @@ from vcstream.media.webrtc import (
 )
 from vcstream.service.health import STATE_KEY, session_refusal
 from vcstream.service.ice import ice_servers
-from vcstream.service.keys import ENGINE_KEY, METRICS_KEY, SESSIONS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.keys import (
+    DEFAULTS_KEY,
+    ENGINE_KEY,
+    METRICS_KEY,
+    SESSIONS_KEY,
+    SETTINGS_KEY,
+    VOICES_KEY,
+)
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.service.voices import VoiceNotFoundError
 from vcstream.streaming.converter import StreamConverter
@@ -135,9 +142,6 @@ MAX_REMOTE_CANDIDATES = 100
 MAX_CANDIDATE_CHARS = 1024
 #: the Opus frame the server sends (ms): part of the latency estimate
 OPUS_FRAME_MS = 20
-#: the engines' own default block times (s), shown to the client when the settings give none
-_ENGINE_BLOCK_TIME = {"seedvc": 0.18}
-_DEFAULT_BLOCK_TIME = 0.1
 #: after a shutdown ``bye``, how long connections get to close before they are abandoned
 _SHUTDOWN_WAIT_S = 10.0
 _WORKERS = 8
@@ -154,64 +158,21 @@ class SignallingError(VcstreamError):
 # -- settings ---------------------------------------------------------------------------------------
 
 
-def _default_block_time(engine: Engine, configured: float | None) -> float:
-    return configured if configured is not None else _ENGINE_BLOCK_TIME.get(engine.name, _DEFAULT_BLOCK_TIME)
-
-
-def settings_schema(engine: Engine, block_time: float | None = None) -> dict[str, dict[str, Any]]:
+def settings_schema(defaults: SessionSettings) -> dict[str, dict[str, Any]]:
     """The per-session settings a client may change, with their ranges and defaults."""
-    schema: dict[str, dict[str, Any]] = {
-        "block_time": {
-            "type": "number",
-            "unit": "s",
-            "min": 0.04,
-            "max": 0.5,
-            "step": 0.02,
-            "default": _default_block_time(engine, block_time),
-            "label": "Block size",
-        }
-    }
-    if engine.name == "seedvc":
-        defaults = getattr(engine, "defaults", {}) or {}
-        schema["diffusion_steps"] = {
-            "type": "integer",
-            "min": 1,
-            "max": 30,
-            "step": 1,
-            "default": int(defaults.get("diffusion_steps", 10)),
-            "label": "Diffusion steps",
-        }
-    return schema
+    return defaults.schema(per_call_only=True)
 
 
-def _defaults(schema: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {name: spec["default"] for name, spec in schema.items()}
-
-
-def validate_settings(raw: object, schema: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Check client settings against ``schema``; returns them typed (block times on the step grid)."""
+def validate_settings(raw: object, current: SessionSettings) -> SessionSettings:
+    """``current`` with the client's changes applied; every refusal is a ``bad_settings``."""
     if raw is None:
-        return {}
+        return current
     if not isinstance(raw, dict):
         raise SignallingError("bad_settings", "settings must be an object")
-    unknown = sorted(set(raw) - set(schema))
-    if unknown:
-        raise SignallingError("bad_settings", f"unknown settings {unknown}; this engine has {sorted(schema)}")
-    clean: dict[str, Any] = {}
-    for name, value in raw.items():
-        spec = schema[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise SignallingError("bad_settings", f"{name} must be a number")
-        if not spec["min"] <= value <= spec["max"]:
-            raise SignallingError(
-                "bad_settings",
-                f"{name} {value} is outside {spec['min']}-{spec['max']} {spec.get('unit', '')}",
-            )
-        if spec["type"] == "integer":
-            clean[name] = round(value)
-        else:  # Seed-VC takes multiples of 20 ms: snap to the step
-            clean[name] = round(round(value / spec["step"]) * spec["step"], 6)
-    return clean
+    try:
+        return current.updated(raw, per_call_only=True)
+    except SettingsError as exc:
+        raise SignallingError("bad_settings", str(exc)) from exc
 
 
 # -- the call: peer + live session ------------------------------------------------------------------
@@ -242,7 +203,7 @@ class Call:
         name: str,
         engine: Engine,
         voice: VoiceProfile,
-        settings: dict[str, Any],
+        settings: SessionSettings,
         metrics: ServiceMetrics,
         to_loop: Callable[..., None],
         events: CallEvents,
@@ -251,7 +212,7 @@ class Call:
         self.name = name
         self.engine = engine
         self.voice = voice
-        self.settings = dict(settings)
+        self.settings = settings
         self.metrics = metrics
         self._to_loop = to_loop
         self._events = events
@@ -271,7 +232,7 @@ class Call:
         name: str,
         engine: Engine,
         voice: VoiceProfile,
-        settings: dict[str, Any],
+        settings: SessionSettings,
         metrics: ServiceMetrics,
         to_loop: Callable[..., None],
         events: CallEvents,
@@ -288,9 +249,9 @@ class Call:
             raise
         return call
 
-    def _new_live(self, settings: dict[str, Any]) -> LiveSession:
+    def _new_live(self, settings: SessionSettings) -> LiveSession:
         converter = StreamConverter(
-            self.engine, self.voice, OPUS_RATE, on_block=self.metrics.observe_inference, **settings
+            self.engine, self.voice, OPUS_RATE, settings, on_block=self.metrics.observe_inference
         )
         return LiveSession(converter, self._on_output, name=self.name)
 
@@ -337,14 +298,14 @@ class Call:
             if self.live is not None:
                 self.live.set_voice(voice)
 
-    def reopen(self, settings: dict[str, Any]) -> None:
+    def reopen(self, settings: SessionSettings) -> None:
         """New engine settings: a new engine session and worker, same peer (no renegotiation)."""
         with self._lock:
             if self._closed:
                 return
             replacement = self._new_live(settings)
             old, self.live = self.live, replacement
-            self.settings = dict(settings)
+            self.settings = settings
         if old is not None:
             old.stop()
 
@@ -403,8 +364,7 @@ class Connection:
         #: the call being opened in the pool (until it is assigned to ``call``)
         self._opening: asyncio.Future[Call] | None = None
         self.voice_id: str | None = None
-        self.schema = settings_schema(app[ENGINE_KEY], app[SETTINGS_KEY].block_time)
-        self.settings = _defaults(self.schema)
+        self.settings: SessionSettings = app[DEFAULTS_KEY]
         self._outbox: asyncio.Queue[dict[str, Any] | _Close] = asyncio.Queue()
         self._closing = False
         self._tokens = RATE_BURST
@@ -590,8 +550,8 @@ class Connection:
                 "sample_rate": engine.sample_rate,
             },
             voices=[{"id": v.id, "name": v.name, "duration_s": round(v.duration_s, 2)} for v in voices],
-            settings=self.settings,
-            settings_schema=self.schema,
+            settings=self.settings.values(per_call_only=True),
+            settings_schema=settings_schema(self.settings),
             max_message_bytes=MAX_MESSAGE_BYTES,
             stats_interval_s=STATS_INTERVAL_S,
         )
@@ -621,7 +581,7 @@ class Connection:
             opus_payload_type(sdp)
         except InvalidSdpError as exc:
             raise SignallingError("bad_sdp", str(exc)) from exc
-        settings = {**self.settings, **validate_settings(data.get("settings"), self.schema)}
+        settings = validate_settings(data.get("settings"), self.settings)
         voice_id = data.get("voice", self.voice_id)
         _, profile = await self._profile(voice_id)
         if self._closing:
@@ -672,7 +632,7 @@ class Connection:
         loop = asyncio.get_running_loop()
         self._connect_timer = loop.call_later(CONNECT_TIMEOUT_S, self._connect_timeout)
         self._spawn(self._stats_loop(call), "stats")
-        log.info("connection %s: session started (voice %s, %s)", self.id, voice_id, settings)
+        log.info("connection %s: session started (voice %s, %s)", self.id, voice_id, settings.values())
 
     async def _ice(self, data: dict[str, Any]) -> None:
         call = self.call
@@ -714,7 +674,7 @@ class Connection:
         raw = data.get("settings")
         if raw is None:
             raise SignallingError("bad_settings", "'settings' is missing")
-        merged = {**self.settings, **validate_settings(raw, self.schema)}
+        merged = validate_settings(raw, self.settings)
         call = self.call
         if call is not None and merged != call.settings:
             try:
@@ -722,7 +682,7 @@ class Connection:
             except VcstreamError as exc:
                 raise SignallingError("bad_settings", f"the engine refused the settings: {exc}") from exc
         self.settings = merged
-        self.send("settings", settings=merged)
+        self.send("settings", settings=merged.values(per_call_only=True))
 
     async def _bye(self, data: dict[str, Any]) -> None:
         self.send("bye", reason="client")

@@ -14,6 +14,7 @@ import numpy as np
 
 from vcstream.audio.resample import make_resampler
 from vcstream.engines.base import Audio, Engine, VoiceProfile
+from vcstream.engines.settings import SessionSettings
 
 
 @dataclass
@@ -47,13 +48,13 @@ class StreamConverter:
         engine: Engine,
         voice: VoiceProfile,
         io_rate: int,
+        settings: SessionSettings | None = None,
         on_block: Callable[[float], None] | None = None,
-        **settings: Any,
     ) -> None:
         self.engine = engine
         self._on_block = on_block  # e.g. a metrics histogram: called with each block's inference seconds
         self.io_rate = io_rate
-        self.session = engine.open_session(voice, **settings)
+        self.session = engine.open_session(voice, settings)
         self._to_engine = make_resampler(io_rate, engine.sample_rate)
         self._from_engine = make_resampler(engine.sample_rate, io_rate)
         self._pending = np.zeros(0, dtype=np.float32)

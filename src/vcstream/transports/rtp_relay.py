@@ -30,6 +30,7 @@ import numpy as np
 
 from vcstream.audio.resample import make_resampler
 from vcstream.engines.base import Audio, Engine, VoiceProfile
+from vcstream.engines.settings import SessionSettings
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, RtpOpusReceiver, RtpOpusSender
 from vcstream.streaming.converter import StreamConverter
 from vcstream.streaming.live import LiveSession
@@ -75,7 +76,7 @@ class RtpRelay:
         latency_ms: int = 60,
         bind_address: str = "0.0.0.0",
         rtcp_port: int | None = None,
-        settings: dict[str, Any] | None = None,
+        settings: SessionSettings | None = None,
         max_backlog_s: float | None = None,
         taps: RelayTaps | None = None,
         trace: bool = False,
@@ -84,7 +85,7 @@ class RtpRelay:
         self.engine = engine
         self._taps = taps or RelayTaps()
         self._started_at = time.monotonic()
-        self.converter = StreamConverter(engine, voice, OPUS_RATE, **(settings or {}))
+        self.converter = StreamConverter(engine, voice, OPUS_RATE, settings)
         self.lead_samples = input_lead_samples(self.converter)
         host, port = destination
         try:

@@ -6,13 +6,8 @@ utterance like Seed-VC's own inference script. Importing this package imports to
 """
 
 from vcstream.engines.seedvc.offline import convert_offline
-from vcstream.engines.seedvc.session import (
-    SeedVCEngine,
-    SeedVCSession,
-    SeedVCSettings,
-    StreamLayout,
-    create_seedvc_engine,
-)
+from vcstream.engines.seedvc.session import SeedVCEngine, SeedVCSession, StreamLayout, create_seedvc_engine
+from vcstream.engines.seedvc.settings import SeedVCSettings
 
 __all__ = [
     "SeedVCEngine",

@@ -15,7 +15,8 @@ import torch
 from vcstream.audio.resample import resample
 from vcstream.engines.base import Audio, VoiceProfile
 from vcstream.engines.seedvc.model import CONTENT_FRAME_RATE, CONTENT_RATE
-from vcstream.engines.seedvc.session import DTYPES, MAX_REFERENCE_S, SeedVCEngine
+from vcstream.engines.seedvc.session import DTYPES, SeedVCEngine
+from vcstream.engines.seedvc.settings import MAX_REFERENCE_S
 from vcstream.errors import ConfigurationError, InvalidAudioError
 
 #: XLS-R input piece and overlap (seconds), as inference.py

@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from vcstream.audio.resample import StreamingResampler, resample
 from vcstream.audio.sola import SolaSplicer
 from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile, check_block
 from vcstream.engines.seedvc.model import CONTENT_FRAME_RATE, CONTENT_RATE, SeedVCModels
+from vcstream.engines.seedvc.settings import MAX_REFERENCE_S, MIN_PROMPT_S, SeedVCSettings
+from vcstream.engines.settings import SessionSettings, SettingsError
 from vcstream.errors import ConfigurationError, InvalidAudioError
 
 log = logging.getLogger(__name__)
@@ -44,45 +46,6 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: the GUI caps the SOLA crossfade buffer at four 20 ms units
 MAX_SOLA_UNITS = 4
-#: reference kept per voice (for longer prompts and offline conversion), as Seed-VC's inference.py
-MAX_REFERENCE_S = 25.0
-#: shortest usable prompt: XLS-R, the filterbank and the mel padding all need a few frames
-MIN_PROMPT_S = 0.1
-
-
-@dataclass(frozen=True)
-class SeedVCSettings:
-    """Per-session settings (times in seconds, multiples of 20 ms)."""
-
-    block_time: float = 0.18
-    crossfade_time: float = 0.04
-    #: content-encoder left context
-    extra_time_ce: float = 2.5
-    #: DiT left context (part of the content-encoder context that the DiT also sees)
-    extra_time_dit: float = 0.5
-    extra_time_right: float = 0.02
-    diffusion_steps: int = 10
-    cfg_rate: float = 0.7
-    max_prompt_length: float = 3.0
-    seed: int = 0
-    dtype: str = "fp32"
-
-    @classmethod
-    def merged(cls, base: SeedVCSettings, values: Mapping[str, Any]) -> SeedVCSettings:
-        known = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigurationError(f"unknown Seed-VC settings {unknown}; known: {', '.join(known)}")
-        merged = asdict(base)
-        for key, value in values.items():
-            if value is None:
-                continue
-            kind = type(merged[key])
-            try:
-                merged[key] = kind(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigurationError(f"Seed-VC setting {key}={value!r} is not a {kind.__name__}") from exc
-        return cls(**merged)
 
 
 def _units(seconds: float, what: str, zc: int, sample_rate: int, minimum: int = 0) -> int:
@@ -244,18 +207,10 @@ class SeedVCSession(EngineSession):
     """One stream: its window, SOLA tail, noise generator and current voice."""
 
     def __init__(self, engine: SeedVCEngine, voice: VoiceProfile, settings: SeedVCSettings) -> None:
-        if settings.dtype not in DTYPES:
-            raise ConfigurationError(f"dtype must be one of {', '.join(DTYPES)} (got {settings.dtype!r})")
         if settings.dtype != "fp32" and engine.device.type != "cuda":
-            raise ConfigurationError(
+            raise SettingsError(
                 f"dtype {settings.dtype} needs a CUDA device; on {engine.device.type} use fp32"
             )
-        if settings.diffusion_steps < 1:
-            raise ConfigurationError("diffusion_steps must be at least 1")
-        if settings.cfg_rate < 0:
-            raise ConfigurationError("cfg_rate cannot be negative")
-        if settings.max_prompt_length < MIN_PROMPT_S:
-            raise ConfigurationError(f"max_prompt_length must be at least {MIN_PROMPT_S} s")
         self.engine = engine
         self.settings = settings
         self.layout = StreamLayout.from_settings(settings, engine.sample_rate, engine.models.hop_size)
@@ -321,12 +276,18 @@ class SeedVCEngine(Engine):
 
     name = "seedvc"
 
-    def __init__(self, models: SeedVCModels, **defaults: Any) -> None:
+    settings_type = SeedVCSettings
+
+    def __init__(self, models: SeedVCModels, defaults: SeedVCSettings | None = None) -> None:
         self.models = models
         self.sample_rate = models.sample_rate
-        self.defaults = SeedVCSettings.merged(SeedVCSettings(), defaults)
+        self._defaults = defaults or SeedVCSettings()
         if models.random_weights:
             log.warning("Seed-VC engine runs with RANDOM weights (%s): output is noise", models.origin)
+
+    @property
+    def defaults(self) -> SeedVCSettings:
+        return self._defaults
 
     @property
     def device(self) -> torch.device:
@@ -378,8 +339,8 @@ class SeedVCEngine(Engine):
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def open_session(self, voice: VoiceProfile, **settings: Any) -> SeedVCSession:
-        return SeedVCSession(self, voice, SeedVCSettings.merged(self.defaults, settings))
+    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> SeedVCSession:
+        return SeedVCSession(self, voice, self.own_settings(settings, SeedVCSettings))
 
     def autocast(self, dtype: str) -> AbstractContextManager[Any]:
         if dtype == "fp32" or self.device.type != "cuda":
@@ -509,7 +470,7 @@ class SeedVCEngine(Engine):
             "dtype": self.defaults.dtype,
             "random_weights": self.models.random_weights,
             "weights": self.models.origin,
-            "defaults": asdict(self.defaults),
+            "defaults": self.defaults.values(),
         }
 
 
@@ -520,7 +481,7 @@ def create_seedvc_engine(
     allow_download: bool = False,
     random_weights: bool = False,
     seed: int = 0,
-    **defaults: Any,
+    defaults: SeedVCSettings | None = None,
 ) -> SeedVCEngine:
     """The engine with published weights (from the cache, local paths, or the hub when allowed), or
     with random weights only when asked explicitly: missing weights raise ModelUnavailableError and
@@ -533,4 +494,4 @@ def create_seedvc_engine(
     else:
         models = load_pretrained(resolve_weights(cache_dir, local_paths, allow_download), device)
     log.info("Seed-VC loaded on %s from %s", models.device, models.origin)
-    return SeedVCEngine(models, **defaults)
+    return SeedVCEngine(models, defaults)
