@@ -235,6 +235,10 @@ def test_metrics_instances_are_independent() -> None:
 # -- OpenAPI -----------------------------------------------------------------------------------------
 
 
+#: the API's paths (the browser page and its static files are checked in test_openapi.py)
+API_PATHS = r"^/(api/|healthz$|readyz$|metrics$|ws$)"
+
+
 def test_openapi_lists_every_route_with_responses(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serving(tmp_path, PassthroughEngine()) as client:
@@ -246,7 +250,7 @@ def test_openapi_lists_every_route_with_responses(tmp_path: Path) -> None:
                 for route in client.app.router.routes()
                 if route.resource is not None
                 and route.method != "HEAD"
-                and re.match(r"^/(api/|healthz$|readyz$|metrics$)", route.resource.canonical)
+                and re.match(API_PATHS, route.resource.canonical)
             }
 
         assert document["openapi"].startswith("3.1")
@@ -254,7 +258,7 @@ def test_openapi_lists_every_route_with_responses(tmp_path: Path) -> None:
             (method, path)
             for path, item in document["paths"].items()
             for method in item
-            if method in ("get", "post", "put", "delete", "patch")
+            if method in ("get", "post", "put", "delete", "patch") and re.match(API_PATHS, path)
         }
         assert routes == documented
         for method, path in documented:

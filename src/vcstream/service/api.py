@@ -1,5 +1,8 @@
 """The REST API under /api: the voice library, server information and its OpenAPI description.
 
+Answers are built through the models of ``vcstream.service.schemas`` and each handler declares its
+operation (``@operation``); the document at /api/openapi.json is generated from those at start-up.
+
 Every error is JSON ``{"error": code, "message": text}`` (``json_errors`` middleware): domain
 exceptions are mapped to statuses here, at the edge, and nothing reaches a client as an HTML page.
 Uploads are streamed with a size cap and refused with 413 as soon as the cap is passed.
@@ -13,11 +16,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, hdrs, web
+from pydantic import ValidationError
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S
 from vcstream.errors import InvalidAudioError, VcstreamError
 from vcstream.service.health import STATE_KEY
 from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.openapi import Media, build_document, error, operation, reply
+from vcstream.service.schemas import (
+    ErrorBody,
+    ReferenceSeconds,
+    ServerInfo,
+    Voice,
+    VoiceList,
+    VoicePath,
+    VoiceQuery,
+    VoiceUploadForm,
+    json_reply,
+)
 from vcstream.service.voices import (
     MAX_NAME_CHARS,
     EmptyUploadError,
@@ -59,7 +75,7 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+    return json_reply(ErrorBody(error=code, message=message), status, headers)
 
 
 def _is_websocket(request: web.Request) -> bool:
@@ -150,6 +166,22 @@ async def _read_upload(request: web.Request, limit: int) -> _Upload:
     return upload
 
 
+_WAV = Media("audio/wav", {"type": "string", "contentMediaType": "audio/wav"})
+_VOICE_NOT_FOUND = error("no voice with this id (error voice_not_found)")
+
+
+@operation(
+    "addVoice",
+    f"Upload a reference recording ({MIN_SPEECH_S:g}-{MAX_SPEECH_S:g} s of speech after trimming silence)",
+    {
+        201: reply("stored (Location: its URL); notices say what was changed (trimmed to 30 s)", Voice),
+        400: error("missing_file, invalid_name, empty_file or bad_multipart"),
+        413: error("file_too_large: above the server's upload limit (max_upload_bytes of /api/info)"),
+        415: error("unsupported_media_type (not audio) or not_multipart"),
+        422: error("invalid_audio: silent, under 1 s of sound, NaN/Inf samples, no audio"),
+    },
+    body=("multipart/form-data", VoiceUploadForm),
+)
 async def upload_voice(request: web.Request) -> web.Response:
     library = request.app[VOICES_KEY]
     limit = library.max_upload_bytes
@@ -165,60 +197,119 @@ async def upload_voice(request: web.Request) -> web.Response:
     if upload.data is None:
         raise ApiError(400, "missing_file", "the form field 'file' (the reference recording) is missing")
     info = await library.add(upload.name, upload.filename, upload.content_type, upload.data)
-    return web.json_response(info.to_json(), status=201, headers={hdrs.LOCATION: f"/api/voices/{info.id}"})
+    return json_reply(Voice.of(info), 201, headers={hdrs.LOCATION: f"/api/voices/{info.id}"})
 
 
+@operation(
+    "listVoices", "List the voices of the library, oldest first", {200: reply("the voices", VoiceList)}
+)
 async def list_voices(request: web.Request) -> web.Response:
     voices = await request.app[VOICES_KEY].list()
-    return web.json_response({"voices": [voice.to_json() for voice in voices]})
+    return json_reply(VoiceList(voices=[Voice.of(voice) for voice in voices]))
 
 
+def _voice_id(request: web.Request) -> str:
+    return VoicePath.model_validate(dict(request.match_info)).voice_id
+
+
+@operation(
+    "getVoice",
+    "A voice's metadata, or its recording with ?audio=1",
+    {
+        200: reply("the voice (or with ?audio=1 its 16-bit WAV recording)", Voice, _WAV),
+        400: error("invalid_query: audio is not a boolean"),
+        404: _VOICE_NOT_FOUND,
+    },
+    path=VoicePath,
+    query=VoiceQuery,
+)
 async def get_voice(request: web.Request) -> web.StreamResponse:
-    if request.query.get("audio", "").lower() in ("1", "true", "yes"):
+    try:
+        query = VoiceQuery.model_validate(dict(request.query))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ApiError(400, "invalid_query", problems) from exc
+    if query.audio:
         return await voice_audio(request)
-    info = await request.app[VOICES_KEY].get(request.match_info["voice_id"])
-    return web.json_response(info.to_json())
+    info = await request.app[VOICES_KEY].get(_voice_id(request))
+    return json_reply(Voice.of(info))
 
 
+@operation(
+    "getVoiceAudio",
+    "The stored recording (trimmed reference, 16-bit WAV, 48 kHz mono)",
+    {200: reply("the recording", _WAV), 404: _VOICE_NOT_FOUND},
+    path=VoicePath,
+)
 async def voice_audio(request: web.Request) -> web.StreamResponse:
-    voice_id = request.match_info["voice_id"]
+    voice_id = _voice_id(request)
     path = await request.app[VOICES_KEY].audio_path(voice_id)
     headers = {hdrs.CONTENT_TYPE: "audio/wav", hdrs.CONTENT_DISPOSITION: f'inline; filename="{voice_id}.wav"'}
     return web.FileResponse(path, headers=headers)
 
 
+@operation(
+    "deleteVoice",
+    "Delete a voice and its recording",
+    {204: reply("deleted"), 404: _VOICE_NOT_FOUND},
+    path=VoicePath,
+)
 async def delete_voice(request: web.Request) -> web.Response:
-    await request.app[VOICES_KEY].delete(request.match_info["voice_id"])
+    await request.app[VOICES_KEY].delete(_voice_id(request))
     return web.Response(status=204)
 
 
 # -- server -----------------------------------------------------------------------------------------
 
 
+@operation(
+    "getInfo",
+    "Engine in use (with a note when the CPU engine stands in for Seed-VC), capacity",
+    {200: reply("server information", ServerInfo)},
+)
 async def info(request: web.Request) -> web.Response:
     app = request.app
     settings, state, engine = app[SETTINGS_KEY], app[STATE_KEY], app[ENGINE_KEY]
     described = engine.describe()
-    return web.json_response(
-        {
-            "engine": engine.name,
-            "engine_note": state.engine_note,
-            "cpu_fallback": state.cpu_fallback,
-            "device": str(described.get("device", "cpu")),
-            "sample_rate": engine.sample_rate,
-            "block_time_s": app[DEFAULTS_KEY].block_time,
-            "max_sessions": state.max_sessions,
-            "active_sessions": app[METRICS_KEY].active_sessions,
-            "ready": state.not_ready_reason() is None,
-            "draining": state.draining,
-            "max_upload_bytes": settings.max_upload_bytes,
-            "reference_seconds": {"min": MIN_SPEECH_S, "max": MAX_SPEECH_S},
-        }
+    return json_reply(
+        ServerInfo(
+            engine=engine.name,
+            engine_note=state.engine_note,
+            cpu_fallback=state.cpu_fallback,
+            device=str(described.get("device", "cpu")),
+            sample_rate=engine.sample_rate,
+            block_time_s=app[DEFAULTS_KEY].block_time,
+            max_sessions=state.max_sessions,
+            active_sessions=app[METRICS_KEY].active_sessions,
+            ready=state.not_ready_reason() is None,
+            draining=state.draining,
+            max_upload_bytes=settings.max_upload_bytes,
+            reference_seconds=ReferenceSeconds(min=MIN_SPEECH_S, max=MAX_SPEECH_S),
+        )
     )
 
 
+OPENAPI_KEY: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+OPENAPI_INFO = {
+    "title": "vcstream",
+    "version": "0.1.0",
+    "description": "Real-time zero-shot voice conversion: voice library, server state, health, signalling.",
+    "license": {"name": "GPL-3.0-or-later", "identifier": "GPL-3.0-or-later"},
+}
+
+
+@operation(
+    "getOpenApi",
+    "This document",
+    {200: reply("OpenAPI 3.1 document", Media("application/json", {"type": "object"}))},
+)
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(request.app[OPENAPI_KEY])
+
+
+async def _build_openapi(app: web.Application) -> None:
+    """Generated once every route is registered; an undocumented route stops start-up here."""
+    app[OPENAPI_KEY] = build_document(app, OPENAPI_INFO)
 
 
 def setup(app: web.Application) -> None:
@@ -230,220 +321,4 @@ def setup(app: web.Application) -> None:
     router.add_get("/api/voices/{voice_id}/audio", voice_audio)
     router.add_get("/api/info", info)
     router.add_get("/api/openapi.json", openapi)
-
-
-# -- OpenAPI ----------------------------------------------------------------------------------------
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-def _json(description: str, schema: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
-
-
-_VOICE_ID = {
-    "name": "voice_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-}
-_NOT_FOUND = _error("no voice with this id (error voice_not_found)")
-_TEXT = {"text/plain": {"schema": {"type": "string"}}}
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "vcstream",
-        "version": "0.1.0",
-        "description": "Real-time zero-shot voice conversion: voice library, server state, health.",
-        "license": {"name": "GPL-3.0-or-later", "identifier": "GPL-3.0-or-later"},
-    },
-    "paths": {
-        "/api/voices": {
-            "get": {
-                "summary": "List the voices of the library, oldest first",
-                "operationId": "listVoices",
-                "responses": {"200": _json("the voices", "VoiceList")},
-            },
-            "post": {
-                "summary": "Upload a reference recording (1-30 s of speech after trimming silence)",
-                "operationId": "addVoice",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["file", "name"],
-                                "properties": {
-                                    "file": {
-                                        "type": "string",
-                                        "contentMediaType": "application/octet-stream",
-                                        "description": "wav, flac, mp3, ogg (vorbis/opus), webm/opus...",
-                                    },
-                                    "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "201": _json("stored; notices say what was changed (trimmed to 30 s)", "Voice"),
-                    "400": _error("missing_file, invalid_name, empty_file or bad_multipart"),
-                    "413": _error("file_too_large: above the server's upload limit"),
-                    "415": _error("unsupported_media_type (not audio) or not_multipart"),
-                    "422": _error("invalid_audio: silent, under 1 s of sound, NaN/Inf samples, no audio"),
-                },
-            },
-        },
-        "/api/voices/{voice_id}": {
-            "parameters": [_VOICE_ID],
-            "get": {
-                "summary": "A voice's metadata, or its recording with ?audio=1",
-                "operationId": "getVoice",
-                "parameters": [
-                    {
-                        "name": "audio",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string", "enum": ["1"]},
-                    }
-                ],
-                "responses": {
-                    "200": {
-                        "description": "the voice (or with ?audio=1 its 16-bit WAV recording)",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Voice"}},
-                            "audio/wav": {"schema": {"type": "string", "contentMediaType": "audio/wav"}},
-                        },
-                    },
-                    "404": _NOT_FOUND,
-                },
-            },
-            "delete": {
-                "summary": "Delete a voice and its recording",
-                "operationId": "deleteVoice",
-                "responses": {"204": {"description": "deleted"}, "404": _NOT_FOUND},
-            },
-        },
-        "/api/voices/{voice_id}/audio": {
-            "parameters": [_VOICE_ID],
-            "get": {
-                "summary": "The stored recording (trimmed reference, 16-bit WAV, 48 kHz mono)",
-                "operationId": "getVoiceAudio",
-                "responses": {
-                    "200": {
-                        "description": "the recording",
-                        "content": {
-                            "audio/wav": {"schema": {"type": "string", "contentMediaType": "audio/wav"}}
-                        },
-                    },
-                    "404": _NOT_FOUND,
-                },
-            },
-        },
-        "/api/info": {
-            "get": {
-                "summary": "Engine in use (with a note when the CPU engine stands in for Seed-VC), capacity",
-                "operationId": "getInfo",
-                "responses": {"200": _json("server information", "Info")},
-            }
-        },
-        "/api/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "operationId": "getOpenApi",
-                "responses": {
-                    "200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}
-                },
-            }
-        },
-        "/healthz": {
-            "get": {
-                "summary": "Liveness: the process answers",
-                "operationId": "healthz",
-                "responses": {"200": _json("alive", "Status")},
-            }
-        },
-        "/readyz": {
-            "get": {
-                "summary": "Readiness: engine loaded and warm, not draining",
-                "operationId": "readyz",
-                "responses": {
-                    "200": _json("ready for sessions", "Status"),
-                    "503": _error("not_ready: warming up, warm-up failed, or shutting down"),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics (text exposition format)",
-                "operationId": "metrics",
-                "responses": {"200": {"description": "metrics", "content": _TEXT}},
-            }
-        },
-    },
-    "components": {
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error", "message"],
-                "properties": {
-                    "error": {"type": "string", "description": "machine-readable code"},
-                    "message": {"type": "string", "description": "what was wrong, for people"},
-                },
-            },
-            "Voice": {
-                "type": "object",
-                "required": ["id", "name", "duration_s", "sample_rate", "created_at", "notices"],
-                "properties": {
-                    "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                    "name": {"type": "string"},
-                    "filename": {"type": ["string", "null"]},
-                    "content_type": {"type": ["string", "null"]},
-                    "duration_s": {
-                        "type": "number",
-                        "description": "seconds of the stored, trimmed reference",
-                    },
-                    "sample_rate": {"type": "integer"},
-                    "created_at": {"type": "string", "format": "date-time"},
-                    "notices": {"type": "array", "items": {"type": "string"}},
-                },
-            },
-            "VoiceList": {
-                "type": "object",
-                "required": ["voices"],
-                "properties": {"voices": {"type": "array", "items": {"$ref": "#/components/schemas/Voice"}}},
-            },
-            "Info": {
-                "type": "object",
-                "properties": {
-                    "engine": {"type": "string", "enum": ["seedvc", "world", "passthrough"]},
-                    "engine_note": {"type": "string"},
-                    "cpu_fallback": {"type": "boolean"},
-                    "device": {"type": "string"},
-                    "sample_rate": {"type": "integer"},
-                    "block_time_s": {"type": ["number", "null"]},
-                    "max_sessions": {"type": "integer"},
-                    "active_sessions": {"type": "integer"},
-                    "ready": {"type": "boolean"},
-                    "draining": {"type": "boolean"},
-                    "max_upload_bytes": {"type": "integer"},
-                    "reference_seconds": {
-                        "type": "object",
-                        "properties": {"min": {"type": "number"}, "max": {"type": "number"}},
-                    },
-                },
-            },
-            "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
-        }
-    },
-}
+    app.on_startup.append(_build_openapi)

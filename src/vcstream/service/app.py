@@ -35,6 +35,7 @@ from vcstream.service.engine_loader import load_engine, loaded, warm_engine
 from vcstream.service.health import STATE_KEY, ServiceState
 from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
 from vcstream.service.metrics import ServiceMetrics
+from vcstream.service.openapi import Media, error, operation, reply
 from vcstream.service.voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,11 @@ async def drain(app: web.Application, grace_s: float | None = None) -> bool:
     return left == 0
 
 
+@operation(
+    "metrics",
+    "Prometheus metrics (text exposition format)",
+    {200: reply("metrics", Media("text/plain"))},
+)
 async def metrics(request: web.Request) -> web.Response:
     service_metrics = request.app[METRICS_KEY]
     return web.Response(
@@ -154,6 +160,14 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "index",
+    "The browser client's page",
+    {
+        200: reply("the page", Media("text/html")),
+        404: error("not_found: the browser client is not installed"),
+    },
+)
 async def index(request: web.Request) -> web.StreamResponse:
     page = STATIC_DIR / "index.html"
     if not page.is_file():

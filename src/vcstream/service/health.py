@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from vcstream.service.keys import METRICS_KEY
+from vcstream.service.openapi import error, operation, reply
+from vcstream.service.schemas import Alive, ErrorBody, Ready, json_reply
 
 
 @dataclass
@@ -61,16 +63,25 @@ def session_refusal(app: web.Application) -> tuple[str, str] | None:
     return None
 
 
+@operation("healthz", "Liveness: the process answers", {200: reply("alive", Alive)})
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_reply(Alive())
 
 
+@operation(
+    "readyz",
+    "Readiness: engine loaded and warm, not draining",
+    {
+        200: reply("ready for sessions", Ready),
+        503: error("not_ready: warming up, warm-up failed, or shutting down"),
+    },
+)
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     reason = state.not_ready_reason()
     if reason is not None:
-        return web.json_response({"error": "not_ready", "message": reason}, status=503)
-    return web.json_response({"status": "ready"})
+        return json_reply(ErrorBody(error="not_ready", message=reason), 503)
+    return json_reply(Ready())
 
 
 def setup(app: web.Application) -> None:

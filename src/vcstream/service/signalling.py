@@ -103,6 +103,7 @@ from vcstream.service.keys import (
     VOICES_KEY,
 )
 from vcstream.service.metrics import ServiceMetrics
+from vcstream.service.openapi import error, operation, reply
 from vcstream.service.voices import VoiceNotFoundError
 from vcstream.streaming.converter import StreamConverter
 from vcstream.streaming.live import LiveSession
@@ -117,6 +118,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: the protocol section of this docstring, served as /ws's description in the OpenAPI document
+_PROTOCOL = (
+    (__doc__ or "").partition("Protocol v1\n===========\n")[2].partition("Threads\n=======")[0].strip()
+)
 
 T = TypeVar("T")
 
@@ -967,6 +972,15 @@ class SessionRegistry:
 
     # -- the endpoint -----------------------------------------------------------------------------
 
+    @operation(
+        "signalling",
+        "WebSocket signalling for WebRTC conversion sessions (GET with Upgrade: websocket)",
+        {
+            101: reply("Switching Protocols: the WebSocket is open; messages as described above"),
+            400: error("bad_request: not a WebSocket upgrade request"),
+        },
+        description=_PROTOCOL,
+    )
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=_FRAME_LIMIT, heartbeat=20.0, timeout=2.0)
         await ws.prepare(request)

@@ -117,18 +117,6 @@ class VoiceInfo:
             notices=tuple(record.notices or ()),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "filename": self.filename,
-            "content_type": self.content_type,
-            "duration_s": round(self.duration_s, 3),
-            "sample_rate": self.sample_rate,
-            "created_at": self.created_at.isoformat(),
-            "notices": list(self.notices),
-        }
-
 
 def validate_name(name: str | None) -> str:
     clean = (name or "").strip()
