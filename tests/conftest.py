@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +97,20 @@ def median_f0(samples: np.ndarray, rate: int) -> float:
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     noise = reference - estimate
     return float(10 * np.log10(np.sum(reference**2) / max(np.sum(noise**2), 1e-20)))
+
+
+@pytest.fixture(scope="session")
+def seedvc_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A Hugging Face cache holding full-size Seed-VC weights in the published checkpoint layout
+    (random values, seed 0: the same model as ``build_random("cpu", seed=0)``), made once per run so
+    that every test loading Seed-VC goes through the real loader with the hub offline (~0.9 GB)."""
+    from vcstream.engines.seedvc.model import build_random
+    from vcstream.engines.seedvc.weights import save_random_checkpoints
+
+    cache = tmp_path_factory.mktemp("seedvc-hub-cache")
+    save_random_checkpoints(build_random("cpu", seed=0), cache)
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -5,10 +5,9 @@ affordable on two CPU cores."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from vcstream.engines.seedvc.weights import (
     PUBLISHED,
     check_weights,
     resolve_weights,
-    save_random_checkpoints,
 )
 from vcstream.errors import ConfigurationError, ModelUnavailableError
 
@@ -325,17 +323,9 @@ def test_offline_conversion_keeps_the_length(
     assert np.max(np.abs(out)) > 0
 
 
-@pytest.fixture(scope="module")
-def saved_cache(models: SeedVCModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cache = tmp_path_factory.mktemp("hub-cache")
-    save_random_checkpoints(models, cache)
-    yield cache
-    shutil.rmtree(cache, ignore_errors=True)  # ~0.9 GB of random weights
-
-
 @pytest.mark.slow
 def test_saved_checkpoints_load_through_the_real_path(
-    saved_cache: Path,
+    seedvc_cache: Path,
     engine: SeedVCEngine,
     voices: dict[str, VoiceProfile],
     flite_speech: Speech,
@@ -343,10 +333,10 @@ def test_saved_checkpoints_load_through_the_real_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert all(entry.present for entry in check_weights(saved_cache))
-    loaded = create_seedvc_engine(device="cpu", cache_dir=saved_cache, allow_download=True)
+    assert all(entry.present for entry in check_weights(seedvc_cache))
+    loaded = create_seedvc_engine(device="cpu", cache_dir=seedvc_cache, allow_download=True)
     assert loaded.describe()["random_weights"] is False  # as far as it knows: published-format files
-    assert str(saved_cache) in loaded.describe()["weights"]
+    assert str(seedvc_cache) in loaded.describe()["weights"]
     samples, rate = flite_speech("slt")
     voice = loaded.prepare_voice(samples[: int(2.0 * rate)], rate)
     session = loaded.open_session(voice, loaded.settings(seed=1, max_prompt_length=2.0, **FAST))

@@ -59,20 +59,24 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(data_dir: Path, **settings: Any) -> AsyncIterator[Server]:
+async def serving(
+    data_dir: Path, *, load_engine: bool = False, ready_within_s: float = 10.0, **settings: Any
+) -> AsyncIterator[Server]:
+    """A server with the WORLD engine handed in, or with ``load_engine`` the engine its settings name
+    (``engine=``, ``model_cache=``...) loaded at start-up by the server's own loader."""
     config = ServiceSettings(port=0, data_dir=data_dir, webrtc_latency_ms=20, **settings)
-    app = create_app(config, WorldEngine())
+    app = create_app(config, None if load_engine else WorldEngine())
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     http = aiohttp.ClientSession()
     try:
-        for _ in range(200):  # warm-up runs in the background after start-up
+        deadline = time.monotonic() + ready_within_s
+        while True:  # loading and warm-up run in the background after start-up
             async with http.get(f"http://{server.host}:{server.port}/readyz") as response:
                 if response.status == 200:
                     break
+                assert time.monotonic() < deadline, f"not ready: {await response.text()}"
             await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the server did not become ready")
         yield Server(app, server, http)
     finally:
         await http.close()

@@ -34,9 +34,10 @@ Server -> client
   ``state``     ``{"connection"|"ice"|"gathering": "<state>"}``: the server side's WebRTC states.
   ``stats``     every ``stats_interval_s``: ``latency_ms`` (estimate, below), ``algorithmic_ms``,
                 ``inference_ms`` (median) and ``inference_ms_p95``, ``block_ms``, ``backlog_ms``,
-                ``blocks``, ``late_blocks``, ``dropped_ms``, ``drop_events``, ``engine_errors``,
-                ``rtt_ms``, ``jitter_ms`` (of the audio the server receives), ``remote_jitter_ms`` and
-                ``remote_packets_lost`` (the client's reports on the audio it receives),
+                ``blocks``, ``output_ms`` (converted audio sent), ``late_blocks``, ``dropped_ms``,
+                ``drop_events``, ``engine_errors``, ``rtt_ms``, ``jitter_ms`` (of the audio the server
+                receives), ``remote_jitter_ms`` and ``remote_packets_lost`` (the client's reports on the
+                audio it receives),
                 ``bitrate_in_kbps``, ``bitrate_out_kbps``, and ``timeline`` (ms from the offer to the
                 answer, to the connection, to the first audio in and the first converted audio out).
   ``voice``, ``settings``: acknowledgements (above).
@@ -824,6 +825,7 @@ class Connection:
             "block_ms": r(snap["block_ms"]),
             "backlog_ms": r(snap["backlog_ms"]),
             "blocks": snap["blocks"],
+            "output_ms": r(1000 * snap["samples_out"] / OPUS_RATE),
             "late_blocks": snap["late_blocks"],
             "dropped_ms": r(snap["dropped_ms"]),
             "drop_events": snap["drop_events"],
@@ -969,6 +971,10 @@ class SessionRegistry:
     @property
     def calls(self) -> int:
         return sum(1 for c in self._connections if c.call is not None)
+
+    def active_calls(self) -> list[Call]:
+        """The calls running now (for operators' views and tests)."""
+        return [c.call for c in self._connections if c.call is not None]
 
     # -- the endpoint -----------------------------------------------------------------------------
 

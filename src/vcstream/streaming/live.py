@@ -29,6 +29,9 @@ class LiveCounters:
     chunks_in: int = 0
     samples_in: int = 0
     samples_out: int = 0
+    #: blocks converted; counted with their output under one lock, so a snapshot never sees a block
+    #: whose audio is not counted yet
+    blocks: int = 0
     dropped_samples: int = 0
     drop_events: int = 0
     late_blocks: int = 0  # blocks whose inference took longer than their own duration
@@ -103,12 +106,12 @@ class LiveSession:
             backlog = self._backlog_samples
         rate = self.converter.io_rate
         return {
-            **counters,
+            **self.converter.stats.snapshot(),
+            **counters,  # the counters published with each block's output win over the converter's
             "backlog_ms": 1000 * backlog / rate,
             "dropped_ms": 1000 * counters["dropped_samples"] / rate,
             "block_ms": 1000 * self.converter.block_size / rate,
             "algorithmic_latency_ms": 1000 * self.converter.algorithmic_latency_s,
-            **self.converter.stats.snapshot(),
         }
 
     # -- worker thread ---------------------------------------------------------------------------
@@ -131,10 +134,12 @@ class LiveSession:
                 start = time.perf_counter()
                 out = self.converter.push(np.concatenate(chunks))
                 blocks = self.converter.stats.blocks - blocks_before
-                if blocks and (time.perf_counter() - start) / blocks > block_s:
-                    self.counters.late_blocks += blocks
-                if out.shape[0]:
+                with self._lock:
+                    if blocks and (time.perf_counter() - start) / blocks > block_s:
+                        self.counters.late_blocks += blocks
+                    self.counters.blocks += blocks
                     self.counters.samples_out += out.shape[0]
+                if out.shape[0]:
                     self._on_output(out)
             except Exception as exc:  # a broken engine must not take the media pipeline down
                 self.counters.errors += 1
