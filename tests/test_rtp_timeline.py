@@ -319,6 +319,9 @@ def test_a_timestamp_going_back_is_no_gap() -> None:
     s.packet_decoded(1_000)  # a new timestamp origin on the same SSRC
     assert s.output().shape[0] == 4 * FRAME
     assert s.state.filled_samples == 0
+    # nor a pause: the live filler waits the full grace, not the in-pause wait
+    s.timeline.fill_pause(s.clock.now + GRACE_S - 0.01, GRACE_S)
+    assert s.state.pause_filled_samples == 0
 
 
 def rtp_head(ssrc: int, seq: int, payload_type: int = 96) -> bytes:
