@@ -104,8 +104,8 @@ def seedvc_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A Hugging Face cache holding full-size Seed-VC weights in the published checkpoint layout
     (random values, seed 0: the same model as ``build_random("cpu", seed=0)``), made once per run so
     that every test loading Seed-VC goes through the real loader with the hub offline (~0.9 GB)."""
+    from vcstream.engines.seedvc.checkpoints import save_random_checkpoints
     from vcstream.engines.seedvc.model import build_random
-    from vcstream.engines.seedvc.weights import save_random_checkpoints
 
     cache = tmp_path_factory.mktemp("seedvc-hub-cache")
     save_random_checkpoints(build_random("cpu", seed=0), cache)

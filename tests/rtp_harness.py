@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from scipy.signal import correlate, resample_poly
 
+from vcstream.audio.types import Audio
 from vcstream.bench.latency import StreamRecorder
-from vcstream.engines.base import Audio, Engine
+from vcstream.engines.base import Engine
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, RtpOpusReceiver, RtpOpusSender
 from vcstream.transports.pacing import push_in_real_time
 from vcstream.transports.rtp_relay import RtpRelay

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from rtp_harness import Chain, dominant_hz, open_chain, tone
-from vcstream.engines.base import Audio, EngineSession, VoiceProfile
+from vcstream.audio.types import Audio
+from vcstream.engines.base import EngineSession, VoiceProfile
 from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession, PassthroughSettings
 from vcstream.engines.settings import SessionSettings
 from vcstream.media.rtp import OPUS_RATE, NetworkSimulation, OpusCodecSettings

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.media.rtp import codec, timeline
 from vcstream.media.rtp.codec import OPUS_RATE, RTP_HEADER_BYTES
 from vcstream.media.rtp.gate import _RtpGate

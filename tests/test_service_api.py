@@ -27,7 +27,8 @@ from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from conftest import write_wav
-from vcstream.engines.base import Audio, VoiceProfile
+from vcstream.audio.types import Audio
+from vcstream.engines.base import VoiceProfile
 from vcstream.engines.world import WorldEngine
 from vcstream.media import decode_file, encode_file
 from vcstream.service.app import create_app

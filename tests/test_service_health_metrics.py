@@ -24,8 +24,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from vcstream.audio.types import Audio
 from vcstream.cli import build_parser
-from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile
+from vcstream.engines.base import Engine, EngineSession, VoiceProfile
 from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession
 from vcstream.engines.settings import SessionSettings
 from vcstream.errors import ConfigurationError, ModelUnavailableError

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.media.webrtc import WebRtcPeer, live_pipelines
 from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
 from vcstream.streaming.live import LiveSession

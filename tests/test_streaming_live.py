@@ -5,7 +5,8 @@ import time
 
 import numpy as np
 
-from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile
+from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine, EngineSession, VoiceProfile
 from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession
 from vcstream.engines.settings import SessionSettings
 from vcstream.streaming.converter import StreamConverter

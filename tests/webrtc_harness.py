@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from conftest import write_wav
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.engines.world import WorldEngine
 from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer
 from vcstream.service.app import create_app

@@ -15,7 +15,7 @@ from math import ceil, gcd
 import numpy as np
 import numpy.typing as npt
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 
 #: zero crossings of the sinc on each side, at the lower of the two rates
 ZERO_CROSSINGS = 24

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 
 #: keeps the normalisation finite on silent input (same constant as the GUI)
 _EPS = 1e-8

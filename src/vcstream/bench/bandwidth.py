@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vcstream.audio.types import Audio
 from vcstream.bench.signals import flite_speech
-from vcstream.engines.base import Audio
 from vcstream.media.rtp import (
     OPUS_RATE,
     RTP_HEADER_BYTES,

@@ -26,8 +26,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import correlate
 
+from vcstream.audio.types import Audio
 from vcstream.bench.signals import flite_speech
-from vcstream.engines.base import Audio, Engine
+from vcstream.engines.base import Engine
 from vcstream.engines.registry import create_engine
 from vcstream.engines.settings import SessionSettings
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, PacketTrace, RtpOpusReceiver, RtpOpusSender

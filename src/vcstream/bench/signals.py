@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vcstream.audio.resample import resample
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 
 TEXT = (
     "Voice conversion turns one speaker into another while keeping every word, "

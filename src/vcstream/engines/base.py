@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
+from vcstream.audio.types import Audio
 from vcstream.engines.settings import SessionSettings
 
-Audio = npt.NDArray[np.float32]
 S = TypeVar("S", bound=SessionSettings)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
+from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
 from vcstream.engines.settings import SessionSettings, setting
 
 

@@ -29,7 +29,8 @@ import numpy.typing as npt
 import pyworld
 from scipy.signal import resample_poly
 
-from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
+from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
 from vcstream.engines.settings import SessionSettings, setting
 from vcstream.errors import InvalidAudioError
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.errors import ConfigurationError
 from vcstream.media.gst import Gst, GstAudio, ensure_gst, make_element, seconds_to_ns
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.errors import ConfigurationError, InvalidAudioError, MediaError
 from vcstream.media.appio import AudioSink, AudioSource
 from vcstream.media.gst import (

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import gi
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.errors import MediaError, VcstreamError
 from vcstream.media.appio import AudioSink, AudioSource
 from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements

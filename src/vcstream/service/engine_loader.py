@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vcstream.engines.base import Audio, Engine
+from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine
 from vcstream.engines.registry import EngineOptions, create_engine
 from vcstream.engines.settings import SessionSettings
 from vcstream.service.config import ServiceSettings

@@ -81,7 +81,8 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import WSMsgType, web
 
-from vcstream.engines.base import Audio, Engine, VoiceProfile
+from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.engines.settings import SessionSettings, SettingsError
 from vcstream.errors import VcstreamError
 from vcstream.media.mainloop import AsyncioBridge, GLibLoop

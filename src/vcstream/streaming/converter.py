@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from vcstream.audio.resample import make_resampler
-from vcstream.engines.base import Audio, Engine, VoiceProfile
+from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.engines.settings import SessionSettings
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from vcstream.engines.base import Audio, VoiceProfile
+from vcstream.audio.types import Audio
+from vcstream.engines.base import VoiceProfile
 from vcstream.streaming.converter import StreamConverter
 
 log = logging.getLogger(__name__)

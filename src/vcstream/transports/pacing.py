@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 
 
 def push_in_real_time(

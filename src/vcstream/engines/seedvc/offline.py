@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from vcstream.audio.resample import resample
-from vcstream.engines.base import Audio, VoiceProfile
+from vcstream.audio.types import Audio
+from vcstream.engines.base import VoiceProfile
 from vcstream.engines.seedvc.model import CONTENT_FRAME_RATE, CONTENT_RATE
 from vcstream.engines.seedvc.session import DTYPES, SeedVCEngine
 from vcstream.engines.seedvc.settings import MAX_REFERENCE_S

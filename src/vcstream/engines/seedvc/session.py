@@ -35,7 +35,8 @@ import torch
 
 from vcstream.audio.resample import StreamingResampler, resample
 from vcstream.audio.sola import SolaSplicer
-from vcstream.engines.base import Audio, Engine, EngineSession, VoiceProfile, check_block
+from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine, EngineSession, VoiceProfile, check_block
 from vcstream.engines.seedvc.model import CONTENT_FRAME_RATE, CONTENT_RATE, SeedVCModels
 from vcstream.engines.seedvc.settings import MAX_REFERENCE_S, MIN_PROMPT_S, SeedVCSettings
 from vcstream.engines.settings import SessionSettings, SettingsError

@@ -16,7 +16,7 @@ from typing import Any
 
 from gi.repository import GLib, GObject
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.errors import ConfigurationError
 from vcstream.media.appio import AudioSink
 from vcstream.media.gst import Gst, link_many, make_element, require_elements, seconds_to_ns

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.errors import ConfigurationError
 from vcstream.media.appio import AudioSource
 from vcstream.media.gst import Gst, link_many, make_element, require_elements, seconds_to_ns

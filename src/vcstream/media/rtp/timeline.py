@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vcstream.engines.base import Audio
+from vcstream.audio.types import Audio
 from vcstream.media.rtp.codec import OPUS_RATE, opus_packet_samples
 
 #: shortfalls of decoded audio filled with silence (at 48 kHz): from half a 20 ms frame to 2 s
