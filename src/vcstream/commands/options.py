@@ -8,12 +8,18 @@ import os
 from pathlib import Path
 
 from vcstream.engines.base import Engine
-from vcstream.engines.registry import ENGINE_NAMES, EngineOptions, all_setting_specs, create_engine
+from vcstream.engines.registry import (
+    AUTO_FALLBACK,
+    ENGINE_NAMES,
+    EngineOptions,
+    all_setting_specs,
+    create_engine,
+)
 from vcstream.engines.settings import SessionSettings
 from vcstream.errors import ConfigurationError
 
 
-def add_engine_options(parser: argparse.ArgumentParser, default_engine: str = "world") -> None:
+def add_engine_options(parser: argparse.ArgumentParser, default_engine: str = AUTO_FALLBACK) -> None:
     parser.add_argument("--engine", choices=ENGINE_NAMES, default=default_engine)
     parser.add_argument("--device", default="auto", help="seedvc: auto, cpu, cuda, cuda:N")
     parser.add_argument(

@@ -104,6 +104,33 @@ class Engine(ABC):
         """What the engine is running on, for logs, health checks and benchmarks."""
         return {"engine": self.name, "sample_rate": self.sample_rate}
 
+    # -- what an operator and a user are told --------------------------------------------------------
+
+    #: the engine as people call it (logs, the page)
+    label: ClassVar[str] = "engine"
+    #: what to expect of it, when something ("quality is lower than Seed-VC")
+    caveat: ClassVar[str] = ""
+    #: slower than real time without a CUDA GPU
+    needs_gpu: ClassVar[bool] = False
+
+    @property
+    def device(self) -> str:
+        return str(self.describe().get("device", "cpu"))
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def note(self) -> str:
+        """One sentence for people: what runs, on what, and what to expect."""
+        if self.needs_gpu and not self.on_gpu:
+            return f"{self.label} on the CPU ({self.device}): far slower than real time, use a GPU"
+        return f"{self.label} - {self.caveat}" if self.caveat else f"{self.label} on {self.device}"
+
+    def default_max_sessions(self) -> int:
+        """Sessions one process admits when the operator sets no limit (what this engine carries)."""
+        return 8
+
 
 def check_block(block: Audio, block_size: int) -> Audio:
     """Validate a block handed to ``EngineSession.process``; returns it as contiguous float32."""

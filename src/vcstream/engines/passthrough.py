@@ -46,6 +46,8 @@ class PassthroughSession(EngineSession):
 class PassthroughEngine(Engine):
     name = "passthrough"
     settings_type = PassthroughSettings
+    label = "passthrough engine"
+    caveat = "no conversion, the output is the input (for testing)"
 
     def __init__(self, sample_rate: int = 22050) -> None:
         # 22.05 kHz by default so the baseline crosses the same rate conversions as Seed-VC.

@@ -10,6 +10,8 @@ from vcstream.engines.settings import SessionSettings, SettingSpec
 from vcstream.errors import ConfigurationError
 
 ENGINE_NAMES = ("seedvc", "world", "passthrough")
+#: engine "auto": the preferred engine where it can serve in real time, else the CPU fallback
+AUTO_PREFERRED, AUTO_FALLBACK = "seedvc", "world"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,16 @@ def create_engine(name: str, options: EngineOptions | None = None) -> Engine:
             seed=options.seed,
         )
     raise ConfigurationError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+
+
+def obstacles(name: str, options: EngineOptions) -> list[str]:
+    """Why engine ``name`` cannot serve in real time here, in words (empty: it can); loads nothing
+    and never asks the hub."""
+    if name == "seedvc":
+        from vcstream.engines.seedvc.availability import obstacles as seedvc_obstacles
+
+        return seedvc_obstacles(options.device, options.model_cache)
+    return []
 
 
 def settings_type(name: str) -> type[SessionSettings]:

@@ -500,6 +500,8 @@ class WorldEngine(Engine):
     name = "world"
     sample_rate = SAMPLE_RATE
     settings_type = WorldSettings
+    label = "CPU engine (WORLD)"
+    caveat = "quality is lower than Seed-VC"
 
     def __init__(self, lookahead_time: float = 0.04, correction: float = 0.5, seed: int = 0) -> None:
         #: analysis lookahead (the session's whole algorithmic delay)

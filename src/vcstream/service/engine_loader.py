@@ -1,7 +1,8 @@
 """Choosing, loading and warming the server's engine at start-up.
 
-``engine = "auto"`` runs Seed-VC only where it can run in real time with real weights: a CUDA GPU is
-present AND its weights are in the model cache. Otherwise the CPU engine (WORLD) serves, and the
+``engine = "auto"`` runs the registry's preferred engine (Seed-VC) only where it can run in real time
+with real weights (the registry says what stands in the way: no CUDA GPU, no weights in the model
+cache). Otherwise the fallback (the CPU engine, WORLD) serves, and the
 returned ``engine_note`` says why in words, for the log (WARNING), /api/info and the page. The server
 never downloads weights at start-up and never runs Seed-VC with random weights.
 
@@ -14,22 +15,17 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine
-from vcstream.engines.registry import EngineOptions, create_engine
+from vcstream.engines.registry import AUTO_FALLBACK, AUTO_PREFERRED, EngineOptions, create_engine, obstacles
 from vcstream.engines.settings import SessionSettings
+from vcstream.errors import ConfigurationError
 from vcstream.service.config import ServiceSettings
 
 log = logging.getLogger(__name__)
-
-CPU_QUALITY = "quality is lower than Seed-VC"
-#: sessions admitted by default when the settings give no max_sessions: a CPU core carries several
-#: WORLD streams; one GPU carries a few batched Seed-VC streams; Seed-VC on a CPU is not real time
-DEFAULT_MAX_SESSIONS = {"world": 8, "passthrough": 8, "seedvc_gpu": 4, "seedvc_cpu": 1}
 
 
 @dataclass(frozen=True)
@@ -45,74 +41,27 @@ class LoadedEngine:
 
     @property
     def device(self) -> str:
-        return str(self.engine.describe().get("device", "cpu"))
+        return self.engine.device
 
 
-def _gpu_obstacle(device: str) -> str | None:
-    """Why Seed-VC would not get a CUDA GPU here, or None."""
-    if device == "cpu":
-        return "the CPU device was requested"
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU found"
-    if device.startswith("cuda:"):
-        index = device.partition(":")[2]
-        if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            return f"no GPU {device}"
-    return None
+def _chosen_note(engine: Engine) -> str:
+    """The note of an engine the operator named (not a fallback)."""
+    if engine.caveat and not (engine.needs_gpu and not engine.on_gpu):
+        return f"{engine.label}, chosen explicitly - {engine.caveat}"
+    return engine.note()
 
 
-def _weights_obstacle(model_cache: Path | None) -> str | None:
-    """Why Seed-VC's weights are not usable from the cache (never asks the hub), or None."""
-    try:
-        from vcstream.engines.seedvc.weights import check_weights, default_cache_dir
-    except ImportError as exc:
-        return f"Seed-VC is not installed ({exc})"
-    missing = [entry for entry in check_weights(model_cache) if not entry.present]
-    if not missing:
-        return None
-    cache = default_cache_dir(model_cache)
-    where = str(cache) if cache else "the default Hugging Face cache"
-    return (
-        f"Seed-VC weights not found in {where} ({len(missing)} file(s) missing; "
-        "`vcstream models download` fetches them)"
-    )
-
-
-def _cpu_note(reasons: list[str]) -> str:
-    return f"CPU engine (WORLD): {'; '.join(reasons)} - {CPU_QUALITY}"
-
-
-def _default_max_sessions(engine: Engine) -> int:
-    if engine.name != "seedvc":
-        return DEFAULT_MAX_SESSIONS.get(engine.name, 1)
-    on_gpu = str(engine.describe().get("device", "cpu")).startswith("cuda")
-    return DEFAULT_MAX_SESSIONS["seedvc_gpu" if on_gpu else "seedvc_cpu"]
-
-
-def note_for(engine: Engine) -> str:
-    """The note of an engine that was chosen explicitly (not a fallback)."""
-    if engine.name == "world":
-        return f"CPU engine (WORLD), chosen explicitly - {CPU_QUALITY}"
-    if engine.name == "passthrough":
-        return "passthrough engine: no conversion, the output is the input (for testing)"
-    info = engine.describe()
-    device = str(info.get("device", "cpu"))
-    if engine.name == "seedvc" and not device.startswith("cuda"):
-        return f"Seed-VC on the CPU ({device}): far slower than real time, use a GPU"
-    return f"{engine.name} on {device}"
+def _fallback_note(engine: Engine, reasons: list[str]) -> str:
+    return f"{engine.label}: {'; '.join(reasons)} - {engine.caveat}"
 
 
 def loaded(engine: Engine, settings: ServiceSettings, note: str | None = None) -> LoadedEngine:
     """Wrap an engine that is already loaded (e.g. handed to ``create_app``)."""
     return LoadedEngine(
         engine=engine,
-        engine_note=note or note_for(engine),
+        engine_note=note or _chosen_note(engine),
         cpu_fallback=False,
-        max_sessions=settings.max_sessions or _default_max_sessions(engine),
+        max_sessions=settings.max_sessions or engine.default_max_sessions(),
         defaults=engine.defaults.updated(settings.session_overrides()),
     )
 
@@ -124,23 +73,25 @@ def load_engine(settings: ServiceSettings) -> LoadedEngine:
     options = EngineOptions(device=settings.device, model_cache=settings.model_cache, allow_download=False)
     if settings.engine != "auto":
         result = loaded(create_engine(settings.engine, options), settings)
-        if result.engine.name == "seedvc" and not result.device.startswith("cuda"):
+        if result.engine.needs_gpu and not result.engine.on_gpu:
             log.warning(result.engine_note)
         return result
 
-    reasons = [r for r in (_gpu_obstacle(settings.device), _weights_obstacle(settings.model_cache)) if r]
+    reasons = obstacles(AUTO_PREFERRED, options)
     if not reasons:
         try:
-            return loaded(create_engine("seedvc", options), settings)
-        except Exception as exc:  # auto means "the best that works here": report and take the CPU engine
-            log.exception("Seed-VC failed to load")
-            reasons.append(f"Seed-VC failed to load ({type(exc).__name__}: {exc})")
-    engine = create_engine("world", options)
+            return loaded(create_engine(AUTO_PREFERRED, options), settings)
+        except ConfigurationError:  # the operator's session settings: a mistake to report, not a fallback
+            raise
+        except Exception as exc:  # auto means "the best that works here": report and take the fallback
+            log.exception("engine %s failed to load", AUTO_PREFERRED)
+            reasons.append(f"{AUTO_PREFERRED} failed to load ({type(exc).__name__}: {exc})")
+    engine = create_engine(AUTO_FALLBACK, options)
     result = LoadedEngine(
         engine=engine,
-        engine_note=_cpu_note(reasons),
+        engine_note=_fallback_note(engine, reasons),
         cpu_fallback=True,
-        max_sessions=settings.max_sessions or _default_max_sessions(engine),
+        max_sessions=settings.max_sessions or engine.default_max_sessions(),
         defaults=engine.defaults.updated(settings.session_overrides()),
     )
     log.warning(result.engine_note)

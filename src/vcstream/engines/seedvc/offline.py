@@ -29,7 +29,7 @@ DIT_WINDOW_S, DIT_OVERLAP_FRAMES = 30, 16
 def _content_features(engine: SeedVCEngine, wav16: Audio) -> torch.Tensor:
     """XLS-R features of a source of any length, (1, frames, 1024)."""
     m = engine.models
-    signal = torch.from_numpy(np.ascontiguousarray(wav16)).unsqueeze(0).to(engine.device)
+    signal = torch.from_numpy(np.ascontiguousarray(wav16)).unsqueeze(0).to(engine.torch_device)
     piece, overlap = CONTENT_PIECE_S * CONTENT_RATE, CONTENT_OVERLAP_S * CONTENT_RATE
     if signal.shape[-1] <= piece:
         return m.content(signal)
@@ -74,8 +74,8 @@ def convert_offline(
     prompt (``prompt_length`` shortens it). ``seed`` fixes the diffusion and vocoder noise."""
     if diffusion_steps < 1 or cfg_rate < 0 or length_adjust <= 0:
         raise ConfigurationError("need diffusion_steps >= 1, cfg_rate >= 0 and length_adjust > 0")
-    if dtype not in DTYPES or (dtype != "fp32" and engine.device.type != "cuda"):
-        raise ConfigurationError(f"dtype {dtype!r} not available on {engine.device.type}; use fp32")
+    if dtype not in DTYPES or (dtype != "fp32" and engine.torch_device.type != "cuda"):
+        raise ConfigurationError(f"dtype {dtype!r} not available on {engine.torch_device.type}; use fp32")
     m = engine.models
     hop = m.hop_size
     source = resample(np.asarray(samples, dtype=np.float32), sample_rate, engine.sample_rate)
@@ -86,14 +86,14 @@ def convert_offline(
 
     with engine.autocast(dtype):
         content = _content_features(engine, resample(source, engine.sample_rate, CONTENT_RATE))
-        mel_frames = m.mel(torch.from_numpy(source).unsqueeze(0).to(engine.device)).shape[-1]
-        target = torch.tensor([int(mel_frames * length_adjust)], device=engine.device)
+        mel_frames = m.mel(torch.from_numpy(source).unsqueeze(0).to(engine.torch_device)).shape[-1]
+        target = torch.tensor([int(mel_frames * length_adjust)], device=engine.torch_device)
         condition = m.length_regulator(content, ylens=target, n_quantizers=3, f0=None)[0].float()
 
     window = m.sample_rate // hop * DIT_WINDOW_S - prompt.frames
     if window <= DIT_OVERLAP_FRAMES:
         raise ConfigurationError("prompt too long for the DiT window: use a shorter prompt_length")
-    generator = torch.Generator(device=engine.device).manual_seed(seed)
+    generator = torch.Generator(device=engine.torch_device).manual_seed(seed)
     vocoder_seeds = np.random.default_rng(seed)
     overlap = DIT_OVERLAP_FRAMES * hop
     pieces: list[np.ndarray] = []
@@ -105,7 +105,7 @@ def convert_offline(
         noise = torch.randn(
             (1, m.mel_settings.num_mels, prompt.frames + chunk.shape[1]),
             generator=generator,
-            device=engine.device,
+            device=engine.torch_device,
         )
         with engine.autocast(dtype):
             mel = engine.generate([prompt], chunk, [noise], diffusion_steps, cfg_rate)

@@ -208,9 +208,9 @@ class SeedVCSession(EngineSession):
     """One stream: its window, SOLA tail, noise generator and current voice."""
 
     def __init__(self, engine: SeedVCEngine, voice: VoiceProfile, settings: SeedVCSettings) -> None:
-        if settings.dtype != "fp32" and engine.device.type != "cuda":
+        if settings.dtype != "fp32" and engine.torch_device.type != "cuda":
             raise SettingsError(
-                f"dtype {settings.dtype} needs a CUDA device; on {engine.device.type} use fp32"
+                f"dtype {settings.dtype} needs a CUDA device; on {engine.torch_device.type} use fp32"
             )
         self.engine = engine
         self.settings = settings
@@ -221,7 +221,7 @@ class SeedVCSession(EngineSession):
         self._sola = SolaSplicer(self.layout.block, self.layout.sola_buffer, self.layout.search)
         # The diffusion noise and the vocoder's excitation noise come from this session's own
         # streams, so a seed reproduces a session whatever other sessions do.
-        self._noise = torch.Generator(device=engine.device).manual_seed(settings.seed)
+        self._noise = torch.Generator(device=engine.torch_device).manual_seed(settings.seed)
         self._vocoder_seeds = np.random.default_rng(settings.seed)
         self._prompt = engine.prompt_features(voice, settings.max_prompt_length)
         self.voice = voice
@@ -251,7 +251,7 @@ class SeedVCSession(EngineSession):
         noise = torch.randn(
             (1, self.engine.models.mel_settings.num_mels, frames),
             generator=self._noise,
-            device=self.engine.device,
+            device=self.engine.torch_device,
         )
         return BlockRequest(
             content_16k=content,
@@ -278,6 +278,8 @@ class SeedVCEngine(Engine):
     name = "seedvc"
 
     settings_type = SeedVCSettings
+    label = "Seed-VC"
+    needs_gpu = True
 
     def __init__(self, models: SeedVCModels, defaults: SeedVCSettings | None = None) -> None:
         self.models = models
@@ -291,8 +293,12 @@ class SeedVCEngine(Engine):
         return self._defaults
 
     @property
-    def device(self) -> torch.device:
+    def torch_device(self) -> torch.device:
         return self.models.device
+
+    def default_max_sessions(self) -> int:
+        # a GPU carries a few batched streams; on a CPU one stream is already slower than real time
+        return 4 if self.on_gpu else 1
 
     # -- voices ---------------------------------------------------------------------------------
 
@@ -330,11 +336,11 @@ class SeedVCEngine(Engine):
         of the 16 kHz prompt, its mel at the model rate, and the features length-regulated to it."""
         m = self.models
         prompt_16k = resample(prompt, self.sample_rate, CONTENT_RATE)
-        wav16 = torch.from_numpy(prompt_16k).unsqueeze(0).to(self.device)
+        wav16 = torch.from_numpy(prompt_16k).unsqueeze(0).to(self.torch_device)
         content = m.content(wav16)
         style = m.style(prompt_16k)
-        mel = m.mel(torch.from_numpy(prompt).unsqueeze(0).to(self.device))
-        lengths = torch.tensor([mel.shape[-1]], device=self.device)
+        mel = m.mel(torch.from_numpy(prompt).unsqueeze(0).to(self.torch_device))
+        lengths = torch.tensor([mel.shape[-1]], device=self.torch_device)
         condition = m.length_regulator(content, ylens=lengths, n_quantizers=3, f0=None)[0]
         return PromptFeatures(condition=condition.float(), mel=mel, style=style)
 
@@ -344,7 +350,7 @@ class SeedVCEngine(Engine):
         return SeedVCSession(self, voice, self.own_settings(settings, SeedVCSettings))
 
     def autocast(self, dtype: str) -> AbstractContextManager[Any]:
-        if dtype == "fp32" or self.device.type != "cuda":
+        if dtype == "fp32" or self.torch_device.type != "cuda":
             return nullcontext()
         return torch.autocast(device_type="cuda", dtype=DTYPES[dtype])
 
@@ -428,9 +434,9 @@ class SeedVCEngine(Engine):
             raise ValueError("requests in one batch must share block layout, steps, cfg and dtype")
         layout, m = first.layout, self.models
         with self.autocast(first.dtype):
-            wav16 = torch.from_numpy(np.stack([r.content_16k for r in requests])).to(self.device)
+            wav16 = torch.from_numpy(np.stack([r.content_16k for r in requests])).to(self.torch_device)
             content = m.content(wav16)[:, layout.skipped_content_frames :]
-            lengths = torch.full((len(requests),), layout.target_frames, device=self.device)
+            lengths = torch.full((len(requests),), layout.target_frames, device=self.torch_device)
             condition = m.length_regulator(content, ylens=lengths, n_quantizers=3, f0=None)[0]
             mel = self.generate(
                 [r.prompt for r in requests],
@@ -467,7 +473,7 @@ class SeedVCEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
-            "device": str(self.device),
+            "device": str(self.torch_device),
             "dtype": self.defaults.dtype,
             "random_weights": self.models.random_weights,
             "weights": self.models.origin,
