@@ -16,10 +16,10 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S
 from vcstream.errors import InvalidAudioError, VcstreamError
+from vcstream.service.db.models import MAX_NAME_CHARS
 from vcstream.service.health import STATE_KEY
 from vcstream.service.keys import ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
 from vcstream.service.voices import (
-    MAX_NAME_CHARS,
     EmptyUploadError,
     InvalidVoiceNameError,
     UnsupportedAudioError,
