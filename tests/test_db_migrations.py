@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from vcstream.cli import main as cli_main
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.service.db.migrate import (
+    MIGRATION_LOCK_KEY,
     SchemaBehindError,
     UnknownSchemaError,
     alembic_config,
@@ -196,7 +198,10 @@ def test_upgrade_twice_is_a_no_op(database_url: str, capsys: pytest.CaptureFixtu
 
 def test_current_prints_the_revision(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = vcstream_db(capsys, "current", "--database-url", database_url)
-    assert (code, out) == (0, "none\n") and "run `vcstream db upgrade`" in err
+    assert (code, out) == (
+        0,
+        "none\n",
+    ) and f"head ({head_revision()}): if it is older, run `vcstream db upgrade`" in err
 
     vcstream_db(capsys, "upgrade", "--database-url", database_url)
     code, out, err = vcstream_db(capsys, "current", "--database-url", database_url)
@@ -216,6 +221,32 @@ def test_db_commands_default_to_the_servers_database(
     assert vcstream_db(capsys, "current", "--data-dir", str(tmp_path / "var"))[1] == "none\n"  # URL wins
     monkeypatch.delenv("VCSTREAM_DATABASE_URL")
     assert vcstream_db(capsys, "current", "--data-dir", str(tmp_path / "var"))[1] == f"{head_revision()}\n"
+
+
+def test_concurrent_upgrades_on_postgresql_run_one_after_the_other(postgres_url: str) -> None:
+    """Two init steps started together (two deployments): the advisory lock serialises them and the
+    second finds the work done. The test holds the lock until both are waiting for it."""
+    upgrade_command = [sys.executable, "-m", "vcstream.cli", "db", "upgrade", "--database-url", postgres_url]
+    with engine_for(postgres_url) as engine:
+        with engine.begin() as holder:
+            holder.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            runs = [subprocess.Popen(upgrade_command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+            try:
+                waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                deadline = time.monotonic() + 60
+                with engine.connect() as observer:
+                    while observer.execute(sa.text(waiting)).scalar_one() < 2:
+                        assert time.monotonic() < deadline, "the upgrades did not wait for the lock"
+                        assert all(run.poll() is None for run in runs), "an upgrade ran without the lock"
+                        time.sleep(0.05)
+            except BaseException:
+                for run in runs:
+                    run.kill()
+                raise
+        outputs = sorted(run.communicate(timeout=120)[0] for run in runs)
+    assert [run.returncode for run in runs] == [0, 0]
+    assert "already at revision" in outputs[0] and "upgraded from empty" in outputs[1]
+    assert differences_from_models(postgres_url) == []
 
 
 def test_sqlite_server_upgrades_an_old_database_at_start_up(tmp_path: Path) -> None:

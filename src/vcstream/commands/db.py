@@ -81,5 +81,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
     print(revision or "none")
     head = head_revision()
     if revision != head:
-        print(f"behind: this version's head is {head}; run `vcstream db upgrade`", file=sys.stderr)
+        print(
+            f"not at this version's head ({head}): if it is older, run `vcstream db upgrade`", file=sys.stderr
+        )
     return 0

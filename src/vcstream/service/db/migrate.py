@@ -31,13 +31,11 @@ from vcstream.service.db.baseline import BASELINE_METADATA, BASELINE_REVISION
 from vcstream.service.db.connect import shown_url
 
 log = logging.getLogger(__name__)
-# Alembic logs every context it opens at INFO; the lines below say what changed, once
-logging.getLogger("alembic").setLevel(logging.WARNING)
 
 #: the migration scripts, as a package resource: found in a source tree and in an installed wheel
 SCRIPT_LOCATION = "vcstream.service.db:migrations"
 #: pg_advisory_xact_lock key held while migrating ("vcstream" in ASCII)
-_MIGRATION_LOCK = 0x7663737472656D61
+MIGRATION_LOCK_KEY = 0x7663737472656D61
 UPGRADE_COMMAND = "vcstream db upgrade"
 
 
@@ -130,7 +128,7 @@ def upgrade(engine: sa.Engine) -> UpgradeResult:
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # a second upgrade started meanwhile waits here, then finds the work done
-            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
         before = current_revision(connection)
         _check_known(before, engine.url)
         adopted = before is None and _has_baseline_tables(connection)
