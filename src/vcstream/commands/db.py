@@ -1,7 +1,8 @@
 """``vcstream db``: the database schema. ``upgrade`` brings it to this version's revision (the init
 step before servers start on a shared PostgreSQL database; it also adopts a database made before
-migrations); ``current`` prints the revision it is at. The database is the one ``vcstream serve``
-would use: ``--database-url``/VCSTREAM_DATABASE_URL, else SQLite in ``--data-dir``/VCSTREAM_DATA_DIR.
+migrations); ``current`` prints the revision it is at; ``revision`` (for developers) writes the
+migration for a model change. The database is the one ``vcstream serve`` would use:
+``--database-url``/VCSTREAM_DATABASE_URL, else SQLite in ``--data-dir``/VCSTREAM_DATA_DIR.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ def register(
     for action, func in ((upgrade, cmd_db_upgrade), (current, cmd_db_current)):
         add_settings_arguments(action, only=_DATABASE_SETTINGS)
         action.set_defaults(func=func)
+    revision = actions.add_parser(
+        "revision",
+        help="developers: write the next migration for what the models changed (autogenerate)",
+        description="Compare the models with the schema at head (a scratch SQLite database) and write "
+        "the next revision into the package's migrations/versions. Review it, run ruff format on it, "
+        "and commit it with the model change.",
+    )
+    revision.add_argument("--message", "-m", required=True, help="what the revision changes")
+    revision.set_defaults(func=cmd_db_revision)
 
 
 @contextmanager
@@ -84,4 +94,11 @@ def cmd_db_current(args: argparse.Namespace) -> int:
         print(
             f"not at this version's head ({head}): if it is older, run `vcstream db upgrade`", file=sys.stderr
         )
+    return 0
+
+
+def cmd_db_revision(args: argparse.Namespace) -> int:
+    from vcstream.service.db.migrate import new_revision
+
+    print(new_revision(args.message))
     return 0

@@ -15,7 +15,10 @@ upgrades its database itself.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,7 +26,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from alembic.util.exc import CommandError
 
 from vcstream.errors import ConfigurationError
@@ -173,6 +176,52 @@ def require_head(engine: sa.Engine) -> str:
             "--database-url) once, before starting the servers."
         )
     return current
+
+
+def new_revision(
+    message: str, *, versions_dir: Path | None = None, target_metadata: sa.MetaData | None = None
+) -> Path:
+    """Write the next revision (``r0002_<slug>.py``...) with what the models (or ``target_metadata``)
+    changed since head, found by autogenerate against a scratch SQLite database at head. For developers
+    in a source checkout (``versions_dir`` defaults to the package's); review the script before
+    committing it."""
+    package_versions = Path(script_directory().versions)
+    target_dir = versions_dir or package_versions
+    with tempfile.TemporaryDirectory(prefix="vcstream-revision-") as scratch:
+        engine = sa.create_engine(f"sqlite:///{Path(scratch) / 'head.db'}")
+        try:
+            upgrade(engine)
+            with engine.begin() as connection:
+                config = alembic_config(connection)
+                config.set_main_option("file_template", "r%%(rev)s_%%(slug)s")
+                config.set_main_option("path_separator", "os")
+                config.set_main_option(
+                    "version_locations",
+                    os.pathsep.join(dict.fromkeys((str(package_versions), str(target_dir)))),
+                )
+                if target_metadata is not None:
+                    config.attributes["target_metadata"] = target_metadata
+                script = command.revision(
+                    config,
+                    message,
+                    autogenerate=True,
+                    rev_id=f"{int(head_revision()) + 1:04d}",
+                    version_path=str(target_dir),
+                    process_revision_directives=_nothing_when_unchanged,
+                )
+        finally:
+            engine.dispose()
+    if not script:
+        raise ConfigurationError("the models match the head revision: there is nothing to migrate")
+    if not isinstance(script, Script):  # one head, one script: anything else is a fault here
+        raise RuntimeError(f"alembic wrote {script!r} instead of one revision")
+    return Path(script.path)
+
+
+def _nothing_when_unchanged(context: MigrationContext, revision: Any, directives: list[Any]) -> None:
+    """An empty revision is never wanted: write none."""
+    if directives[0].upgrade_ops.is_empty():
+        directives.clear()
 
 
 def prepare_for_serving(engine: sa.Engine) -> str:
