@@ -125,9 +125,10 @@ def _check_known(current: str | None, url: sa.URL) -> None:
 
 
 def upgrade(engine: sa.Engine) -> UpgradeResult:
-    """Bring the database to the head revision, in one transaction (adopting a pre-migration
-    database first). Raises UnknownSchemaError without changing anything when the database holds
-    a revision or tables this vcstream cannot account for."""
+    """Bring the database to the head revision (adopting a pre-migration database first), in one
+    transaction where DDL is transactional (PostgreSQL; SQLite commits each DDL statement). Raises
+    UnknownSchemaError without changing anything when the database holds a revision or tables this
+    vcstream cannot account for."""
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # a second upgrade started meanwhile waits here, then finds the work done
