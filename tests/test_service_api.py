@@ -5,17 +5,11 @@ persistence across app instances, no leftovers after failures, features computed
 from __future__ import annotations
 
 import asyncio
-import glob
-import importlib.util
 import io
-import os
 import re
-import shutil
-import socket
 import subprocess
-import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from conftest import write_wav
 from vcstream.audio.types import Audio
+from vcstream.cli import main as cli_main
 from vcstream.engines.base import VoiceProfile
 from vcstream.engines.world import WorldEngine
 from vcstream.media import decode_file, encode_file
@@ -346,37 +341,6 @@ def test_unknown_and_malformed_ids_are_404(tmp_path: Path) -> None:
 # -- persistence, failures and the feature cache -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster (scripts/setup.sh installs the server and the psycopg driver)."""
-    # Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<version>/bin.
-    pg_ctl = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))), None)
-    if pg_ctl is None or importlib.util.find_spec("psycopg") is None:
-        pytest.fail("PostgreSQL (pg_ctl) or the psycopg driver is missing: run scripts/setup.sh")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
-    folder = Path(tempfile.mkdtemp(prefix="vcstream-pg-"))
-    if as_user:
-        shutil.chown(folder, "postgres")
-    data = folder / "data"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-
-    def pg(tool: str, *args: str) -> None:
-        command = [*as_user, str(Path(pg_ctl).resolve().parent / tool), *args]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
-
-    pg("initdb", "-A", "trust", "-U", "vc", "-D", str(data))
-    # -l: the server's output goes to a file, not to the pipe this process would wait on
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    pg("pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start")
-    try:
-        yield f"postgresql+psycopg://vc@127.0.0.1:{port}/postgres"
-    finally:
-        pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_library_persists_across_apps_on_the_same_database(
     database: str, audio_files: dict[str, bytes], tmp_path: Path, request: pytest.FixtureRequest
@@ -385,6 +349,7 @@ def test_library_persists_across_apps_on_the_same_database(
         url = f"sqlite:///{tmp_path / 'shared' / 'voices.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
+        assert cli_main(["db", "upgrade", "--database-url", url]) == 0  # servers there need an init step
     settings = settings_for(tmp_path / "first", database_url=url, voices_dir=tmp_path / "shared" / "voices")
 
     async def scenario() -> None:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S
 from vcstream.errors import InvalidAudioError, VcstreamError
+from vcstream.service.db.models import MAX_NAME_CHARS
 from vcstream.service.health import STATE_KEY
 from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
 from vcstream.service.openapi import Media, build_document, error, operation, reply
@@ -35,7 +36,6 @@ from vcstream.service.schemas import (
     json_reply,
 )
 from vcstream.service.voices import (
-    MAX_NAME_CHARS,
     EmptyUploadError,
     InvalidVoiceNameError,
     UnsupportedAudioError,

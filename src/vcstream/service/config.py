@@ -283,12 +283,12 @@ class ServiceSettings:
         return cls(**values)
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+def add_settings_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     """One flag per setting (``--max-upload-bytes`` for ``max_upload_bytes``...), default unset so
-    that the environment applies unless the flag is given."""
+    that the environment applies unless the flag is given. ``only``: just these settings."""
     group = parser.add_argument_group("server settings (each flag overrides its VCSTREAM_* variable)")
     for spec in fields(ServiceSettings):
-        if not spec.metadata["flag"]:
+        if not spec.metadata["flag"] or (only is not None and spec.name not in only):
             continue
         default = spec.default if spec.default not in (None, ()) else "unset"
         group.add_argument(

@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from vcstream.service.voices import MAX_NAME_CHARS, VoiceInfo
+from vcstream.service.db.models import MAX_NAME_CHARS
+from vcstream.service.voices import VoiceInfo
 
 #: the ids the library issues (uuid4 hex)
 VOICE_ID_PATTERN = r"^[0-9a-f]{32}$"

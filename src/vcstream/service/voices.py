@@ -32,12 +32,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S, Reference, prepare_reference
 from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.errors import ConfigurationError, InvalidAudioError, MediaError, VcstreamError
 from vcstream.media.files import decode_file, encode_file
+from vcstream.service.db.connect import create_database_engine, ensure_sqlite_folder, shown_url
+from vcstream.service.db.migrate import prepare_for_serving
+from vcstream.service.db.models import MAX_NAME_CHARS, VoiceRecord
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,6 @@ T = TypeVar("T")
 
 #: rate of the stored recordings: WebRTC's and Opus's rate, above every engine's own
 STORE_RATE = 48000
-MAX_NAME_CHARS = 100
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -67,25 +69,6 @@ class UploadTooLargeError(InvalidAudioError):
 
 class UnsupportedAudioError(InvalidAudioError):
     """The upload is not audio in any format the server can decode."""
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class VoiceRecord(_Base):
-    __tablename__ = "voices"
-
-    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(MAX_NAME_CHARS))
-    filename: Mapped[str | None] = mapped_column(sa.String(255))
-    content_type: Mapped[str | None] = mapped_column(sa.String(255))
-    duration_s: Mapped[float] = mapped_column(sa.Float)
-    sample_rate: Mapped[int] = mapped_column(sa.Integer)
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
-    notices: Mapped[list[str]] = mapped_column(sa.JSON)
-    #: file name inside the voices folder (relative: the folder may be mounted elsewhere on other hosts)
-    audio_path: Mapped[str] = mapped_column(sa.String(255))
 
 
 @dataclass(frozen=True)
@@ -136,14 +119,6 @@ def _client_filename(filename: str | None) -> str | None:
     return re.split(r"[\\/]", filename)[-1][:255] or None
 
 
-def _shown_url(url: str) -> str:
-    """A database URL for messages: never with its password."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "(unparsable URL)"
-
-
 def _described(filename: str | None) -> str:
     return f"file {filename!r}" if filename else "the uploaded file"
 
@@ -152,7 +127,8 @@ class VoiceLibrary:
     """Voices by id: ``add`` (validate, store), ``list``, ``get``, ``delete``, ``audio_path``, and
     ``profile`` (the engine's features for a voice, computed once and cached per voice and engine).
 
-    Call ``open`` before use (creates the folder and the table) and ``close`` at the end.
+    Call ``open`` before use (creates the folder; brings an SQLite database's schema up to date, and
+    refuses any other database whose schema is behind) and ``close`` at the end.
     """
 
     def __init__(
@@ -168,13 +144,7 @@ class VoiceLibrary:
         self.voices_dir = Path(voices_dir)
         self.engine = engine
         self.max_upload_bytes = max_upload_bytes
-        try:
-            # pool_pre_ping: a connection the database dropped while idle is replaced, not used
-            self._db = sa.create_engine(database_url, pool_pre_ping=True)
-        except (sa.exc.ArgumentError, ImportError) as exc:  # bad URL, unknown dialect, driver missing
-            raise ConfigurationError(
-                f"database URL {_shown_url(database_url)} cannot be used: {exc}"
-            ) from exc
+        self._db = create_database_engine(database_url)
         self._sessions = sessionmaker(self._db, expire_on_commit=False)
         # database calls must not queue behind a 30 s decode: two pools
         self._db_pool = ThreadPoolExecutor(4, thread_name_prefix="vcstream-voices-db")
@@ -189,17 +159,18 @@ class VoiceLibrary:
 
     def _open_blocking(self) -> None:
         self.voices_dir.mkdir(parents=True, exist_ok=True)
-        url = self._db.url
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_folder(self._db)
         try:
-            _Base.metadata.create_all(self._db)
+            revision = prepare_for_serving(self._db)  # upgrades SQLite; elsewhere, refuses if behind
         except sa.exc.OperationalError as exc:
             raise ConfigurationError(
-                f"cannot open the database {_shown_url(self.database_url)}: {exc}"
+                f"cannot open the database {shown_url(self.database_url)}: {exc}"
             ) from exc
         log.info(
-            "voice library: %s, recordings in %s", url.render_as_string(hide_password=True), self.voices_dir
+            "voice library: %s at schema revision %s, recordings in %s",
+            shown_url(self._db.url),
+            revision,
+            self.voices_dir,
         )
 
     async def close(self) -> None:
