@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from conftest import write_wav
 from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine
 from vcstream.engines.world import WorldEngine
 from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer
 from vcstream.service.app import create_app
@@ -60,12 +61,17 @@ class Server:
 
 @asynccontextmanager
 async def serving(
-    data_dir: Path, *, load_engine: bool = False, ready_within_s: float = 10.0, **settings: Any
+    data_dir: Path,
+    *,
+    running: Engine | None = None,
+    load_engine: bool = False,
+    ready_within_s: float = 10.0,
+    **settings: Any,
 ) -> AsyncIterator[Server]:
-    """A server with the WORLD engine handed in, or with ``load_engine`` the engine its settings name
-    (``engine=``, ``model_cache=``...) loaded at start-up by the server's own loader."""
+    """A server with the ``running`` engine handed in (default WORLD), or with ``load_engine`` the
+    engine its settings name (``engine=``, ``model_cache=``...) loaded at start-up by its own loader."""
     config = ServiceSettings(port=0, data_dir=data_dir, webrtc_latency_ms=20, **settings)
-    app = create_app(config, None if load_engine else WorldEngine())
+    app = create_app(config, None if load_engine else running or WorldEngine())
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     http = aiohttp.ClientSession()
