@@ -285,8 +285,10 @@ def test_rtp_relay_command_converts_with_seedvc(
     print(f"\nseedvc RTP relay on the CPU: {session}")
     assert session["blocks"] >= 2 and session["errors"] == 0
     assert session["late_blocks"] >= 1 and session["dropped_samples"] > 0  # slower than real time, counted
-    # every converted 20 ms frame the relay sent reached the receiver (loopback), a block is 9 frames
-    assert output["packets_sent"] >= 9 and received["packets_received"] == output["packets_sent"]
+    # every converted 20 ms frame the relay had sent reached the receiver (loopback; the final figures
+    # are taken before the relay stops, and stopping sends what its encoder still held); a block is
+    # 9 frames
+    assert output["packets_sent"] >= 9 and received["packets_received"] >= output["packets_sent"]
     y = decode_file(out, OPUS_RATE)
     assert y.shape[0] >= (output["packets_sent"] - 1) * OPUS_RATE // 50
     assert float(np.max(np.abs(y))) > 1e-3
