@@ -228,7 +228,10 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
 
                 await _audio_keeps_flowing(call)
                 assert not call.of_type("error"), call.of_type("error")
-                stats = call.of_type("stats")
+                # the call may be younger than the stats interval: its first report can still be due
+                stats = await wait_until_async(
+                    lambda: call.of_type("stats"), 2 * signalling.STATS_INTERVAL_S + 1, "a stats message"
+                )
                 assert stats and stats[-1]["blocks"] > 0
 
             await settled(server)
