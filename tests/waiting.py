@@ -14,7 +14,7 @@ from typing import TypeVar, cast
 
 T = TypeVar("T")
 
-#: how often a condition is polled; short next to the waits in the suite, long next to a poll
+#: how often a condition is checked: well below the waits in the suite, cheap on shared cores
 POLL_S = 0.02
 
 
