@@ -3,12 +3,13 @@ audio a page receives (an AudioWorklet tap) and hand it back to the test."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from waiting import wait_until_async
 
 #: flags from STACK-NOTES: no sandbox (containers), no GPU, and none of Chromium's background traffic
 CHROMIUM_FLAGS = [
@@ -86,17 +87,15 @@ async def captured(page: Any) -> int:
 
 
 async def wait_for(page: Any, expression: str, timeout_s: float, what: str) -> Any:
-    """Poll a page expression until it is truthy (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await page.evaluate(expression)
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    state = await page.evaluate(
-        "[window.vcstream.callState, document.getElementById('call-status').textContent]"
-    )
-    raise AssertionError(f"{what}: not within {timeout_s} s (page state {state})")
+    """The first truthy value of a page expression within ``timeout_s`` (the failure names ``what``
+    and the page's call state)."""
+
+    async def page_state() -> Any:
+        return await page.evaluate(
+            "[window.vcstream.callState, document.getElementById('call-status').textContent]"
+        )
+
+    return await wait_until_async(lambda: page.evaluate(expression), timeout_s, what, state=page_state)
 
 
 def voiced_fraction(x: np.ndarray, rate: int) -> float:
@@ -104,3 +103,22 @@ def voiced_fraction(x: np.ndarray, rate: int) -> float:
     frames = x[: x.shape[0] // frame * frame].reshape(-1, frame)
     rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
     return float(np.mean(rms > 10 ** (-45 / 20)))
+
+
+async def launch_chromium(playwright: Any, executable: str, microphone: Path) -> Any:
+    """Headless Chromium whose fake microphone plays ``microphone`` (a wav file, looped)."""
+    return await playwright.chromium.launch(
+        executable_path=executable,
+        headless=True,
+        args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={microphone}"],
+    )
+
+
+async def open_client_page(context: Any, base_url: str) -> Any:
+    """A new page on the browser client, once it says the server is ready. The page's console
+    errors are printed: pytest shows them with a failure."""
+    page = await context.new_page()
+    page.on("console", lambda message: print(f"[page] {message.text}") if message.type == "error" else None)
+    await page.goto(base_url + "/")
+    await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
+    return page

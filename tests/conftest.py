@@ -20,6 +20,9 @@ import pytest
 import sqlalchemy as sa
 from scipy.signal import resample_poly
 
+#: the type of the ``flite_speech`` fixture
+Speech = Callable[..., tuple[np.ndarray, int]]
+
 SENTENCES = {
     "slt": "The quick brown fox jumps over the lazy dog while the birds sing in the morning light.",
     "rms": "Please call Stella and ask her to bring these things with her from the store.",
@@ -54,7 +57,7 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def flite_speech(speech_dir: Path) -> Callable[..., tuple[np.ndarray, int]]:
+def flite_speech(speech_dir: Path) -> Speech:
     """``flite_speech(voice="slt", text=None, rate=16000)`` -> (mono float32, rate)."""
     if shutil.which("flite") is None:
         pytest.fail("flite is not installed; run scripts/setup.sh")
@@ -78,7 +81,7 @@ def flite_speech(speech_dir: Path) -> Callable[..., tuple[np.ndarray, int]]:
 
 
 @pytest.fixture(scope="session")
-def flite_wav(speech_dir: Path, flite_speech: Callable[..., tuple[np.ndarray, int]]) -> Callable[..., Path]:
+def flite_wav(speech_dir: Path, flite_speech: Speech) -> Callable[..., Path]:
     """``flite_wav(voice="slt", rate=16000)`` -> path of a 16-bit wav file of that voice."""
 
     def make(voice: str = "slt", rate: int = 16000) -> Path:

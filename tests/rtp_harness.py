@@ -45,6 +45,8 @@ class Chain:
 
     def finish(self, tail_s: float = 0.6) -> tuple[Audio, dict[str, Any], dict[str, Any]]:
         """Wait for the tail, stop everything; returns (received audio, relay snapshot, receiver stats)."""
+        # A fixed tail: no event marks the end of what was sent, as the relay fills an open sender's
+        # pause with silence and a decoder may keep its last frame after a BYE.
         time.sleep(tail_s)
         snapshot, received = self.relay.snapshot(), self.receiver.stats()
         self.close()

@@ -15,7 +15,7 @@ import pytest
 
 from vcstream.service.config import ServiceSettings
 from vcstream.service.ice import ice_servers, turn_credentials
-from webrtc_harness import serving
+from webrtc_harness import receive_json, serving
 
 
 def test_turn_credentials_match_coturns_rest_scheme() -> None:
@@ -90,7 +90,7 @@ def test_ready_message_hands_out_fresh_turn_credentials(tmp_path: Path) -> None:
             for _ in range(2):
                 async with server.http.ws_connect(server.ws_url) as ws:
                     await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
-                    ready.append(json.loads((await ws.receive(timeout=5)).data))
+                    ready.append(await receive_json(ws))
             for message in ready:
                 assert message["type"] == "ready"
                 (entry,) = message["ice_servers"]

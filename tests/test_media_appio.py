@@ -229,7 +229,7 @@ def test_live_source_starts_at_the_running_time_of_its_first_push() -> None:
     sink.element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, probe)
     try:
         start(pipeline)
-        time.sleep(0.3)
+        time.sleep(0.3)  # running time passes before the first push: its stamp must show it
         source.push(np.zeros(320, np.float32))
         source.push(np.zeros(320, np.float32))
         source.end_of_stream()

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from rtp_harness import Chain, dominant_hz, open_chain, tone
-from vcstream.audio.types import Audio
-from vcstream.engines.base import EngineSession, VoiceProfile
-from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession, PassthroughSettings
-from vcstream.engines.settings import SessionSettings
+from slow_engine import SlowEngine
+from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.media.rtp import OPUS_RATE, NetworkSimulation, OpusCodecSettings
+from waiting import wait_until
 
 BEFORE, AFTER = 440.0, 880.0
 
@@ -50,10 +49,20 @@ def assert_switched(y: np.ndarray, seconds_after: float) -> None:
     assert sum(near(f, AFTER) for f in found) >= 10 * seconds_after - 3
 
 
+def _wait_for_bye(chain: Chain) -> None:
+    """The relay has seen the stopped sender's BYE (the stream ended before the next one starts)."""
+    wait_until(
+        lambda: chain.relay.snapshot()["input"]["byes"] >= 1,
+        5,
+        "the relay received the BYE",
+        state=lambda: chain.relay.snapshot()["input"],
+    )
+
+
 def test_sender_stops_and_a_new_one_starts(chain: Chain) -> None:
     chain.send(chain.sender(), tone(BEFORE, 1.0))
     chain.senders[0].stop()  # BYE
-    time.sleep(1.0)
+    _wait_for_bye(chain)
     chain.send(chain.sender(), tone(AFTER, 1.0))
     y, snapshot, _ = chain.finish()
     assert snapshot["input"]["streams_started"] == 2
@@ -75,7 +84,7 @@ def test_ssrc_changes_without_a_pause(chain: Chain) -> None:
 def test_restart_with_the_same_ssrc_after_bye(chain: Chain) -> None:
     chain.send(chain.sender(ssrc=0x1234), tone(BEFORE, 1.0))
     chain.senders[0].stop()
-    time.sleep(0.3)
+    _wait_for_bye(chain)
     chain.send(chain.sender(ssrc=0x1234), tone(AFTER, 1.0))  # new port, sequence numbers, timestamps
     y, snapshot, _ = chain.finish()
     assert snapshot["input"]["resets"] == 1  # rtpbin would otherwise ignore an SSRC that said BYE
@@ -86,7 +95,7 @@ def test_restart_with_the_same_ssrc_after_bye(chain: Chain) -> None:
 def test_restart_with_the_same_ssrc_without_bye(chain: Chain) -> None:
     crashed = chain.sender(ssrc=0x4321, rtcp_port=0)  # no RTCP, so no BYE: as if killed
     chain.send(crashed, tone(BEFORE, 1.0))
-    time.sleep(0.3)
+    time.sleep(0.3)  # the crashed sender's silence before it comes back
     chain.send(chain.sender(ssrc=0x4321), tone(AFTER, 1.0))  # new sequence numbers and timestamps
     y, snapshot, _ = chain.finish()
     # told apart from loss: a fresh session, not a jitter buffer concealing across a huge "gap"
@@ -209,26 +218,13 @@ def test_dtx_pauses_keep_their_length_and_the_phrase_end_goes_out_during_them() 
     assert arrived_at < resumed_at - 0.5, arrived_at - resumed_at
 
 
-class SlowSession(PassthroughSession):
-    """A real passthrough session that takes 1.5 block durations per block, like an overloaded GPU."""
-
-    def process(self, block: Audio) -> Audio:
-        time.sleep(1.5 * self.block_size / self.sample_rate)
-        return super().process(block)
-
-
-class SlowEngine(PassthroughEngine):
-    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
-        return SlowSession(self.sample_rate, self.own_settings(settings, PassthroughSettings).block_time)
-
-
 def test_overloaded_engine_drops_and_counts_instead_of_lagging() -> None:
-    chain = open_chain(SlowEngine(), tone(200, 2.0))
+    chain = open_chain(SlowEngine(slowdown=1.5), tone(200, 2.0))
     try:
         sender = chain.sender()
         chain.send(sender, tone(BEFORE, 4.0))
         sent_at = time.monotonic()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the window in which a backlog would show as late audio
         arrivals = chain.collector.arrivals()  # before stopping, which flushes the last block
         received = chain.collector.audio()[: sum(n for _, n in arrivals)]
         _, snapshot, _ = chain.finish(tail_s=0.0)

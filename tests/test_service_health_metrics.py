@@ -36,6 +36,7 @@ from vcstream.service.engine_loader import load_engine
 from vcstream.service.health import session_refusal
 from vcstream.service.keys import METRICS_KEY
 from vcstream.service.metrics import ServiceMetrics
+from waiting import wait_until, wait_until_async
 
 Client = TestClient[web.Request, web.Application]
 
@@ -71,13 +72,26 @@ async def serving(tmp_path: Path, engine: Engine, **changes: Any) -> AsyncIterat
 
 
 async def until_status(client: Client, url: str, status: int, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """The JSON body of the first answer of ``url`` with ``status``."""
+
+    async def answer() -> tuple[int, Any]:
         response = await client.get(url)
-        if response.status == status:
-            return await response.json()
-        assert time.monotonic() < deadline, f"{url} stayed {response.status}: {await response.text()}"
-        await asyncio.sleep(0.02)
+        return response.status, await response.json()
+
+    async def body_with_status() -> Any:
+        got, body = await answer()
+        return (body,) if got == status else None  # a tuple: an empty body counts as an answer too
+
+    found = await wait_until_async(body_with_status, timeout_s, f"{url} answered {status}", state=answer)
+    return found[0]
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except urllib.error.HTTPError:  # 503 while warming up
+        return False
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -117,12 +131,13 @@ def test_readyz_follows_warm_up_and_draining(tmp_path: Path) -> None:
 def test_failed_warm_up_keeps_the_server_unready_and_says_why(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serving(tmp_path, GatedEngine(fail=True)) as client:
-            body = await until_status(client, "/readyz", 503)
-            for _ in range(100):
-                if "warm-up failed" in body["message"]:
-                    break
-                await asyncio.sleep(0.02)
-                body = await (await client.get("/readyz")).json()
+
+            async def failure_reported() -> Any:
+                response = await client.get("/readyz")
+                body = await response.json()
+                return body if response.status == 503 and "warm-up failed" in body["message"] else None
+
+            body = await wait_until_async(failure_reported, 10, "/readyz reported the warm-up failure")
             assert body["message"] == "engine warm-up failed: RuntimeError: the accelerator fell over"
 
     run(scenario())
@@ -141,7 +156,7 @@ def test_drain_waits_for_running_sessions_and_max_sessions_refuses(tmp_path: Pat
             assert info["max_sessions"] == 2 and info["active_sessions"] == 2
 
             draining = asyncio.create_task(drain(app, grace_s=10))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # time in which a drain that did not wait would have finished
             assert not draining.done()
             assert (await client.get("/readyz")).status == 503
             # sessions end on their own threads
@@ -403,12 +418,7 @@ def test_serve_command_answers_and_drains_on_sigterm(tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{port}"
         with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
             assert json.load(response) == {"status": "ok"}
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-                    break
-            except urllib.error.HTTPError:
-                time.sleep(0.05)
+        wait_until(lambda: _answers_200(f"{base}/readyz"), 10, "the server became ready")
         with urllib.request.urlopen(f"{base}/api/info", timeout=5) as response:
             assert json.load(response)["engine"] == "world"
         server.send_signal(signal.SIGTERM)

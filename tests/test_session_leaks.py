@@ -17,21 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import Speech
 from vcstream.audio.types import Audio
 from vcstream.media.webrtc import WebRtcPeer, live_pipelines
 from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
 from vcstream.streaming.live import LiveSession
-from webrtc_harness import Server, Speech, client, reference_wav, serving, speech_48k
+from webrtc_harness import Server, client, open_fds, reference_wav, serving, settled, speech_48k
 
 # -- the test ---------------------------------------------------------------------------------------
 
 
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def _session_threads() -> list[str]:
@@ -47,33 +44,15 @@ def _python_objects() -> tuple[int, int]:
     return sum(type(o) is WebRtcPeer for o in objects), sum(type(o) is LiveSession for o in objects)
 
 
-async def _settle(server: Server, fds_before: int | None = None, deadline_s: float = 5.0) -> None:
-    """Wait (bounded) until the server has no session, every peer pipeline was finalised and, when
-    given, the descriptors are back to ``fds_before`` (libnice closes its sockets a little after)."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        gc.collect()
-        if (
-            server.app[SESSIONS_KEY].connections == 0
-            and server.app[METRICS_KEY].active_sessions == 0
-            and live_pipelines() == 0
-            and (fds_before is None or _fds() <= fds_before)
-        ):
-            return
-        await asyncio.sleep(0.02)
-
-
 async def _one_call(server: Server, voice: str, speech: Audio) -> float:
     async with client(server) as call:
-        await call.hello()
-        await call.start(voice)
-        await call.talk(speech, lambda: call.events.first_audio is not None, timeout_s=10)
-        assert call.events.first_audio is not None, call.messages
+        await call.dial(voice)
+        first_audio = await call.talk_until_converted(speech)
         assert call.offer_sent is not None
         await call.send("bye")
         await asyncio.wait_for(call.closed.wait(), 5)
         assert call.of_type("bye"), call.messages
-        return call.events.first_audio - call.offer_sent
+        return first_audio - call.offer_sent
 
 
 def test_fifty_sessions_leak_nothing(
@@ -88,13 +67,13 @@ def test_fifty_sessions_leak_nothing(
             speech = speech_48k(flite_speech, "rms")
             started = time.perf_counter()
             times = [await _one_call(server, voice, speech) for _ in range(warm_up)]
-            await _settle(server)
-            baseline = (_threads(), _fds())
+            await settled(server)
+            baseline = (_threads(), open_fds())
             counts = []
             for _ in range(cycles):
                 times.append(await _one_call(server, voice, speech))
-                await _settle(server, baseline[1])
-                counts.append((_threads(), _fds()))
+                await settled(server, baseline[1])
+                counts.append((_threads(), open_fds()))
             elapsed = time.perf_counter() - started
             print(
                 f"\n{cycles + warm_up} calls in {elapsed:.1f} s; offer -> first converted audio: "

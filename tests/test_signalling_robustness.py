@@ -11,7 +11,7 @@ import gc
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,29 +20,21 @@ import aiohttp
 import numpy as np
 import pytest
 
-from conftest import median_f0
+from conftest import Speech, median_f0
 from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer, live_pipelines
 from vcstream.service import signalling
 from vcstream.service.app import drain
 from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
 from vcstream.service.signalling import MAX_MESSAGE_BYTES
-from webrtc_harness import PyClient, Server, client, reference_wav, serving, speech_48k
-
-Speech = Callable[..., tuple[np.ndarray, int]]
-
-
-async def _receive(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 5.0) -> dict[str, Any]:
-    message = await ws.receive(timeout=wait_s)
-    assert message.type == aiohttp.WSMsgType.TEXT, message
-    data: dict[str, Any] = json.loads(message.data)
-    return data
+from waiting import wait_until_async
+from webrtc_harness import PyClient, Server, client, receive_json, reference_wav, serving, settled, speech_48k
 
 
 async def _until(ws: aiohttp.ClientWebSocketResponse, kind: str, wait_s: float = 5.0) -> dict[str, Any]:
     """The next message of ``kind``, skipping others (bounded by ``wait_s``)."""
     deadline = time.monotonic() + wait_s
     while (left := deadline - time.monotonic()) > 0:
-        data = await _receive(ws, left)
+        data = await receive_json(ws, left)
         if data["type"] == kind:
             return data
     raise AssertionError(f"no {kind} message within {wait_s} s")
@@ -96,8 +88,7 @@ async def _offer_sdp() -> str:
 async def running_call(server: Server, voice: str, speech: np.ndarray) -> AsyncIterator[PyClient]:
     """A real call that keeps talking in the background while the test abuses the server."""
     async with client(server) as call:
-        await call.hello()
-        await call.start(voice)
+        await call.dial(voice)
         talking = asyncio.create_task(call.talk(speech, lambda: False, timeout_s=60))
         try:
             yield call
@@ -106,21 +97,28 @@ async def running_call(server: Server, voice: str, speech: np.ndarray) -> AsyncI
 
 
 async def _audio_keeps_flowing(call: PyClient, seconds: float = 1.0) -> None:
+    """At least half of real time comes back within ``seconds`` (passes as soon as it has)."""
     before = call.events.audio().shape[0]
-    await asyncio.sleep(seconds)
-    gained = call.events.audio().shape[0] - before
-    assert gained > 0.5 * seconds * OPUS_RATE, f"only {gained} samples in {seconds} s"
+    await wait_until_async(
+        lambda: call.events.audio().shape[0] - before > 0.5 * seconds * OPUS_RATE,
+        seconds,
+        f"{0.5 * seconds} s of converted audio",
+        state=lambda: f"{call.events.audio().shape[0] - before} samples",
+    )
 
 
-async def _settled(server: Server, wait_s: float = 5.0) -> None:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        gc.collect()
-        if server.app[METRICS_KEY].active_sessions == 0 and live_pipelines() == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(
-        f"left behind: {server.app[METRICS_KEY].active_sessions} sessions, {live_pipelines()} pipelines"
+def _latest_stats(call: PyClient) -> dict[str, Any]:
+    stats = call.of_type("stats")
+    return stats[-1] if stats else {}
+
+
+async def _received_at_least(call: PyClient, samples: int, what: str) -> None:
+    """Wait until the call has received ``samples`` of converted audio in all."""
+    await wait_until_async(
+        lambda: call.events.audio().shape[0] >= samples,
+        10 + samples / OPUS_RATE,
+        what,
+        state=lambda: f"{call.events.audio().shape[0]} of {samples} samples",
     )
 
 
@@ -131,8 +129,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
             speech = speech_48k(flite_speech, "rms")
             offer = await _offer_sdp()
             async with running_call(server, voice, speech) as call:
-                await asyncio.sleep(1.0)  # connected and converting
-                assert call.events.first_audio is not None
+                await call.converting()
 
                 async with server.http.ws_connect(server.ws_url) as ws:
                     # each of these gets an error and the connection stays usable
@@ -159,7 +156,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
                             await ws.send_bytes(frame)
                         else:
                             await ws.send_str(frame)
-                        error = await _receive(ws)
+                        error = await receive_json(ws)
                         assert (error["type"], error["code"], error["fatal"]) == ("error", code, False), (
                             frame,
                             error,
@@ -167,7 +164,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
                     ready = await _hello(ws)
                     assert ready["session"]
                     await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
-                    assert (await _receive(ws))["code"] == "unexpected"
+                    assert (await receive_json(ws))["code"] == "unexpected"
                     # garbage descriptions: refused before anything is built
                     garbage = [
                         None,
@@ -182,7 +179,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
                     ]
                     for sdp in garbage:
                         await ws.send_str(json.dumps({"v": 1, "type": "offer", "sdp": sdp, "voice": voice}))
-                        error = await _receive(ws)
+                        error = await receive_json(ws)
                         assert (error["code"], error["fatal"]) == ("bad_sdp", False), (sdp, error)
                     # a bad voice or bad settings are refused, and the connection is still usable
                     for fields, code in [
@@ -194,10 +191,10 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
                         ({"voice": voice, "settings": "fast"}, "bad_settings"),
                     ]:
                         await ws.send_str(json.dumps({"v": 1, "type": "offer", "sdp": offer, **fields}))
-                        error = await _receive(ws)
+                        error = await receive_json(ws)
                         assert error["code"] == code, (fields, error)
                     await ws.send_str(json.dumps({"v": 1, "type": "ice", "candidate": 5}))
-                    assert (await _receive(ws))["code"] == "no_call"
+                    assert (await receive_json(ws))["code"] == "no_call"
 
                     # an offer that passes our checks but that webrtcbin refuses (BUNDLE names an
                     # unknown section): error, then a clean close
@@ -210,7 +207,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
                 # oversized: above our limit an error and a close; far above it aiohttp closes (1009)
                 async with server.http.ws_connect(server.ws_url) as ws:
                     await ws.send_str(json.dumps({"v": 1, "type": "hello", "pad": "x" * MAX_MESSAGE_BYTES}))
-                    error = await _receive(ws)
+                    error = await receive_json(ws)
                     assert (error["code"], error["fatal"]) == ("message_too_large", True)
                     assert await _closed(ws) == 1008
                 async with server.http.ws_connect(server.ws_url) as ws:
@@ -231,17 +228,18 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
 
                 await _audio_keeps_flowing(call)
                 assert not call.of_type("error"), call.of_type("error")
-                stats = call.of_type("stats")
+                # the call may be younger than the stats interval: its first report can still be due
+                stats = await wait_until_async(
+                    lambda: call.of_type("stats"), 2 * signalling.STATS_INTERVAL_S + 1, "a stats message"
+                )
                 assert stats and stats[-1]["blocks"] > 0
 
-            await _settled(server)
+            await settled(server)
             # and a fresh call works after all that
             async with client(server) as again:
-                await again.hello()
-                await again.start(voice)
-                await again.talk(speech, lambda: again.events.first_audio is not None, timeout_s=10)
-                assert again.events.first_audio is not None
-            await _settled(server)
+                await again.dial(voice)
+                await again.talk_until_converted(speech)
+            await settled(server)
 
     asyncio.run(main())
 
@@ -276,7 +274,7 @@ def test_clients_vanishing_mid_negotiation_leave_nothing_behind(
                 assert (error["code"], error["fatal"]) == ("ice_failed", True), error
                 assert await _closed(ws) == 1008
                 await ws.close()
-            await _settled(server)
+            await settled(server)
             assert server.app[SESSIONS_KEY].connections == 0
 
     asyncio.run(main())
@@ -290,14 +288,14 @@ def test_a_full_server_says_so_and_admits_again_when_a_place_frees(
             voice = await server.upload(reference_wav(tmp_path, flite_speech, "slt"), "slt")
             speech = speech_48k(flite_speech, "rms")
             async with running_call(server, voice, speech) as call:
-                await asyncio.sleep(0.5)
+                await call.converting()  # the only place is taken
                 async with server.http.ws_connect(server.ws_url) as ws:
                     await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
-                    error = await _receive(ws)
+                    error = await receive_json(ws)
                     assert (error["code"], error["fatal"]) == ("server_full", True)
                     assert await _closed(ws) == 1008
                 await _audio_keeps_flowing(call, 0.5)
-            await _settled(server)
+            await settled(server)
             async with server.http.ws_connect(server.ws_url) as ws:
                 assert (await _hello(ws))["type"] == "ready"
             assert "server_full" not in str(server.app[METRICS_KEY].render())
@@ -314,17 +312,24 @@ def test_voice_and_block_size_change_mid_call_without_renegotiation(
             low = await server.upload(reference_wav(tmp_path, flite_speech, "rms"), "rms")
             speech = speech_48k(flite_speech, "kal16")
             async with running_call(server, high, speech) as call:
-                await asyncio.sleep(3.0)
+                await _received_at_least(call, int(2.5 * OPUS_RATE), "2.5 s in the first voice")
                 first = call.events.audio()
                 await call.send("voice", voice=low)
                 switched_at = first.shape[0]
-                await asyncio.sleep(3.0)
+                # half a second for the switch (skipped), then 2.5 s in the second voice
+                await _received_at_least(call, switched_at + 3 * OPUS_RATE, "3 s after the switch")
                 second = call.events.audio()[switched_at + OPUS_RATE // 2 :]  # skip the switch
                 ack = [m for m in call.messages if m["type"] == "voice"]
                 assert ack and ack[-1]["voice"] == low and ack[-1]["name"] == "rms"
 
                 await call.send("settings", settings={"block_time": 0.2})
-                await asyncio.sleep(2.5)
+                # stats come periodically: wait for one sent after the change took effect
+                await wait_until_async(
+                    lambda: call.of_type("settings") and _latest_stats(call).get("block_ms", 0) > 150,
+                    5,
+                    "stats with the new block size",
+                    state=lambda: _latest_stats(call),
+                )
                 settings = [m for m in call.messages if m["type"] == "settings"]
                 assert settings and settings[-1]["settings"]["block_time"] == 0.2
                 assert call.of_type("stats")[-1]["block_ms"] == pytest.approx(200, abs=1)
@@ -336,7 +341,7 @@ def test_voice_and_block_size_change_mid_call_without_renegotiation(
             f0_low = median_f0(second, OPUS_RATE)
             print(f"\nconverted F0: voice slt {f0_high:.0f} Hz, after switching to rms {f0_low:.0f} Hz")
             assert f0_low < 0.8 * f0_high
-            await _settled(server)
+            await settled(server)
 
     asyncio.run(main())
 
@@ -347,12 +352,12 @@ def test_draining_refuses_new_sessions_and_shutdown_says_bye(tmp_path: Path, fli
             voice = await server.upload(reference_wav(tmp_path, flite_speech, "slt"), "slt")
             speech = speech_48k(flite_speech, "rms")
             async with running_call(server, voice, speech) as call:
-                await asyncio.sleep(0.5)
+                await call.converting()
                 # SIGTERM's first step: running calls go on, new ones are refused
                 assert not await drain(server.app, grace_s=0.2)
                 async with server.http.ws_connect(server.ws_url) as ws:
                     await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
-                    error = await _receive(ws)
+                    error = await receive_json(ws)
                     assert (error["code"], error["fatal"]) == ("server_draining", True)
                 await _audio_keeps_flowing(call, 0.5)
                 # then the application shuts down with the call still running
@@ -374,22 +379,21 @@ def test_silent_and_idle_connections_are_closed(tmp_path: Path, monkeypatch: pyt
     async def main() -> None:
         async with serving(tmp_path / "data") as server:
             async with server.http.ws_connect(server.ws_url) as ws:  # says nothing at all
-                error = await _receive(ws)
+                error = await receive_json(ws)
                 assert (error["code"], error["fatal"]) == ("timeout", True)
                 assert await _closed(ws) == 1008
             async with server.http.ws_connect(server.ws_url) as ws:  # ready, then never calls
                 await _hello(ws)
-                await asyncio.sleep(0.6)
+                await asyncio.sleep(0.6)  # silent past the hello timeout: that one no longer applies
                 await ws.send_str(json.dumps({"v": 1, "type": "settings", "settings": {}}))  # activity
-                assert (await _receive(ws))["type"] == "settings"
+                assert (await receive_json(ws))["type"] == "settings"
                 started = time.monotonic()
-                error = await _receive(ws)
+                error = await receive_json(ws)
                 assert error["code"] == "timeout" and time.monotonic() - started > 0.8
                 assert await _closed(ws) == 1008
-            for _ in range(100):  # the handler finishes just after the close frame
-                if server.app[SESSIONS_KEY].connections == 0:
-                    break
-                await asyncio.sleep(0.02)
-            assert server.app[SESSIONS_KEY].connections == 0
+            # the handler finishes just after the close frame
+            await wait_until_async(
+                lambda: server.app[SESSIONS_KEY].connections == 0, 2, "the connection handlers ended"
+            )
 
     asyncio.run(main())

@@ -1,60 +1,39 @@
 """LiveSession: media threads never wait, latency stays bounded when the engine is slow."""
 
-import threading
 import time
 
 import numpy as np
 
+from slow_engine import SlowEngine
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, EngineSession, VoiceProfile
 from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession
 from vcstream.engines.settings import SessionSettings
 from vcstream.streaming.converter import StreamConverter
 from vcstream.streaming.live import LiveSession
+from waiting import wait_until
 
 RATE = 16000
 
 
-class SlowSession(PassthroughSession):
-    """A real passthrough session whose blocks take a fixed time, like an overloaded GPU."""
-
-    def __init__(self, delay_s: float) -> None:
-        super().__init__(RATE, 0.02)
-        self.delay_s = delay_s
-
-    def process(self, block: Audio) -> Audio:
-        time.sleep(self.delay_s)
-        return super().process(block)
-
-
-class SlowEngine(PassthroughEngine):
-    def __init__(self, delay_s: float) -> None:
-        super().__init__(RATE)
-        self.delay_s = delay_s
-
-    def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
-        return SlowSession(self.delay_s)
-
-
 def collect(engine: Engine, chunks: list[np.ndarray], pace_s: float) -> tuple[LiveSession, list[float]]:
     voice = engine.prepare_voice(np.zeros(RATE, np.float32), RATE)
-    outputs: list[Audio] = []
-    done = threading.Event()
-    total = sum(c.shape[0] for c in chunks)
-
-    def on_output(audio: Audio) -> None:
-        outputs.append(audio)
-        if sum(o.shape[0] for o in outputs) >= total - 400:
-            done.set()
-
-    live = LiveSession(StreamConverter(engine, voice, RATE, engine.settings(block_time=0.02)), on_output)
+    live = LiveSession(
+        StreamConverter(engine, voice, RATE, engine.settings(block_time=0.02)), lambda _audio: None
+    )
     feed_times = []
     for chunk in chunks:
         start = time.perf_counter()
         live.feed(chunk)
         feed_times.append(time.perf_counter() - start)
-        time.sleep(pace_s)
-    done.wait(2.0)
+        time.sleep(pace_s)  # paced like a media thread delivering audio
+    total = sum(c.shape[0] for c in chunks)
+
+    def dealt_with() -> bool:  # all converted or dropped, but for the block the converter may hold
+        counters = live.snapshot()
+        return bool(counters["samples_out"] + counters["dropped_samples"] >= total - 400)
+
+    wait_until(dealt_with, 5, "the worker converted or dropped every chunk", state=live.snapshot)
     live.stop()
     return live, feed_times
 
@@ -73,7 +52,7 @@ def test_fast_engine_passes_everything_through_in_order() -> None:
 def test_slow_engine_drops_by_policy_and_feed_never_waits() -> None:
     # Each 20 ms block takes 60 ms: three times slower than real time.
     chunks = [np.full(320, 0.1, np.float32) for _ in range(40)]
-    live, feed_times = collect(SlowEngine(0.06), chunks, pace_s=0.02)
+    live, feed_times = collect(SlowEngine(slowdown=3.0, sample_rate=RATE), chunks, pace_s=0.02)
     snap = live.snapshot()
     assert max(feed_times) < 0.01  # the media thread never waited for inference
     assert snap["dropped_samples"] > 0 and snap["drop_events"] > 0
@@ -102,9 +81,18 @@ def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
     live = LiveSession(StreamConverter(engine, engine.prepare_voice(np.zeros(10), RATE), RATE), out.append)
     for _ in range(6):
         live.feed(np.zeros(320, np.float32))
-        time.sleep(0.01)
-    time.sleep(0.1)
+        time.sleep(0.01)  # chunks apart, as a media thread delivers them
+    wait_until(
+        lambda: live.snapshot()["errors"] == 1 and live.snapshot()["backlog_ms"] == 0,
+        5,
+        "the worker took every chunk and counted the failure",
+        state=live.snapshot,
+    )
     assert live.running
     assert live.snapshot()["errors"] == 1
+    # and it still converts: a block fed after the failure comes out
+    converted = live.snapshot()["samples_out"]
+    live.feed(np.zeros(320, np.float32))
+    wait_until(lambda: live.snapshot()["samples_out"] > converted, 5, "a block converted after the failure")
     live.stop()
     assert not live.running

@@ -10,8 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,23 @@ import aioice.turn
 import numpy as np
 import pytest
 
-from browser_harness import CAPTURE_JS, CHROMIUM_FLAGS, captured, take, voiced_fraction, wait_for
-from conftest import write_wav
+from browser_harness import (
+    CAPTURE_JS,
+    captured,
+    launch_chromium,
+    open_client_page,
+    take,
+    voiced_fraction,
+    wait_for,
+)
+from conftest import Speech, write_wav
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.ice import turn_credentials
+from waiting import wait_until
 from webrtc_harness import serving
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
-Speech = Callable[..., tuple[np.ndarray, int]]
 SECRET = "vcstream-test-turn-secret"
 REALM = "vcstream.test"
 ALLOCATED = re.compile(r"user <\d+:([^>]+)>.*ALLOCATE processed, success")
@@ -116,12 +123,17 @@ def coturn(tmp_path: Path) -> Iterator[Coturn]:
         "--allow-loopback-peers",  # the browser and the server are on this machine
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def log_text() -> str:
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"turnserver exited with {process.returncode}: {log_text()}")
+        return "UDP listener opened" in log_text()
+
     try:
-        deadline = time.monotonic() + 10
-        while "UDP listener opened" not in (log.read_text(errors="replace") if log.exists() else ""):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"turnserver did not start: {log.read_text() if log.exists() else ''}")
-            time.sleep(0.05)
+        wait_until(listening, 10, "turnserver opened its UDP listener", state=log_text)
         yield Coturn(address, port, log)
     finally:
         process.terminate()
@@ -141,18 +153,11 @@ def test_call_through_turn_with_the_servers_credentials(
             playwright_api.async_playwright() as pw,
         ):
             await server.upload(reference, "slt")
-            browser = await pw.chromium.launch(
-                executable_path=chromium,
-                headless=True,
-                args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}"],
-            )
+            browser = await launch_chromium(pw, chromium, mic_wav)
             try:
                 context = await browser.new_context(permissions=["microphone"])
-                page = await context.new_page()
-                await page.add_init_script(RELAY_ONLY_JS)
-                await page.goto(server.base + "/")
-                await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
-                await _call(page)
+                await context.add_init_script(RELAY_ONLY_JS)
+                await _call(await open_client_page(context, server.base))
             finally:
                 await browser.close()
 
@@ -162,7 +167,7 @@ def test_call_through_turn_with_the_servers_credentials(
         await page.evaluate(CAPTURE_JS)
         await wait_for(page, "window.__capture.first", 20, "converted audio over TURN")
         start = await captured(page)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # two seconds of the call, captured in the page
         converted, _ = await take(page, start)
         assert converted.shape[0] >= 1.9 * OPUS_RATE
         assert voiced_fraction(converted, OPUS_RATE) > 0.5

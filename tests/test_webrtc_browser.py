@@ -14,23 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from browser_harness import CAPTURE_JS, CAPTURE_S, CHROMIUM_FLAGS, captured, take, voiced_fraction, wait_for
-from conftest import median_f0, write_wav
+from browser_harness import (
+    CAPTURE_JS,
+    CAPTURE_S,
+    captured,
+    launch_chromium,
+    open_client_page,
+    take,
+    voiced_fraction,
+    wait_for,
+)
+from conftest import Speech, median_f0, write_wav
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.health import STATE_KEY
 from vcstream.service.keys import SESSIONS_KEY
 from webrtc_harness import Server, serving
 
 playwright_api = pytest.importorskip("playwright.async_api")
-
-Speech = Callable[..., tuple[np.ndarray, int]]
 
 
 async def _upload_through_ui(page: Any, name: str, path: Path) -> None:
@@ -64,11 +70,7 @@ def test_browser_converts_switches_recovers_and_reports_states(
             serving(tmp_path / "data", max_sessions=1) as server,
             playwright_api.async_playwright() as pw,
         ):
-            browser = await pw.chromium.launch(
-                executable_path=chromium,
-                headless=True,
-                args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}"],
-            )
+            browser = await launch_chromium(pw, chromium, mic_wav)
             try:
                 await _run(server, browser)
             finally:
@@ -78,18 +80,13 @@ def test_browser_converts_switches_recovers_and_reports_states(
         granted = await browser.new_context(
             permissions=["microphone"], viewport={"width": 1100, "height": 900}
         )
-        page = await granted.new_page()
-        page.on(
-            "console", lambda message: print(f"[page] {message.text}") if message.type == "error" else None
-        )
-        await page.goto(server.base + "/")
-        await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
+        page = await open_client_page(granted, server.base)
         assert await page.is_visible("#engine-banner") is False  # WORLD chosen explicitly: no fallback note
 
         # a reference recorded in the page (MediaRecorder, webm/opus, decoded by the server)
         await page.fill("#voice-name", "recorded")
         await page.click("#record-button")
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(3.0)  # three seconds of the microphone recorded
         await page.click("#record-button")
         await page.wait_for_function(
             "document.getElementById('upload-status').textContent.includes('Added “recorded')", timeout=20000
@@ -115,7 +112,7 @@ def test_browser_converts_switches_recovers_and_reports_states(
         await wait_for(page, "window.vcstream.callState === 'live'", 5, "the live state")
 
         start = await captured(page)
-        await asyncio.sleep(CAPTURE_S)
+        await asyncio.sleep(CAPTURE_S)  # the stretch of the call the checks below measure
         converted, _ = await take(page, start)
         client = await page.evaluate("window.vcstream.clientStats")
         server_stats = await page.evaluate("window.vcstream.serverStats")
@@ -140,9 +137,14 @@ def test_browser_converts_switches_recovers_and_reports_states(
 
         # -- switch the voice from the selector, mid-call -----------------------------------------
         await _upload_through_ui(page, "kal16", low_ref)  # selects the new voice: switches at once
-        await asyncio.sleep(1.0)
-        start = await captured(page)
-        await asyncio.sleep(3.0)
+        await wait_for(
+            page,
+            "document.getElementById('call-status').textContent.includes('like kal16')",
+            5,
+            "the server confirmed the voice switch",
+        )
+        start = await captured(page) + OPUS_RATE // 2  # skip audio converted before it, still in flight
+        await asyncio.sleep(3.5)  # three seconds in the new voice
         switched, _ = await take(page, start)
         f0_switched = median_f0(switched, OPUS_RATE)
         print(f"after switching to kal16 ({f0_low:.0f} Hz): converted {f0_switched:.0f} Hz")
@@ -185,9 +187,7 @@ def test_browser_converts_switches_recovers_and_reports_states(
 
         # -- microphone denied ---------------------------------------------------------------------
         denied = await browser.new_context(permissions=[])
-        page = await denied.new_page()
-        await page.goto(server.base + "/")
-        await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
+        page = await open_client_page(denied, server.base)
         await page.click("#start-button")
         await page.wait_for_selector("#call-status[data-state='mic-denied']", timeout=10000)
         assert "denied" in (await page.text_content("#call-status") or "")

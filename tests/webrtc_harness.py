@@ -1,11 +1,15 @@
 """Shared WebRTC test harness: a vcstream server on a real socket (aiohttp, the WORLD engine) and
 ``PyClient``, the Python end of a call (a ``WebRtcPeer`` that offers, driven over the signalling
-WebSocket). Used by the session-leak, signalling-robustness, browser and ICE tests."""
+WebSocket). Used by the session-leak, signalling-robustness, browser and ICE tests.
+Also what those tests wait for: the server settled (no session, pipeline or descriptor left behind)
+and a call converting."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,15 +23,16 @@ import numpy as np
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from conftest import write_wav
+from conftest import Speech, write_wav
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine
 from vcstream.engines.world import WorldEngine
-from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer
+from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer, live_pipelines
 from vcstream.service.app import create_app
 from vcstream.service.config import ServiceSettings
+from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
+from waiting import wait_until_async
 
-Speech = Callable[..., tuple[np.ndarray, int]]
 CHUNK = OPUS_RATE // 50  # 20 ms, one Opus packet
 
 
@@ -75,18 +80,41 @@ async def serving(
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     http = aiohttp.ClientSession()
+
+    async def ready() -> bool:
+        async with http.get(f"http://{server.host}:{server.port}/readyz") as response:
+            return response.status == 200
+
     try:
-        deadline = time.monotonic() + ready_within_s
-        while True:  # loading and warm-up run in the background after start-up
-            async with http.get(f"http://{server.host}:{server.port}/readyz") as response:
-                if response.status == 200:
-                    break
-                assert time.monotonic() < deadline, f"not ready: {await response.text()}"
-            await asyncio.sleep(0.05)
+        # loading and warm-up run in the background after start-up
+        await wait_until_async(ready, ready_within_s, "the server became ready")
         yield Server(app, server, http)
     finally:
         await http.close()
         await server.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def settled(server: Server, fds_before: int | None = None, timeout_s: float = 5.0) -> None:
+    """Wait until the server has no connection and no session, every peer pipeline was finalised
+    and, when given, the descriptors are back to ``fds_before`` (libnice closes its sockets a little
+    after the call ends)."""
+
+    def left_behind() -> dict[str, int]:
+        gc.collect()  # pipelines are counted as they are finalised
+        return {
+            "connections": server.app[SESSIONS_KEY].connections,
+            "sessions": server.app[METRICS_KEY].active_sessions,
+            "pipelines": live_pipelines(),
+            "extra fds": max(0, open_fds() - fds_before) if fds_before is not None else 0,
+        }
+
+    await wait_until_async(
+        lambda: not any(left_behind().values()), timeout_s, "the server settled", state=left_behind
+    )
 
 
 def speech_48k(flite_speech: Speech, voice: str) -> Audio:
@@ -97,6 +125,14 @@ def speech_48k(flite_speech: Speech, voice: str) -> Audio:
 def reference_wav(tmp_path: Path, flite_speech: Speech, voice: str) -> Path:
     samples, rate = flite_speech(voice, None, 16000)
     return write_wav(tmp_path / f"ref-{voice}.wav", samples, rate)
+
+
+async def receive_json(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 5.0) -> dict[str, Any]:
+    """The next signalling message (a text frame of JSON), bounded by ``wait_s``."""
+    message = await ws.receive(timeout=wait_s)
+    assert message.type == aiohttp.WSMsgType.TEXT, message
+    data: dict[str, Any] = json.loads(message.data)
+    return data
 
 
 # -- the Python end of a call -----------------------------------------------------------------------
@@ -155,10 +191,7 @@ class PyClient:
         await self.ws.send_str(json.dumps({"v": 1, "type": kind, **fields}))
 
     async def receive(self, wait_s: float = 5.0) -> dict[str, Any]:
-        message = await self.ws.receive(timeout=wait_s)
-        assert message.type == aiohttp.WSMsgType.TEXT, message
-        data: dict[str, Any] = json.loads(message.data)
-        return data
+        return await receive_json(self.ws, wait_s)
 
     async def hello(self) -> dict[str, Any]:
         await self.send("hello")
@@ -177,6 +210,18 @@ class PyClient:
         )
         self._pump = asyncio.create_task(self._pump_candidates())
         self._reader = asyncio.create_task(self._read())
+
+    async def dial(self, voice: str, settings: dict[str, Any] | None = None) -> None:
+        """Hello, then the offer: the call is under way (``start``)."""
+        await self.hello()
+        await self.start(voice, settings)
+
+    async def talk_until_converted(self, samples: Audio, timeout_s: float = 10.0) -> float:
+        """Talk until the first converted audio comes back (a failure if it does not); returns when
+        it came (``time.perf_counter``)."""
+        await self.talk(samples, lambda: self.events.first_audio is not None, timeout_s)
+        assert self.events.first_audio is not None, self.messages
+        return self.events.first_audio
 
     async def _pump_candidates(self) -> None:
         while True:
@@ -202,6 +247,15 @@ class PyClient:
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["type"] == kind]
+
+    async def converting(self, timeout_s: float = 10.0) -> None:
+        """Wait for the first converted audio (the call connected and the engine runs)."""
+        await wait_until_async(
+            lambda: self.events.first_audio is not None,
+            timeout_s,
+            "converted audio arrived",
+            state=lambda: {"messages": self.messages[-3:], "errors": self.events.errors},
+        )
 
     async def talk(self, samples: Audio, until: Callable[[], bool], timeout_s: float) -> None:
         """Send ``samples`` in real time (looped) until ``until()`` or ``timeout_s``."""
