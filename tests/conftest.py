@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 import wave
@@ -92,6 +93,11 @@ def flite_wav(speech_dir: Path, flite_speech: Speech) -> Callable[..., Path]:
         return path
 
     return make
+
+
+def vcstream_argv(*args: object) -> list[str]:
+    """The command line running ``vcstream ARGS...`` with this interpreter (the venv's package)."""
+    return [sys.executable, "-m", "vcstream.cli", *map(str, args)]
 
 
 def median_f0(samples: np.ndarray, rate: int) -> float:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import vcstream_argv
 from vcstream.engines.passthrough import PassthroughSettings
 from vcstream.engines.registry import ENGINE_NAMES, all_setting_specs, settings_type
 from vcstream.engines.seedvc.settings import SeedVCSettings
@@ -104,7 +104,7 @@ def test_one_flag_per_setting_across_engines() -> None:
 
 def _vcstream(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vcstream.cli", *map(str, args)],
+        vcstream_argv(*args),
         capture_output=True,
         text=True,
         timeout=60,

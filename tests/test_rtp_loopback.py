@@ -8,14 +8,13 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import median_f0, snr_db, write_wav
+from conftest import median_f0, snr_db, vcstream_argv, write_wav
 from rtp_harness import (
     align,
     dominant_hz,
@@ -82,10 +81,6 @@ def test_world_relay_moves_pitch_to_the_reference(flite_speech: Speech) -> None:
     assert snapshot["session"]["inference_ms_p50"] < 100
 
 
-def _vcstream(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "vcstream.cli", *map(str, args)]
-
-
 def _json_lines(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
@@ -127,13 +122,15 @@ def test_commands_relay_a_file_end_to_end(flite_speech: Speech, tmp_path: Path) 
     processes: list[subprocess.Popen[str]] = []
     try:
         receiver = subprocess.Popen(
-            _vcstream("rtp-receive", "--listen", rx_port, "-o", out, "--idle-timeout", 1.0, "--duration", 40),
+            vcstream_argv(
+                "rtp-receive", "--listen", rx_port, "-o", out, "--idle-timeout", 1.0, "--duration", 40
+            ),
             stdout=subprocess.PIPE,
             text=True,
         )
         processes.append(receiver)
         relay = subprocess.Popen(
-            _vcstream(
+            vcstream_argv(
                 "rtp", "--listen", relay_port, "--send", f"127.0.0.1:{rx_port}", "-r", reference,
                 "--engine", "passthrough", "--duration", 40,
             ),
@@ -143,7 +140,7 @@ def test_commands_relay_a_file_end_to_end(flite_speech: Speech, tmp_path: Path) 
         processes.append(relay)
         read_json_line(relay, "listening")  # ready before anything is sent
         sent = subprocess.run(
-            _vcstream("rtp-send", source, "--to", f"127.0.0.1:{relay_port}"),
+            vcstream_argv("rtp-send", source, "--to", f"127.0.0.1:{relay_port}"),
             capture_output=True,
             text=True,
             timeout=60,
@@ -175,7 +172,7 @@ def test_commands_relay_a_file_end_to_end(flite_speech: Speech, tmp_path: Path) 
 def test_receive_without_audio_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "never.wav"
     result = subprocess.run(
-        _vcstream("rtp-receive", "--listen", free_udp_port_pair(), "-o", out, "--duration", 0.5),
+        vcstream_argv("rtp-receive", "--listen", free_udp_port_pair(), "-o", out, "--duration", 0.5),
         capture_output=True,
         text=True,
         timeout=30,
@@ -191,7 +188,7 @@ def test_receive_stops_on_sigterm_and_writes_what_it_got(flite_speech: Speech, t
     out = tmp_path / "partial.wav"
     port = free_udp_port_pair()
     receiver = subprocess.Popen(
-        _vcstream("rtp-receive", "--listen", port, "-o", out, "--idle-timeout", 30),
+        vcstream_argv("rtp-receive", "--listen", port, "-o", out, "--idle-timeout", 30),
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -14,7 +14,6 @@ import json
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 
 from browser_harness import CAPTURE_JS, CHROMIUM_FLAGS, captured, wait_for
-from conftest import write_wav
+from conftest import vcstream_argv, write_wav
 from rtp_harness import free_udp_port_pair, to_rate
 from vcstream.media import decode_file
 from vcstream.media.webrtc import OPUS_RATE
@@ -225,10 +224,6 @@ def test_page_in_chromium_converts_on_seedvc(
     asyncio.run(main())
 
 
-def _vcstream(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "vcstream.cli", *map(str, args)]
-
-
 def test_rtp_relay_command_converts_with_seedvc(
     tmp_path: Path, flite_speech: Speech, seedvc_cache: Path
 ) -> None:
@@ -240,13 +235,15 @@ def test_rtp_relay_command_converts_with_seedvc(
     processes: list[subprocess.Popen[str]] = []
     try:
         receiver = subprocess.Popen(
-            _vcstream("rtp-receive", "--listen", rx_port, "-o", out, "--idle-timeout", 60, "--duration", 120),
+            vcstream_argv(
+                "rtp-receive", "--listen", rx_port, "-o", out, "--idle-timeout", 60, "--duration", 120
+            ),
             stdout=subprocess.PIPE,
             text=True,
         )
         processes.append(receiver)
         relay = subprocess.Popen(
-            _vcstream(
+            vcstream_argv(
                 "rtp", "--listen", relay_port, "--send", f"127.0.0.1:{rx_port}", "-r", reference,
                 "--engine", "seedvc", *model, "--duration", 120, "--stats-interval", 0.5,
             ),
@@ -259,7 +256,7 @@ def test_rtp_relay_command_converts_with_seedvc(
         assert listening["engine"] == "seedvc" and listening["block_ms"] == pytest.approx(BLOCK_MS, abs=0.5)
         assert FORMULA_MS <= listening["algorithmic_latency_ms"] < FORMULA_MS + 5
         sent = subprocess.run(
-            _vcstream("rtp-send", source, "--to", f"127.0.0.1:{relay_port}"),
+            vcstream_argv("rtp-send", source, "--to", f"127.0.0.1:{relay_port}"),
             capture_output=True,
             text=True,
             timeout=60,
@@ -334,7 +331,7 @@ def test_convert_command_on_seedvc(
     args = ["convert", source, "-r", reference, "-o", out, "--engine", "seedvc", "--device", "cpu"]
     args += ["--model-cache", seedvc_cache, "--diffusion-steps", STEPS, "--rate", 16000]
     result = subprocess.run(
-        _vcstream(*args, *(["--offline"] if mode == "offline" else [])),
+        vcstream_argv(*args, *(["--offline"] if mode == "offline" else [])),
         capture_output=True,
         text=True,
         timeout=300,
