@@ -216,6 +216,7 @@ function renderSettings(schema, values) {
     const input = document.createElement("input");
     Object.assign(input, { id, type: "range", min: spec.min, max: spec.max, step: spec.step, value: values[name] ?? spec.default });
     input.dataset.setting = name;
+    if (spec.help) input.title = spec.help; // what the setting trades off, from the engine's declaration
     const show = () => {
       shown.textContent = spec.unit === "s" ? `${Math.round(input.value * 1000)} ms` : input.value;
     };
