@@ -32,6 +32,7 @@ from vcstream.service.keys import ENGINE_KEY, SESSIONS_KEY
 from webrtc_harness import PyClient, client, reference_wav, serving, speech_48k
 
 Speech = Callable[..., tuple[np.ndarray, int]]
+pytestmark = pytest.mark.slow  # full-size Seed-VC on the CPU
 
 #: a cheap but full-size model run: 2 Euler steps instead of 10 (the operator's default, as a
 #: deployment would set it with VCSTREAM_ENGINE_SETTINGS)
