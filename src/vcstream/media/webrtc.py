@@ -10,7 +10,8 @@ answering side (the browser offers), tests and tools can use it as the offering 
 * ``push(samples)``: 48 kHz mono float32 audio to send (any thread);
 * ``stats()``: a flat dict from webrtcbin's ``get-stats`` (round-trip time, jitter, loss, bytes);
 * ``close()``: pipeline to NULL and every reference dropped (blocks until streaming threads stop:
-  call it from a worker thread, not from an event loop).
+  call it from a worker thread, not from an event loop). Its owner must call it: a peer collected
+  unclosed is only reported (a warning), since the collector may run on any thread, loops included.
 
 Pipeline::
 
@@ -19,10 +20,11 @@ Pipeline::
         ! appsink (F32 48k mono) -> listener.on_audio
 
 Events reach a ``PeerListener`` on GStreamer's threads (webrtcbin's own thread, libnice's, the bus
-watch on the shared ``GLibLoop``); the listener hands them on (the server: to asyncio through
-``AsyncioBridge``). Every GObject signal handler holds the peer only through a weak reference, so no
-reference cycle runs through C code where Python's collector cannot see it; ``live_pipelines()``
-counts pipelines GStreamer has not finalised yet, which is how the leak tests look for leaks.
+watch on the shared ``GLibLoop``); the listener hands them on (the server: to asyncio through the
+application's ``Runtime``). Every GObject signal handler holds the peer only through a weak
+reference, so no reference cycle runs through C code where Python's collector cannot see it;
+``live_pipelines()`` counts pipelines GStreamer has not finalised yet, which is how the leak tests
+look for leaks.
 
 DTLS: webrtcbin's DTLS elements generate one certificate per process on first use (about 150 ms) and
 share it; ``prepare()`` does that ahead of the first call instead of during it.
@@ -524,9 +526,9 @@ class WebRtcPeer:
             self._source = self._sink = None
 
     def __del__(self) -> None:
+        # only a report: closing blocks on GStreamer's threads, and the collector may run anywhere
         if not getattr(self, "_closed", True):
-            log.warning("%s was not closed; closing it now", getattr(self, "name", "webrtc peer"))
-            self.close()
+            log.warning("%s was not closed: its owner leaks a pipeline", getattr(self, "name", "webrtc peer"))
 
 
 # -- promise callbacks (webrtcbin's thread) ----------------------------------------------------------

@@ -2,11 +2,13 @@
 
 Start-up (``cleanup_ctx``, in this order, before the server accepts connections):
 
-1. the engine is chosen and loaded in an executor thread (the loop stays responsive), then stored
-   under ``ENGINE_KEY``; warm-up (one voice and two blocks through a session) continues in the
+1. the runtime (``RUNTIME_KEY``): the GLib loop, the asyncio loop and the named thread pools
+   (``POOLS``) every thread crossing goes through; it closes last;
+2. the engine is chosen and loaded on the runtime's engine pool (the loop stays responsive), then
+   stored under ``ENGINE_KEY``; warm-up (one voice and two blocks through a session) continues in the
    background after start-up, and /readyz answers 503 until it is done;
-2. the voice library opens its database and folder (``VOICES_KEY``);
-3. whatever ``vcstream.service.signalling.setup`` registered (it sees both keys above).
+3. the voice library opens its database and folder (``VOICES_KEY``);
+4. whatever ``vcstream.service.signalling.setup`` registered (it sees the keys above).
 
 Shutdown: ``drain`` marks the server draining (/readyz 503; ``health.session_refusal`` refuses new
 sessions) and waits up to ``shutdown_grace_s`` for running sessions to end (as counted by
@@ -29,16 +31,31 @@ from aiohttp import hdrs, web
 
 from vcstream.engines.base import Engine
 from vcstream.engines.settings import SessionSettings
+from vcstream.media.mainloop import Runtime
 from vcstream.service import api, health
 from vcstream.service.config import ServiceSettings
 from vcstream.service.engine_loader import load_engine, loaded, warm_engine
 from vcstream.service.health import STATE_KEY, ServiceState
-from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.keys import (
+    DEFAULTS_KEY,
+    ENGINE_KEY,
+    ENGINE_POOL,
+    MEDIA_POOL,
+    METRICS_KEY,
+    RUNTIME_KEY,
+    SETTINGS_KEY,
+    VOICES_DB_POOL,
+    VOICES_KEY,
+    VOICES_WORK_POOL,
+)
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.service.openapi import Media, error, operation, reply
 from vcstream.service.voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
+
+#: the runtime's thread pools and their workers
+POOLS = {MEDIA_POOL: 8, ENGINE_POOL: 1, VOICES_DB_POOL: 4, VOICES_WORK_POOL: 2}
 
 #: the browser client (written beside the signalling endpoint)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -55,6 +72,7 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = ServiceMetrics()
     app[STATE_KEY] = ServiceState()
+    app.cleanup_ctx.append(_runtime_context)
     app.cleanup_ctx.append(_engine_context(engine))
     app.cleanup_ctx.append(_voices_context)
     app.on_shutdown.append(_mark_draining)
@@ -75,11 +93,20 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
     return app
 
 
+async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
+    runtime = Runtime.start(POOLS)
+    app[RUNTIME_KEY] = runtime
+    try:
+        yield
+    finally:
+        await runtime.close()
+
+
 def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def engine_context(app: web.Application) -> AsyncIterator[None]:
-        settings, state = app[SETTINGS_KEY], app[STATE_KEY]
+        settings, state, runtime = app[SETTINGS_KEY], app[STATE_KEY], app[RUNTIME_KEY]
         if given is None:
-            result = await asyncio.get_running_loop().run_in_executor(None, load_engine, settings)
+            result = await runtime.run_blocking(ENGINE_POOL, load_engine, settings)
         else:
             result = loaded(given, settings)
         app[ENGINE_KEY] = result.engine
@@ -89,7 +116,9 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
         app[METRICS_KEY].engine_loaded(result.engine.name, result.device, result.cpu_fallback)
         log.info("engine %s loaded; up to %d sessions", result.engine.name, result.max_sessions)
         app[DEFAULTS_KEY] = result.defaults
-        warming = asyncio.create_task(_warm(state, result.engine, result.defaults), name="engine-warm-up")
+        warming = asyncio.create_task(
+            _warm(runtime, state, result.engine, result.defaults), name="engine-warm-up"
+        )
         yield
         warming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -98,9 +127,9 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
     return engine_context
 
 
-async def _warm(state: ServiceState, engine: Engine, defaults: SessionSettings) -> None:
+async def _warm(runtime: Runtime, state: ServiceState, engine: Engine, defaults: SessionSettings) -> None:
     try:
-        await asyncio.get_running_loop().run_in_executor(None, warm_engine, engine, defaults)
+        await runtime.run_blocking(ENGINE_POOL, warm_engine, engine, defaults)
     except Exception as exc:  # stays up, unready, and says why (on /readyz and in the log)
         log.exception("engine warm-up failed")
         state.warm_error = f"{type(exc).__name__}: {exc}"
@@ -115,6 +144,7 @@ async def _voices_context(app: web.Application) -> AsyncIterator[None]:
         settings.effective_database_url,
         settings.effective_voices_dir,
         app[ENGINE_KEY],
+        app[RUNTIME_KEY],
         max_upload_bytes=settings.max_upload_bytes,
     )
     try:

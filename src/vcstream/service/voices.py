@@ -9,8 +9,9 @@ trimmed reference is stored as a 16-bit 48 kHz WAV (engine-independent, so a lib
 CPU engine serves Seed-VC unchanged later), written atomically, then the row is inserted; if the
 insert fails the file is removed. Nothing half-stored remains.
 
-All blocking work (decoding, feature extraction, database calls) runs in the library's own thread
-pools, never on the event loop; the feature cache is touched on the event loop thread only.
+All blocking work runs on the runtime's pools, never on the event loop: database calls on
+``VOICES_DB_POOL``, decoding and feature extraction on ``VOICES_WORK_POOL`` (a query must not wait
+behind a 30 s decode); the feature cache is touched on the event loop thread only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import tempfile
 import unicodedata
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -38,9 +38,11 @@ from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S, Reference, prep
 from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.errors import ConfigurationError, InvalidAudioError, MediaError, VcstreamError
 from vcstream.media.files import decode_file, encode_file
+from vcstream.media.mainloop import Runtime
 from vcstream.service.db.connect import create_database_engine, ensure_sqlite_folder, shown_url
 from vcstream.service.db.migrate import prepare_for_serving
 from vcstream.service.db.models import MAX_NAME_CHARS, VoiceRecord
+from vcstream.service.keys import VOICES_DB_POOL, VOICES_WORK_POOL
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,8 @@ class VoiceLibrary:
     ``profile`` (the engine's features for a voice, computed once and cached per voice and engine).
 
     Call ``open`` before use (creates the folder; brings an SQLite database's schema up to date, and
-    refuses any other database whose schema is behind) and ``close`` at the end.
+    refuses any other database whose schema is behind) and ``close`` at the end, before ``runtime``
+    closes: its ``VOICES_DB_POOL`` and ``VOICES_WORK_POOL`` run the blocking work.
     """
 
     def __init__(
@@ -136,26 +139,24 @@ class VoiceLibrary:
         database_url: str,
         voices_dir: Path,
         engine: Engine,
+        runtime: Runtime,
         *,
         max_upload_bytes: int = 10 << 20,
-        work_threads: int = 2,
     ) -> None:
         self.database_url = database_url
         self.voices_dir = Path(voices_dir)
         self.engine = engine
+        self.runtime = runtime
         self.max_upload_bytes = max_upload_bytes
         self._db = create_database_engine(database_url)
         self._sessions = sessionmaker(self._db, expire_on_commit=False)
-        # database calls must not queue behind a 30 s decode: two pools
-        self._db_pool = ThreadPoolExecutor(4, thread_name_prefix="vcstream-voices-db")
-        self._work_pool = ThreadPoolExecutor(work_threads, thread_name_prefix="vcstream-voices-work")
         self._profiles: dict[tuple[str, str], VoiceProfile] = {}
         self._computing: dict[tuple[str, str], asyncio.Future[VoiceProfile]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._in(self._db_pool, self._open_blocking)
+        await self._in(VOICES_DB_POOL, self._open_blocking)
 
     def _open_blocking(self) -> None:
         self.voices_dir.mkdir(parents=True, exist_ok=True)
@@ -174,12 +175,7 @@ class VoiceLibrary:
         )
 
     async def close(self) -> None:
-        def shutdown() -> None:
-            self._work_pool.shutdown(wait=True, cancel_futures=True)
-            self._db_pool.shutdown(wait=True, cancel_futures=True)
-            self._db.dispose()
-
-        await asyncio.to_thread(shutdown)
+        await self._in(VOICES_DB_POOL, self._db.dispose)  # closes the pooled connections
         self._profiles.clear()
 
     # -- queries ----------------------------------------------------------------------------------
@@ -192,10 +188,10 @@ class VoiceLibrary:
                 )
                 return [VoiceInfo.of(row) for row in rows]
 
-        return await self._in(self._db_pool, query)
+        return await self._in(VOICES_DB_POOL, query)
 
     async def get(self, voice_id: str) -> VoiceInfo:
-        return VoiceInfo.of(await self._in(self._db_pool, self._record, voice_id))
+        return VoiceInfo.of(await self._in(VOICES_DB_POOL, self._record, voice_id))
 
     def _record(self, voice_id: str) -> VoiceRecord:
         record = None
@@ -208,7 +204,7 @@ class VoiceLibrary:
 
     async def audio_path(self, voice_id: str) -> Path:
         """The stored 16-bit WAV of a voice."""
-        record = await self._in(self._db_pool, self._record, voice_id)
+        record = await self._in(VOICES_DB_POOL, self._record, voice_id)
         path = self._file(record)
         if not path.is_file():
             log.error("recording of voice %s is missing: %s", voice_id, path)
@@ -237,7 +233,7 @@ class VoiceLibrary:
             )
         content = (content_type or "")[:255] or None
         info, profile = await self._in(
-            self._work_pool, self._add_blocking, clean_name, shown_name, content, data
+            VOICES_WORK_POOL, self._add_blocking, clean_name, shown_name, content, data
         )
         self._profiles[(info.id, self.engine.name)] = profile
         log.info("voice %s %r added: %.1f s from %s", info.id, info.name, info.duration_s, shown_name)
@@ -318,7 +314,7 @@ class VoiceLibrary:
                 log.error("voice %s deleted but its recording %s remains: %s", voice_id, path, exc)
             return path
 
-        await self._in(self._db_pool, remove)
+        await self._in(VOICES_DB_POOL, remove)
         for key in [k for k in (*self._profiles, *self._computing) if k[0] == voice_id]:
             self._profiles.pop(key, None)
             self._computing.pop(key, None)
@@ -331,14 +327,14 @@ class VoiceLibrary:
         (voice, engine); concurrent calls for one voice share one computation. Raises
         VoiceNotFoundError if the voice is not (or no longer) in the library."""
         # the row is checked on every call: another instance sharing the database may have deleted it
-        record = await self._in(self._db_pool, self._record, voice_id)
+        record = await self._in(VOICES_DB_POOL, self._record, voice_id)
         key = (voice_id, self.engine.name)
         cached = self._profiles.get(key)
         if cached is not None:
             return cached
         pending = self._computing.get(key)
         if pending is None:
-            pending = self._in(self._work_pool, self._compute_profile, record)
+            pending = self._in(VOICES_WORK_POOL, self._compute_profile, record)
             self._computing[key] = pending
             pending.add_done_callback(partial(self._profile_done, key))
         # shielded: one caller giving up must not cancel the computation the others wait for
@@ -361,5 +357,5 @@ class VoiceLibrary:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        return asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args))
+    def _in(self, pool: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return self.runtime.run_blocking(pool, fn, *args)

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gi.repository import GLib, GObject
+from gi.repository import GObject
 
 from vcstream.audio.types import Audio
 from vcstream.errors import ConfigurationError
 from vcstream.media.appio import AudioSink
 from vcstream.media.gst import Gst, link_many, make_element, require_elements, seconds_to_ns
+from vcstream.media.mainloop import GLibTimer
 from vcstream.media.rtp.codec import OPUS_RATE, RTP_HEADER_BYTES, OpusCodecSettings, rtp_payload
 from vcstream.media.rtp.gate import _RtpGate
 from vcstream.media.rtp.pipeline import _link_pads, _LivePipeline
@@ -147,6 +148,7 @@ class RtpOpusReceiver(_LivePipeline):
         self.byes = 0
         self.resets = 0
         self._last_source: dict[str, Any] = {}
+        self._timers: list[GLibTimer] = []
 
         self.rtpbin = make_element(
             "rtpbin", name=f"{name}-rtpbin", latency=latency_ms, do_lost=True, autoremove=True
@@ -180,17 +182,16 @@ class RtpOpusReceiver(_LivePipeline):
 
     def start(self) -> RtpOpusReceiver:
         self._start_pipeline()
-
-        def timers() -> None:
-            GLib.timeout_add(STATS_REFRESH_MS, _weak_timer(self._refresh))
-            if self.fill_pauses:
-                GLib.timeout_add(PAUSE_TICK_MS, _weak_timer(self._fill_pauses))
-
-        self.loop.call(timers)
+        self._timers.append(self.loop.timer(STATS_REFRESH_MS, _weak_timer(self._refresh)))
+        if self.fill_pauses:
+            self._timers.append(self.loop.timer(PAUSE_TICK_MS, _weak_timer(self._fill_pauses)))
         return self
 
     def stop(self) -> None:
         """Stop receiving and release the ports (idempotent)."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
         self._stop_pipeline()
         self.loop.call(self._remove_all_branches)
         # the callbacks may reference the owner of this receiver: break the cycle through GObject
@@ -232,7 +233,7 @@ class RtpOpusReceiver(_LivePipeline):
         # packets sent before the BYE may still wait in the jitter buffer: end the stream once
         # they are through (rtpbin itself only lets the source go when it times out, seconds later)
         delay_ms = self.latency_ms + BYE_GRACE_MS
-        self.loop.call_soon(GLib.timeout_add, delay_ms, _weak_call_once(self._end_stream, ssrc))
+        self.loop.timer(delay_ms, _weak_call_once(self._end_stream, ssrc))
 
     def _end_stream(self, ssrc: int) -> None:
         with self._lock:
@@ -446,7 +447,7 @@ def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
 
 
 def _weak_call_once(method: Callable[[int], None], argument: int) -> Callable[[], bool]:
-    """A one-shot GLib timeout callback calling ``method(argument)`` if its object still exists."""
+    """A one-shot GLib timer callback calling ``method(argument)`` if its object still exists."""
     ref = weakref.WeakMethod(method)
 
     def once() -> bool:
