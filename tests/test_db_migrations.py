@@ -28,6 +28,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from vcstream.cli import main as cli_main
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.errors import ConfigurationError
+from vcstream.media.mainloop import Runtime
+from vcstream.service.app import POOLS
 from vcstream.service.db.migrate import (
     MIGRATION_LOCK_KEY,
     SchemaBehindError,
@@ -137,11 +139,13 @@ def voice_rows(url: str) -> list[dict[str, Any]]:
 
 def open_library(url: str, voices_dir: Path) -> VoiceLibrary:
     async def opened() -> VoiceLibrary:
-        library = VoiceLibrary(url, voices_dir, PassthroughEngine())
+        runtime = Runtime.start(POOLS)
+        library = VoiceLibrary(url, voices_dir, PassthroughEngine(), runtime)
         try:
             await library.open()
         finally:
             await library.close()
+            await runtime.close()
         return library
 
     return asyncio.run(opened())
