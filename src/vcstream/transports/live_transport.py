@@ -17,6 +17,7 @@ block briefly (engine session setup, a worker join) and belong on a worker or co
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -73,7 +74,7 @@ class _Stream:
     framing: _Framing
 
 
-class LiveTransport:
+class LiveTransport(ABC):
     """A ``LiveSession`` at ``io_rate`` whose output is framed to ``frame_samples`` and handed to
     ``_deliver`` (a subclass sends it). Subclasses feed their input to ``feed`` and call
     ``close_session`` after stopping their input."""
@@ -152,8 +153,7 @@ class LiveTransport:
 
     def stats(self) -> LiveStats | None:
         """The running session's statistics; None once closed."""
-        session = self._stream.session
-        return None if self._closed else session.snapshot()
+        return None if self._closed else self._stream.session.snapshot()
 
     # -- media threads ----------------------------------------------------------------------------
 
@@ -179,9 +179,9 @@ class LiveTransport:
         """Session worker thread: frame, then deliver."""
         self._deliver(framing.align_first(samples))
 
+    @abstractmethod
     def _deliver(self, samples: Audio) -> None:
         """Send converted audio (session worker thread; must not block)."""
-        raise NotImplementedError
 
     # -- control ----------------------------------------------------------------------------------
 
