@@ -17,7 +17,7 @@ from typing import Protocol
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.engines.settings import SessionSettings
-from vcstream.media.webrtc import OPUS_RATE, PeerConfig, WebRtcPeer
+from vcstream.media.webrtc import OPUS_RATE, PeerConfig, PeerStats, WebRtcPeer
 from vcstream.streaming.live import LiveSession, LiveStats
 from vcstream.transports.live_transport import LiveTransport
 
@@ -130,11 +130,11 @@ class Call(LiveTransport):
 
     # -- control (worker threads) -----------------------------------------------------------------
 
-    def sample(self, stats_timeout_s: float = 0.5) -> tuple[LiveSession, LiveStats | None, dict[str, float]]:
+    def sample(self, stats_timeout_s: float = 0.5) -> tuple[LiveSession, LiveStats | None, PeerStats]:
         """The live session, its statistics (None once closed) and the peer's (``WebRtcPeer.stats``)."""
         live, peer = self.session, self.peer
         stats = self.stats()
-        return live, stats, peer.stats(stats_timeout_s) if peer is not None else {}
+        return live, stats, peer.stats(stats_timeout_s) if peer is not None else PeerStats()
 
     def close(self) -> None:
         """Stop media first (no more input), then the worker and engine session."""

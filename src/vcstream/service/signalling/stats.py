@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vcstream.media.webrtc import OPUS_RATE
+from vcstream.media.webrtc import OPUS_RATE, PeerStats
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.streaming.live import LiveSession, LiveStats
 from vcstream.transports.webrtc_call import Call
@@ -50,7 +50,7 @@ class CallStatistics:
         call: Call,
         live: LiveSession | None,
         stats: LiveStats,
-        peer: dict[str, float],
+        peer: PeerStats,
         webrtc_latency_ms: int,
     ) -> tuple[dict[str, Any], bool]:
         """The ``stats`` message's fields, and whether the engine failed since the last one.
@@ -64,17 +64,15 @@ class CallStatistics:
         metrics.blocks_dropped(dropped_blocks - reported.dropped_blocks)
         reported.late, reported.dropped_blocks = stats.late_blocks, dropped_blocks
         elapsed = max(1e-3, now - reported.at)
-        bytes_in, bytes_out = (
-            peer.get("bytes_received", reported.bytes_in),
-            peer.get("bytes_sent", reported.bytes_out),
-        )
+        bytes_in = reported.bytes_in if peer.bytes_received is None else peer.bytes_received
+        bytes_out = reported.bytes_out if peer.bytes_sent is None else peer.bytes_sent
         rate_in = 8 * max(0.0, bytes_in - reported.bytes_in) / elapsed / 1000
         rate_out = 8 * max(0.0, bytes_out - reported.bytes_out) / elapsed / 1000
         metrics.bytes_in(int(bytes_in - reported.bytes_in))
         metrics.bytes_out(int(bytes_out - reported.bytes_out))
         reported.bytes_in, reported.bytes_out, reported.at = bytes_in, bytes_out, now
         inference = stats.inference_ms_p50 or 0.0
-        rtt = peer.get("rtt_ms")
+        rtt = peer.rtt_ms
         latency = (
             stats.algorithmic_latency_ms
             + inference
@@ -103,9 +101,9 @@ class CallStatistics:
             "drop_events": stats.drop_events,
             "engine_errors": stats.errors,
             "rtt_ms": r(rtt),
-            "jitter_ms": r(peer.get("jitter_ms")),
-            "remote_jitter_ms": r(peer.get("remote_jitter_ms")),
-            "remote_packets_lost": peer.get("remote_packets_lost"),
+            "jitter_ms": r(peer.jitter_ms),
+            "remote_jitter_ms": r(peer.remote_jitter_ms),
+            "remote_packets_lost": peer.remote_packets_lost,
             "bitrate_in_kbps": r(rate_in),
             "bitrate_out_kbps": r(rate_out),
             "webrtc_latency_ms": webrtc_latency_ms,
