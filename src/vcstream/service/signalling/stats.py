@@ -48,7 +48,7 @@ class CallStatistics:
     def message(
         self,
         call: Call,
-        live: LiveSession | None,
+        live: LiveSession,
         stats: LiveStats,
         peer: PeerStats,
         webrtc_latency_ms: int,
