@@ -30,7 +30,16 @@ class Collecting(LiveTransport):
         self._outputs_lock = threading.Lock()
         engine = PassthroughEngine(22050)
         voice = engine.prepare_voice(np.zeros(22050, np.float32), 22050)
-        super().__init__(engine, voice, settings, io_rate=IO_RATE, frame_samples=FRAME, name="test-transport")
+        # frames arrive faster than real time here: a backlog bound of 10 s keeps every one of them
+        super().__init__(
+            engine,
+            voice,
+            settings,
+            io_rate=IO_RATE,
+            frame_samples=FRAME,
+            name="test-transport",
+            max_backlog_s=10.0,
+        )
 
     def _deliver(self, samples: Audio) -> None:
         with self._outputs_lock:
