@@ -22,10 +22,11 @@ import pytest
 
 from conftest import Speech, median_f0
 from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer, live_pipelines
-from vcstream.service import signalling
 from vcstream.service.app import drain
 from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
 from vcstream.service.signalling import MAX_MESSAGE_BYTES
+from vcstream.service.signalling import connection as signalling_connection
+from vcstream.service.signalling.protocol import STATS_INTERVAL_S
 from waiting import wait_until_async
 from webrtc_harness import PyClient, Server, client, receive_json, reference_wav, serving, settled, speech_48k
 
@@ -230,7 +231,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
                 assert not call.of_type("error"), call.of_type("error")
                 # the call may be younger than the stats interval: its first report can still be due
                 stats = await wait_until_async(
-                    lambda: call.of_type("stats"), 2 * signalling.STATS_INTERVAL_S + 1, "a stats message"
+                    lambda: call.of_type("stats"), 2 * STATS_INTERVAL_S + 1, "a stats message"
                 )
                 assert stats and stats[-1]["blocks"] > 0
 
@@ -248,7 +249,7 @@ def test_clients_vanishing_mid_negotiation_leave_nothing_behind(
     tmp_path: Path, flite_speech: Speech, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the server's patience for ICE, shortened so the test does not wait 20 s
-    monkeypatch.setattr(signalling, "CONNECT_TIMEOUT_S", 1.5)
+    monkeypatch.setattr(signalling_connection, "CONNECT_TIMEOUT_S", 1.5)
 
     async def main() -> None:
         async with serving(tmp_path / "data") as server:
@@ -373,8 +374,8 @@ def test_draining_refuses_new_sessions_and_shutdown_says_bye(tmp_path: Path, fli
 
 
 def test_silent_and_idle_connections_are_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(signalling, "HELLO_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(signalling, "IDLE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(signalling_connection, "HELLO_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(signalling_connection, "IDLE_TIMEOUT_S", 1.0)
 
     async def main() -> None:
         async with serving(tmp_path / "data") as server:

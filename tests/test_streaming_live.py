@@ -43,10 +43,10 @@ def test_fast_engine_passes_everything_through_in_order() -> None:
     chunks = [x[i : i + 320] for i in range(0, RATE, 320)]
     live, _ = collect(PassthroughEngine(RATE), chunks, pace_s=0.001)
     snap = live.snapshot()
-    assert snap["dropped_samples"] == 0
-    assert snap["samples_in"] == RATE
-    assert snap["samples_out"] >= RATE - 400
-    assert snap["errors"] == 0
+    assert snap.dropped_samples == 0
+    assert snap.samples_in == RATE
+    assert snap.samples_out >= RATE - 400
+    assert snap.errors == 0
 
 
 def test_slow_engine_drops_by_policy_and_feed_never_waits() -> None:
@@ -55,11 +55,11 @@ def test_slow_engine_drops_by_policy_and_feed_never_waits() -> None:
     live, feed_times = collect(SlowEngine(slowdown=3.0, sample_rate=RATE), chunks, pace_s=0.02)
     snap = live.snapshot()
     assert max(feed_times) < 0.01  # the media thread never waited for inference
-    assert snap["dropped_samples"] > 0 and snap["drop_events"] > 0
+    assert snap.dropped_samples > 0 and snap.drop_events > 0
     # The backlog (the delay that would grow without the policy) stayed within its bound.
     bound = 2 * 320 + int(0.06 * RATE)
-    assert snap["max_backlog_samples"] <= bound + 320
-    assert snap["late_blocks"] > 0
+    assert snap.max_backlog_samples <= bound + 320
+    assert snap.late_blocks > 0
 
 
 def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
@@ -89,10 +89,10 @@ def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
         state=live.snapshot,
     )
     assert live.running
-    assert live.snapshot()["errors"] == 1
+    assert live.snapshot().errors == 1
     # and it still converts: a block fed after the failure comes out
-    converted = live.snapshot()["samples_out"]
+    converted = live.snapshot().samples_out
     live.feed(np.zeros(320, np.float32))
-    wait_until(lambda: live.snapshot()["samples_out"] > converted, 5, "a block converted after the failure")
+    wait_until(lambda: live.snapshot().samples_out > converted, 5, "a block converted after the failure")
     live.stop()
     assert not live.running

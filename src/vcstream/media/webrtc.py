@@ -8,7 +8,7 @@ answering side (the browser offers), tests and tools can use it as the offering 
 * ``offer()`` then ``accept_answer(answer_sdp)``: the same from the other end;
 * ``add_ice_candidate`` for the remote end's trickled candidates;
 * ``push(samples)``: 48 kHz mono float32 audio to send (any thread);
-* ``stats()``: a flat dict from webrtcbin's ``get-stats`` (round-trip time, jitter, loss, bytes);
+* ``stats()``: ``PeerStats`` from webrtcbin's ``get-stats`` (round-trip time, jitter, loss, bytes);
 * ``close()``: pipeline to NULL and every reference dropped (blocks until streaming threads stop:
   call it from a worker thread, not from an event loop). Its owner must call it: a peer collected
   unclosed is only reported (a warning), since the collector may run on any thread, loops included.
@@ -59,6 +59,7 @@ __all__ = [
     "InvalidSdpError",
     "PeerConfig",
     "PeerListener",
+    "PeerStats",
     "WebRtcPeer",
     "live_pipelines",
     "opus_payload_type",
@@ -122,6 +123,24 @@ class PeerConfig:
     max_send_queue_s: float = 0.5
     #: also gather ICE-TCP candidates (a listening socket per call; UDP and TURN cover real clients)
     ice_tcp: bool = False
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    """Figures from webrtcbin's ``get-stats``, None where it reported none (yet): of the audio
+    received (``jitter_ms``, ``packets_lost``, ``packets_received``, ``bytes_received``), of the
+    audio sent (``packets_sent``, ``bytes_sent``), and what the remote end reports of it in its
+    receiver reports (``rtt_ms``, ``remote_jitter_ms``, ``remote_packets_lost``)."""
+
+    rtt_ms: float | None = None
+    jitter_ms: float | None = None
+    packets_lost: float | None = None
+    packets_received: float | None = None
+    bytes_received: float | None = None
+    packets_sent: float | None = None
+    bytes_sent: float | None = None
+    remote_jitter_ms: float | None = None
+    remote_packets_lost: float | None = None
 
 
 # -- process-wide: the DTLS certificate and the pipeline count ---------------------------------------
@@ -487,23 +506,20 @@ class WebRtcPeer:
         source = self._source
         return source.samples_pushed if source is not None else 0
 
-    def stats(self, timeout_s: float = 1.0) -> dict[str, float]:
-        """Figures from webrtcbin's ``get-stats``: ``rtt_ms`` (from the remote end's receiver
-        reports), ``jitter_ms``, ``packets_lost``, ``packets_received`` and ``bytes_received`` of the
-        audio received, ``packets_sent``/``bytes_sent`` of the audio sent, and what the remote end
-        reports of our stream (``remote_jitter_ms``, ``remote_packets_lost``). Empty if webrtcbin
-        does not answer within ``timeout_s`` or the peer is closed."""
+    def stats(self, timeout_s: float = 1.0) -> PeerStats:
+        """webrtcbin's figures (``PeerStats``); all None if it does not answer within ``timeout_s``
+        or the peer is closed."""
         webrtc = self._webrtc
         if webrtc is None or self._closed or not self._started:
-            return {}
+            return PeerStats()
         done = threading.Event()
         found: dict[str, float] = {}
         promise = Gst.Promise.new_with_change_func(_stats_ready, done, found)
         webrtc.emit("get-stats", None, promise)
         if not done.wait(timeout_s):
             promise.interrupt()
-            return {}
-        return found
+            return PeerStats()
+        return PeerStats(**found)
 
     # -- teardown ---------------------------------------------------------------------------------
 
@@ -583,7 +599,7 @@ def _operation_done(promise: Any, ref: PeerRef, operation: str) -> None:
 
 
 _STATS_FIELDS: dict[str, dict[str, tuple[str, float]]] = {
-    # stats type -> field -> (our name, scale)
+    # stats type -> field -> (PeerStats field, scale)
     "inbound-rtp": {
         "jitter": ("jitter_ms", 1000.0),
         "packets-lost": ("packets_lost", 1.0),

@@ -26,14 +26,18 @@ class StreamStats:
     #: the most recent per-block inference times (bounded, for percentiles)
     inference_s: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=500))
 
-    def snapshot(self) -> dict[str, Any]:
+    def inference_ms(self, percentile: float) -> float | None:
+        """A percentile of the recent blocks' inference times, None before the first block."""
         times = np.array(self.inference_s) * 1000
+        return float(np.percentile(times, percentile)) if times.size else None
+
+    def snapshot(self) -> dict[str, Any]:
         return {
             "blocks": self.blocks,
             "samples_in": self.samples_in,
             "samples_out": self.samples_out,
-            "inference_ms_p50": float(np.percentile(times, 50)) if times.size else None,
-            "inference_ms_p95": float(np.percentile(times, 95)) if times.size else None,
+            "inference_ms_p50": self.inference_ms(50),
+            "inference_ms_p95": self.inference_ms(95),
         }
 
 

@@ -9,6 +9,7 @@ counted) so the delay a listener hears stays bounded instead of growing without 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -38,6 +39,32 @@ class LiveCounters:
     late_blocks: int = 0  # blocks whose inference took longer than their own duration
     max_backlog_samples: int = 0
     errors: int = 0
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    """One moment of a ``LiveSession``: its counters (``LiveCounters``), recent inference times and
+    the figures derived from them. Fields in the order of the JSON form (``to_json``)."""
+
+    blocks: int
+    samples_in: int
+    samples_out: int
+    #: median and 95th percentile of recent blocks' inference times; None before the first block
+    inference_ms_p50: float | None
+    inference_ms_p95: float | None
+    chunks_in: int
+    dropped_samples: int
+    drop_events: int
+    late_blocks: int
+    max_backlog_samples: int
+    errors: int
+    backlog_ms: float
+    dropped_ms: float
+    block_ms: float
+    algorithmic_latency_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 class LiveSession:
@@ -100,20 +127,30 @@ class LiveSession:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def snapshot(self) -> dict[str, Any]:
-        """Structured statistics for logs, the client and metrics export."""
+    def snapshot(self) -> LiveStats:
+        """Statistics for logs, the client and metrics export."""
         with self._lock:
-            counters = dict(self.counters.__dict__)
+            counters = dataclasses.replace(self.counters)
             backlog = self._backlog_samples
-        rate = self.converter.io_rate
-        return {
-            **self.converter.stats.snapshot(),
-            **counters,  # the counters published with each block's output win over the converter's
-            "backlog_ms": 1000 * backlog / rate,
-            "dropped_ms": 1000 * counters["dropped_samples"] / rate,
-            "block_ms": 1000 * self.converter.block_size / rate,
-            "algorithmic_latency_ms": 1000 * self.converter.algorithmic_latency_s,
-        }
+        rate, stats = self.converter.io_rate, self.converter.stats
+        return LiveStats(
+            # the counters published with each block's output, not the converter's own
+            blocks=counters.blocks,
+            samples_in=counters.samples_in,
+            samples_out=counters.samples_out,
+            inference_ms_p50=stats.inference_ms(50),
+            inference_ms_p95=stats.inference_ms(95),
+            chunks_in=counters.chunks_in,
+            dropped_samples=counters.dropped_samples,
+            drop_events=counters.drop_events,
+            late_blocks=counters.late_blocks,
+            max_backlog_samples=counters.max_backlog_samples,
+            errors=counters.errors,
+            backlog_ms=1000 * backlog / rate,
+            dropped_ms=1000 * counters.dropped_samples / rate,
+            block_ms=1000 * self.converter.block_size / rate,
+            algorithmic_latency_ms=1000 * self.converter.algorithmic_latency_s,
+        )
 
     # -- worker thread ---------------------------------------------------------------------------
     def _run(self) -> None:

@@ -1,2 +1,2 @@
-"""Transports: wire media endpoints (RTP today) to live engine sessions. Nothing here imports ``gi``;
-GStreamer stays behind ``vcstream.media``."""
+"""Transports: wire media endpoints (an RTP relay, a WebRTC call) to live engine sessions, on one
+base (``LiveTransport``). Nothing here imports ``gi``; GStreamer stays behind ``vcstream.media``."""

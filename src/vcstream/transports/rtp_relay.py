@@ -10,12 +10,8 @@ Threads and queues, from the network to the network:
 3. converted audio goes to the sender's appsrc (non-blocking, itself bounded), which encodes and
    sends on GStreamer's threads.
 
-Block alignment: the engine needs a whole block (plus its input resampler's few samples of
-look-ahead) before it can convert, and audio arrives one Opus frame at a time. Unaligned, every
-block would wait for the frame after the one that completes it (up to 20 ms more, on every block).
-The session is therefore primed with exactly that look-ahead in silence, so blocks complete on the
-packet that ends them; likewise the output starts with the few samples that put block ends on
-Opus frame ends (for block times that are multiples of the frame size).
+Blocks are aligned on Opus frames as ``LiveTransport`` describes; the end of an RTP stream (a BYE, a
+sender going quiet) flushes the block in progress.
 """
 
 from __future__ import annotations
@@ -26,15 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from vcstream.audio.resample import make_resampler
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.engines.settings import SessionSettings
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, RtpOpusReceiver, RtpOpusSender
-from vcstream.streaming.converter import StreamConverter
-from vcstream.streaming.live import LiveSession
+from vcstream.transports.live_transport import LiveTransport
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +40,7 @@ class RelayTaps:
     on_output: Callable[[Audio], None] | None = None
 
 
-def input_lead_samples(converter: StreamConverter) -> int:
-    """Input samples the converter needs beyond a whole block before it converts that block (its
-    input resampler's look-ahead), found by running a fresh resampler of the same kind."""
-    session = converter.session
-    resampler = make_resampler(converter.io_rate, session.sample_rate)
-    block_in = round(session.block_size * converter.io_rate / session.sample_rate)
-    produced = resampler.process(np.zeros(block_in, dtype=np.float32)).shape[0]
-    extra = 0
-    while produced < session.block_size and extra < block_in:  # a handful of samples in practice
-        produced += resampler.process(np.zeros(1, dtype=np.float32)).shape[0]
-        extra += 1
-    return extra
-
-
-class RtpRelay:
+class RtpRelay(LiveTransport):
     """Receives Opus/RTP on ``listen_port``, converts it with one engine session and sends Opus/RTP to
     ``destination`` (host, port). ``listen_port`` 0 takes a free port: read ``port``."""
 
@@ -83,18 +61,24 @@ class RtpRelay:
         trace: bool = False,
     ) -> None:
         self.codec = codec or OpusCodecSettings()
-        self.engine = engine
         self._taps = taps or RelayTaps()
         self._started_at = time.monotonic()
-        self.converter = StreamConverter(engine, voice, OPUS_RATE, settings)
-        self.lead_samples = input_lead_samples(self.converter)
+        super().__init__(
+            engine,
+            voice,
+            settings,
+            io_rate=OPUS_RATE,
+            frame_samples=self.codec.frame_samples,
+            name="relay",
+            max_backlog_s=max_backlog_s,
+        )
         host, port = destination
         try:
             # the listening ports first: the likeliest failure (port in use) leaves nothing behind
             self.receiver = RtpOpusReceiver(
                 listen_port,
                 self._ingest,
-                on_stream_end=self._flush,
+                on_stream_end=self.flush,
                 fill_pauses=True,  # the engine keeps running through a pause: the end of a phrase goes out
                 codec=self.codec,
                 latency_ms=latency_ms,
@@ -104,19 +88,15 @@ class RtpRelay:
                 name="relay-in",
             )
         except BaseException:
-            self.converter.close()
+            self.close_session()
             raise
         try:
             self.sender = RtpOpusSender(host, port, codec=self.codec, trace=trace, name="relay-out")
         except BaseException:
             self.receiver.stop()
-            self.converter.close()
+            self.close_session()
             raise
-        self.session = LiveSession(self.converter, self._emit, max_backlog_s=max_backlog_s, name="relay")
         self._running = False
-        self._emitted = False
-        self.output_pad_samples = 0
-        self.flushes = 0
 
     @property
     def port(self) -> int:
@@ -124,13 +104,11 @@ class RtpRelay:
 
     def start(self) -> RtpRelay:
         self.sender.start()
-        if self.lead_samples:
-            self.session.feed(np.zeros(self.lead_samples, dtype=np.float32))
         try:
             self.receiver.start()
         except BaseException:
             self.sender.stop(drain_timeout_s=0)
-            self.session.stop()
+            self.close_session()
             raise
         self._running = True
         self._started_at = time.monotonic()
@@ -149,17 +127,9 @@ class RtpRelay:
     def stop(self) -> None:
         """Stop receiving, let the session finish its current block, send what is left, stop."""
         self.receiver.stop()
-        self.session.stop()
+        self.close_session()
         self.sender.stop()
         self._running = False
-
-    def set_voice(self, voice: VoiceProfile) -> None:
-        self.session.set_voice(voice)
-
-    @property
-    def error(self) -> BaseException | None:
-        """The engine's latest failure (the relay keeps running; failed blocks are counted)."""
-        return self.session.error
 
     def snapshot(self) -> dict[str, Any]:
         """Statistics of the whole relay: ``input`` (RTP in: packets, loss, jitter, late, stream
@@ -173,7 +143,7 @@ class RtpRelay:
             "output_pad_ms": 1000 * self.output_pad_samples / OPUS_RATE,
             "stream_flushes": self.flushes,
             "input": self.receiver.stats(),
-            "session": self.session.snapshot(),
+            "session": self.session.snapshot().to_json(),
             "output": self.sender.stats(),
         }
 
@@ -182,29 +152,10 @@ class RtpRelay:
         """Receiver streaming thread: hand over and return."""
         if self._taps.on_input is not None:
             self._taps.on_input(samples)
-        self.session.feed(samples)
+        self.feed(samples)
 
-    def _flush(self) -> None:
-        """The sender's stream ended (GStreamer thread): complete the block in progress with silence,
-        so the end of what was said goes out now instead of with the next stream. The next stream
-        then starts on a block boundary again."""
-        counters = self.session.counters
-        converted = counters.samples_in - counters.dropped_samples - self.lead_samples
-        partial = converted % self.converter.block_size
-        if partial:
-            self.session.feed(np.zeros(self.converter.block_size - partial, dtype=np.float32))
-        self.flushes += 1
-
-    def _emit(self, samples: Audio) -> None:
+    def _deliver(self, samples: Audio) -> None:
         """Session worker thread: the appsrc push does not block."""
-        if not self._emitted:
-            # The first output is a block minus the output resampler's look-ahead; a few samples of
-            # silence before it put every later block end on an Opus frame end, so the encoder
-            # sends a block's last frame with the block instead of with the next one.
-            self._emitted = True
-            pad = -samples.shape[0] % self.codec.frame_samples
-            samples = np.concatenate([np.zeros(pad, dtype=np.float32), samples])
-            self.output_pad_samples = pad
         if self._taps.on_output is not None:
             self._taps.on_output(samples)
         self.sender.push(samples)

@@ -1,0 +1,466 @@
+"""One signalling WebSocket: its state machine (``new`` -> ``ready`` -> ``calling``), outbox, rate
+limit, message handlers, timers and the periodic ``stats`` message of its call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from vcstream.engines.base import VoiceProfile
+from vcstream.engines.settings import SessionSettings
+from vcstream.errors import VcstreamError
+from vcstream.media.webrtc import InvalidSdpError, opus_payload_type
+from vcstream.service.health import STATE_KEY, session_refusal
+from vcstream.service.ice import ice_servers
+from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.metrics import ServiceMetrics
+from vcstream.service.signalling.protocol import (
+    MAX_MESSAGE_BYTES,
+    MAX_REMOTE_CANDIDATES,
+    PROTOCOL_VERSION,
+    STATS_INTERVAL_S,
+    SignallingError,
+    parse_candidate,
+    parse_message,
+    settings_schema,
+    validate_settings,
+)
+from vcstream.service.signalling.stats import CallStatistics
+from vcstream.service.voices import VoiceNotFoundError
+from vcstream.transports.webrtc_call import Call
+
+if TYPE_CHECKING:
+    from vcstream.service.signalling.registry import SessionRegistry
+
+__all__ = ["Connection"]
+
+log = logging.getLogger(__name__)
+
+#: a connection must say hello within this time of opening
+HELLO_TIMEOUT_S = 10.0
+#: a connection without a call is closed after this long without a message (a page left open)
+IDLE_TIMEOUT_S = 600.0
+#: ICE and DTLS must complete within this time of the answer
+CONNECT_TIMEOUT_S = 20.0
+#: a call whose connection stays ``disconnected`` this long is ended
+DISCONNECTED_GRACE_S = 8.0
+#: messages waiting for a client that does not read; beyond this it is disconnected
+OUTBOX_LIMIT = 256
+#: message rate allowed per connection: a steady rate and a burst (token bucket)
+RATE_PER_S, RATE_BURST = 50.0, 200.0
+
+
+@dataclass(frozen=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class Connection:
+    """The signalling state of one WebSocket: ``new`` -> ``ready`` (hello) -> ``calling`` (offer)."""
+
+    def __init__(self, registry: SessionRegistry, app: web.Application, ws: web.WebSocketResponse) -> None:
+        self.registry = registry
+        self.app = app
+        self.ws = ws
+        self.id = secrets.token_hex(6)
+        self.state = "new"
+        self.call: Call | None = None
+        #: the call being opened in the pool (until it is assigned to ``call``)
+        self._opening: asyncio.Future[Call] | None = None
+        self.voice_id: str | None = None
+        self.settings: SessionSettings = app[DEFAULTS_KEY]
+        self._outbox: asyncio.Queue[dict[str, Any] | _Close] = asyncio.Queue()
+        self._closing = False
+        self._tokens = RATE_BURST
+        self._tokens_at = time.monotonic()
+        self._remote_candidates = 0
+        self._started_session = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._disconnected: asyncio.TimerHandle | None = None
+        self._connect_timer: asyncio.TimerHandle | None = None
+        self._statistics = CallStatistics(app[METRICS_KEY])
+        self.done = asyncio.Event()
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "hello": self._hello,
+            "offer": self._offer,
+            "ice": self._ice,
+            "voice": self._voice,
+            "settings": self._settings,
+            "bye": self._bye,
+        }
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        return self.app[METRICS_KEY]
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def send(self, kind: str, **fields: Any) -> None:
+        if self._closing:
+            return
+        if self._outbox.qsize() >= OUTBOX_LIMIT:
+            log.warning("connection %s: client does not read its messages; closing", self.id)
+            self.close(1008, "not reading")
+            return
+        self._outbox.put_nowait({"v": PROTOCOL_VERSION, "type": kind, **fields})
+
+    def send_error(self, code: str, message: str, *, fatal: bool = False) -> None:
+        self.send("error", code=code, message=message, fatal=fatal)
+        if fatal:
+            self.close(1008 if code not in ("internal_error", "media_error") else 1011, code)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after the messages already queued (idempotent)."""
+        if not self._closing:
+            self._closing = True
+            self._outbox.put_nowait(_Close(code, reason))
+
+    async def _send_loop(self) -> None:
+        while True:
+            item = await self._outbox.get()
+            if isinstance(item, _Close):
+                await self.ws.close(code=item.code, message=item.reason.encode()[:120])
+                return
+            try:
+                await self.ws.send_str(json.dumps(item, separators=(",", ":")))
+            except (ConnectionError, RuntimeError) as exc:  # the client is gone
+                log.debug("connection %s: send failed: %s", self.id, exc)
+                self._closing = True
+                return
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop(), name=f"ws-send-{self.id}")
+        last = time.monotonic()
+        try:
+            while not self._closing and not self.ws.closed:
+                # during a call the WebSocket heartbeat and ICE watch the client; before, time does
+                timeout = None
+                if self.state != "calling":
+                    limit = HELLO_TIMEOUT_S if self.state == "new" else IDLE_TIMEOUT_S
+                    timeout = limit - (time.monotonic() - last)
+                    if timeout <= 0:
+                        what = "no hello" if self.state == "new" else "no call"
+                        self.send_error("timeout", f"{what} within {limit:g} s: closing", fatal=True)
+                        break
+                try:
+                    message = await self.ws.receive(timeout=timeout)
+                except TimeoutError:
+                    continue  # the deadline check above answers
+                last = time.monotonic()
+                if message.type == WSMsgType.TEXT:
+                    await self._dispatch(message.data)
+                elif message.type == WSMsgType.BINARY:
+                    await self._dispatch(None)
+                elif message.type == WSMsgType.ERROR:
+                    log.info("connection %s: %s", self.id, self.ws.exception())
+                    break
+                else:  # CLOSE, CLOSING, CLOSED
+                    break
+        finally:
+            # nothing here may be skipped when the handler is cancelled (client gone): the teardown
+            # is scheduled first, synchronously, on a task the registry owns
+            self._cancel_timers()
+            for task in list(self._tasks):
+                task.cancel()
+            retiring = self._retire()
+            self.close(1000, "")
+            try:
+                if retiring is not None:
+                    await asyncio.shield(retiring)
+                await asyncio.wait_for(sender, 5.0)
+            except (TimeoutError, ConnectionError, RuntimeError):
+                sender.cancel()
+            except asyncio.CancelledError:
+                sender.cancel()
+                raise
+            finally:
+                self.done.set()
+
+    def _limit_rate(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(RATE_BURST, self._tokens + (now - self._tokens_at) * RATE_PER_S)
+        self._tokens_at = now
+        self._tokens -= 1
+        if self._tokens < 0:
+            raise SignallingError("rate_limited", "too many messages", fatal=True)
+
+    async def _dispatch(self, text: str | None) -> None:
+        """Handle one text frame (None: a binary frame); every failure becomes an ``error``."""
+        kind: object = "?"
+        try:
+            self._limit_rate()
+            kind, data = parse_message(text)
+            await self._handlers[kind](data)
+        except SignallingError as exc:
+            self.send_error(exc.code, exc.message, fatal=exc.fatal)
+        except Exception:
+            log.exception("connection %s: handling %r failed", self.id, kind)
+            self.send_error("internal_error", "the server could not handle this message (logged)", fatal=True)
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    def _refusal(self) -> SignallingError | None:
+        if self.registry.closing:
+            return SignallingError("server_draining", "the server is shutting down", fatal=True)
+        refused = session_refusal(self.app)
+        if refused is None:
+            return None
+        reason, message = refused
+        self.metrics.session_failed(reason)
+        code = {"full": "server_full", "draining": "server_draining"}.get(reason, "server_not_ready")
+        return SignallingError(code, message, fatal=True)
+
+    async def _hello(self, data: dict[str, Any]) -> None:
+        if self.state != "new":
+            raise SignallingError("unexpected", "hello was already received")
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
+        app = self.app
+        settings, state, engine = app[SETTINGS_KEY], app[STATE_KEY], app[ENGINE_KEY]
+        voices = await app[VOICES_KEY].list()
+        self.state = "ready"
+        self.send(
+            "ready",
+            session=self.id,
+            ice_servers=ice_servers(settings, f"vcstream-{self.id}").for_browser(),
+            engine={
+                "name": engine.name,
+                "note": state.engine_note,
+                "cpu_fallback": state.cpu_fallback,
+                "device": str(engine.describe().get("device", "cpu")),
+                "sample_rate": engine.sample_rate,
+            },
+            voices=[{"id": v.id, "name": v.name, "duration_s": round(v.duration_s, 2)} for v in voices],
+            settings=self.settings.values(per_call_only=True),
+            settings_schema=settings_schema(self.settings),
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            stats_interval_s=STATS_INTERVAL_S,
+        )
+
+    async def _profile(self, voice_id: object) -> tuple[str, VoiceProfile]:
+        if not isinstance(voice_id, str) or not voice_id:
+            raise SignallingError("voice_required", 'choose a voice ("voice": a voice id from the library)')
+        library = self.app[VOICES_KEY]
+        try:
+            info = await library.get(voice_id)
+            return info.name, await library.profile(voice_id)
+        except VoiceNotFoundError as exc:
+            raise SignallingError("voice_not_found", str(exc)) from exc
+        except VcstreamError as exc:
+            raise SignallingError("voice_unusable", f"the voice cannot be used: {exc}") from exc
+
+    async def _offer(self, data: dict[str, Any]) -> None:
+        if self.state == "new":
+            raise SignallingError("unexpected", "send hello before the offer")
+        if self.state == "calling":
+            raise SignallingError(
+                "renegotiation_unsupported", "one offer per connection: change voice or settings instead"
+            )
+        offered_at = time.perf_counter()
+        sdp = data.get("sdp")
+        try:
+            opus_payload_type(sdp)
+        except InvalidSdpError as exc:
+            raise SignallingError("bad_sdp", str(exc)) from exc
+        settings = validate_settings(data.get("settings"), self.settings)
+        voice_id = data.get("voice", self.voice_id)
+        _, profile = await self._profile(voice_id)
+        if self._closing:
+            return
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
+        # no await between the admission check and counting the session (health.session_refusal)
+        self.metrics.session_started()
+        self._started_session = True
+        self.state = "calling"
+        self.voice_id, self.settings = str(voice_id), settings
+        registry, app = self.registry, self.app
+        config = registry.peer_config(self.id)
+        try:
+            self._opening = asyncio.ensure_future(
+                registry.blocking(
+                    partial(
+                        Call.open,
+                        f"session-{self.id}",
+                        app[ENGINE_KEY],
+                        profile,
+                        settings,
+                        registry.to_loop,
+                        self,
+                        config,
+                        on_block=self.metrics.observe_inference,
+                        started=offered_at,
+                    )
+                )
+            )
+            # shielded: if this handler is cancelled, the registry still closes what gets opened
+            call = await asyncio.shield(self._opening)
+        except Exception as exc:
+            self.metrics.session_failed("engine")
+            log.exception("connection %s: the session could not be opened", self.id)
+            raise SignallingError(
+                "engine_error", f"the session could not be opened: {exc}", fatal=True
+            ) from exc
+        self.call = call
+        assert call.peer is not None
+        try:
+            await registry.blocking(call.peer.answer, sdp)
+        except InvalidSdpError as exc:
+            self.metrics.session_failed("sdp")
+            raise SignallingError("bad_sdp", str(exc), fatal=True) from exc
+        except VcstreamError as exc:
+            self.metrics.session_failed("media")
+            raise SignallingError("media_error", str(exc), fatal=True) from exc
+        loop = asyncio.get_running_loop()
+        self._connect_timer = loop.call_later(CONNECT_TIMEOUT_S, self._connect_timeout)
+        self._spawn(self._stats_loop(call), "stats")
+        log.info("connection %s: session started (voice %s, %s)", self.id, voice_id, settings.values())
+
+    async def _ice(self, data: dict[str, Any]) -> None:
+        call = self.call
+        if call is None or call.peer is None:
+            raise SignallingError("no_call", "send the offer before ICE candidates")
+        parsed = parse_candidate(data)
+        if parsed is None:
+            return  # the client's end of candidates: webrtcbin needs no notice
+        self._remote_candidates += 1
+        if self._remote_candidates > MAX_REMOTE_CANDIDATES:
+            raise SignallingError("too_many_candidates", f"at most {MAX_REMOTE_CANDIDATES} candidates")
+        call.peer.add_ice_candidate(*parsed)
+
+    async def _voice(self, data: dict[str, Any]) -> None:
+        if self.state == "new":
+            raise SignallingError("unexpected", "send hello first")
+        voice_id = data.get("voice")
+        name, profile = await self._profile(voice_id)
+        self.voice_id = str(voice_id)
+        call = self.call
+        if call is not None:
+            await self.registry.blocking(call.set_voice, profile)
+        self.send("voice", voice=voice_id, name=name)
+
+    async def _settings(self, data: dict[str, Any]) -> None:
+        if self.state == "new":
+            raise SignallingError("unexpected", "send hello first")
+        raw = data.get("settings")
+        if raw is None:
+            raise SignallingError("bad_settings", "'settings' is missing")
+        merged = validate_settings(raw, self.settings)
+        call = self.call
+        if call is not None and merged != call.settings:
+            try:
+                await self.registry.blocking(call.reopen, merged)
+            except VcstreamError as exc:
+                raise SignallingError("bad_settings", f"the engine refused the settings: {exc}") from exc
+        self.settings = merged
+        self.send("settings", settings=merged.values(per_call_only=True))
+
+    async def _bye(self, data: dict[str, Any]) -> None:
+        self.send("bye", reason="client")
+        self.close(1000, "bye")
+
+    # -- events from the call (asyncio loop) -------------------------------------------------------
+
+    def on_answer(self, sdp: str) -> None:
+        self.send("answer", sdp=sdp)
+
+    def on_local_candidate(self, mline_index: int, candidate: str) -> None:
+        self.send("ice", candidate=candidate, sdpMLineIndex=mline_index)
+
+    def on_peer_state(self, name: str, value: str) -> None:
+        if self.call is None:
+            return
+        self.send("state", **{name: value})
+        if name == "gathering" and value == "complete":
+            self.send("ice", candidate=None, sdpMLineIndex=0)
+        if name != "connection":
+            return
+        if value == "connected":
+            for timer in (self._connect_timer, self._disconnected):
+                if timer is not None:
+                    timer.cancel()
+            self._connect_timer = self._disconnected = None
+        elif value == "failed":
+            self.metrics.session_failed("ice")
+            self.send_error("ice_failed", "the WebRTC connection failed (ICE/DTLS)", fatal=True)
+        elif value == "disconnected" and self._disconnected is None:
+            self._disconnected = asyncio.get_running_loop().call_later(
+                DISCONNECTED_GRACE_S, self._disconnected_too_long
+            )
+
+    def on_peer_error(self, kind: str, message: str) -> None:
+        if self.call is None:
+            return
+        if kind == "negotiation":  # webrtcbin refused the offer: the client's description is at fault
+            self.metrics.session_failed("sdp")
+            self.send_error("bad_sdp", message, fatal=True)
+        else:
+            self.metrics.session_failed("media")
+            self.send_error("media_error", message, fatal=True)
+
+    def _connect_timeout(self) -> None:
+        self._connect_timer = None
+        self.metrics.session_failed("ice")
+        self.send_error("ice_failed", f"no WebRTC connection within {CONNECT_TIMEOUT_S:g} s", fatal=True)
+
+    def _disconnected_too_long(self) -> None:
+        self._disconnected = None
+        self.metrics.session_failed("ice")
+        self.send_error("ice_failed", f"disconnected for {DISCONNECTED_GRACE_S:g} s", fatal=True)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._connect_timer, self._disconnected):
+            if timer is not None:
+                timer.cancel()
+        self._connect_timer = self._disconnected = None
+
+    def shutdown(self, reason: str) -> None:
+        self.send("bye", reason=reason)
+        self.close(1001, reason)
+
+    # -- statistics -------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{name}-{self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stats_loop(self, call: Call) -> None:
+        latency_ms = self.app[SETTINGS_KEY].webrtc_latency_ms
+        while self.call is call and not self._closing:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            if self.call is not call:
+                return
+            live, stats, peer = await self.registry.blocking(call.sample)
+            if stats is None:
+                continue
+            fields, engine_failed = self._statistics.message(call, live, stats, peer, latency_ms)
+            if engine_failed:
+                self.send("error", code="engine_error", message="the engine failed on a block", fatal=False)
+            self.send("stats", **fields)
+
+    # -- teardown ---------------------------------------------------------------------------------
+
+    def _retire(self) -> asyncio.Task[None] | None:
+        """Hand the call (or the one being opened) to the registry to close; None if there is none."""
+        target: Call | asyncio.Future[Call] | None = self.call or self._opening
+        self.call, self._opening = None, None
+        started, self._started_session = self._started_session, False
+        if target is None and not started:
+            return None
+        return self.registry.retire(self.id, target, started)

@@ -1,0 +1,195 @@
+"""The signalling connections of one application and the services they share.
+
+Threads: the asyncio loop runs the connections' handlers; GStreamer's threads report WebRTC events
+through ``AsyncioBridge`` (one per application, captured at start-up); decoded audio goes from the
+GStreamer streaming thread straight into the call's ``LiveSession`` (its own worker thread runs the
+engine), whose output goes straight into the peer's appsrc. Blocking GStreamer calls (state changes,
+teardown, statistics) run in the registry's thread pool. Inference never runs on the asyncio or the
+GLib thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from vcstream.errors import VcstreamError
+from vcstream.media.mainloop import AsyncioBridge, GLibLoop
+from vcstream.media.webrtc import PeerConfig, prepare
+from vcstream.service.ice import ice_servers
+from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY, SETTINGS_KEY
+from vcstream.service.openapi import error, operation, reply
+from vcstream.service.signalling.connection import Connection
+from vcstream.service.signalling.protocol import FRAME_LIMIT, PROTOCOL_DESCRIPTION, SignallingError
+from vcstream.transports.webrtc_call import Call
+
+__all__ = ["SessionRegistry", "setup"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: after a shutdown ``bye``, how long connections get to close before they are abandoned
+_SHUTDOWN_WAIT_S = 10.0
+_WORKERS = 8
+
+
+class SessionRegistry:
+    """The signalling connections of one application, its thread pool for blocking GStreamer calls,
+    and its ``AsyncioBridge``. Admission follows ``health.session_refusal`` (max sessions, warm-up,
+    draining); on shutdown every connection gets ``bye`` and its session is closed."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._connections: set[Connection] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._bridge: AsyncioBridge | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.closing = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: pool, bridge, GLib loop and the DTLS certificate before the first call."""
+        self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="vcstream-webrtc")
+        self._bridge = AsyncioBridge()
+        GLibLoop.shared()
+        try:
+            started = time.perf_counter()
+            await self.blocking(prepare)
+            log.debug("WebRTC ready in %.0f ms", 1000 * (time.perf_counter() - started))
+        except VcstreamError as exc:
+            log.error("WebRTC sessions will fail: %s", exc)
+        yield
+        await self.close_all("shutdown")
+        pool, self._pool = self._pool, None
+        await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        await self.close_all("shutdown")
+
+    async def close_all(self, reason: str, *, final: bool = True) -> None:
+        """Say ``bye`` (with ``reason``) to every connection and wait (bounded) until their sessions
+        are closed. ``final`` (shutdown) also refuses connections from then on."""
+        if final:
+            self.closing = True
+        connections = list(self._connections)
+        for connection in connections:
+            connection.shutdown(reason)
+        if connections:
+            waits = [asyncio.ensure_future(c.done.wait()) for c in connections]
+            _, pending = await asyncio.wait(waits, timeout=_SHUTDOWN_WAIT_S)
+            for waiter in pending:
+                waiter.cancel()
+            if pending:
+                log.warning("%d connection(s) did not close within %g s", len(pending), _SHUTDOWN_WAIT_S)
+        if self._retiring:
+            await asyncio.wait(list(self._retiring), timeout=_SHUTDOWN_WAIT_S)
+
+    def retire(
+        self, connection_id: str, target: Call | asyncio.Future[Call] | None, started: bool
+    ) -> asyncio.Task[None]:
+        """Close a call on a task of the registry's own (a cancelled handler cannot interrupt it) and
+        count the session as ended."""
+        task = asyncio.get_running_loop().create_task(self._close_call(connection_id, target, started))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return task
+
+    async def _close_call(
+        self, connection_id: str, target: Call | asyncio.Future[Call] | None, started: bool
+    ) -> None:
+        try:
+            call = target
+            if isinstance(call, asyncio.Future):
+                try:
+                    call = await call
+                except Exception:  # opening failed: nothing to close
+                    call = None
+            if call is not None:
+                await self.blocking(call.close)
+        except Exception:
+            log.exception("connection %s: closing the session failed", connection_id)
+        finally:
+            if started:
+                self._app[METRICS_KEY].session_ended()
+                log.info("connection %s: session ended", connection_id)
+
+    # -- services to connections ------------------------------------------------------------------
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (GStreamer state changes, engine session setup) in the pool."""
+        if self._pool is None:
+            raise SignallingError("server_not_ready", "the server is not running", fatal=True)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
+
+    def to_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Hand a call from a GStreamer thread to the asyncio loop (dropped once the loop is gone)."""
+        bridge = self._bridge
+        if bridge is None:
+            return
+        try:
+            bridge.call_soon(fn, *args)
+        except RuntimeError:  # the loop closed during shutdown; nobody is listening any more
+            log.debug("event after the loop closed: %s", getattr(fn, "__name__", fn))
+
+    def peer_config(self, session_id: str) -> PeerConfig:
+        settings = self._app[SETTINGS_KEY]
+        servers = ice_servers(settings, f"vcstream-{session_id}")
+        return PeerConfig(
+            latency_ms=settings.webrtc_latency_ms,
+            stun_server=servers.stun_server(),
+            turn_servers=servers.turn_servers(),
+        )
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    @property
+    def calls(self) -> int:
+        return sum(1 for c in self._connections if c.call is not None)
+
+    def active_calls(self) -> list[Call]:
+        """The calls running now (for operators' views and tests)."""
+        return [c.call for c in self._connections if c.call is not None]
+
+    # -- the endpoint -----------------------------------------------------------------------------
+
+    @operation(
+        "signalling",
+        "WebSocket signalling for WebRTC conversion sessions (GET with Upgrade: websocket)",
+        {
+            101: reply("Switching Protocols: the WebSocket is open; messages as described above"),
+            400: error("bad_request: not a WebSocket upgrade request"),
+        },
+        description=PROTOCOL_DESCRIPTION,
+    )
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=FRAME_LIMIT, heartbeat=20.0, timeout=2.0)
+        await ws.prepare(request)
+        connection = Connection(self, request.app, ws)
+        if self.closing:
+            connection.shutdown("shutdown")
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+        return ws
+
+
+def setup(app: web.Application) -> None:
+    """Register ``/ws`` and the session registry (``SESSIONS_KEY``) on ``app``."""
+    registry = SessionRegistry(app)
+    app[SESSIONS_KEY] = registry
+    app.router.add_get("/ws", registry.websocket)
+    app.cleanup_ctx.append(registry.context)
+    app.on_shutdown.append(registry.on_shutdown)

@@ -1,0 +1,112 @@
+"""The ``stats`` message of one call, and the service metrics it feeds as it goes.
+
+The live session's and the peer's counters are cumulative; the metrics take increments, so what
+has been passed on already is remembered per connection (and starts over when new settings re-open
+the live session, whose counters start at 0).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vcstream.media.webrtc import OPUS_RATE, PeerStats
+from vcstream.service.metrics import ServiceMetrics
+from vcstream.streaming.live import LiveSession, LiveStats
+from vcstream.transports.webrtc_call import Call
+
+#: the Opus frame the server sends (ms): part of the latency estimate
+OPUS_FRAME_MS = 20
+
+
+@dataclass
+class _Reported:
+    """What has been passed to the metrics already (counters are cumulative)."""
+
+    live: LiveSession | None = None
+    late: int = 0
+    dropped_blocks: int = 0
+    bytes_in: float = 0.0
+    bytes_out: float = 0.0
+    at: float = field(default_factory=time.monotonic)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 2)
+
+
+class CallStatistics:
+    """Turns samples of one connection's call into ``stats`` messages and metrics increments."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+        self._reported = _Reported()
+        #: engine failures seen so far (each new one is reported to the client once)
+        self.engine_errors = 0
+
+    def message(
+        self,
+        call: Call,
+        live: LiveSession,
+        stats: LiveStats,
+        peer: PeerStats,
+        webrtc_latency_ms: int,
+    ) -> tuple[dict[str, Any], bool]:
+        """The ``stats`` message's fields, and whether the engine failed since the last one.
+        ``webrtc_latency_ms``: the server's jitter buffer (``PeerConfig.latency_ms``)."""
+        reported, metrics, now = self._reported, self.metrics, time.monotonic()
+        if reported.live is not live:  # settings re-opened the session: its counters start at 0
+            reported.live, reported.late, reported.dropped_blocks = live, 0, 0
+        block = max(1, round(stats.block_ms * OPUS_RATE / 1000))
+        dropped_blocks = stats.dropped_samples // block
+        metrics.blocks_late(stats.late_blocks - reported.late)
+        metrics.blocks_dropped(dropped_blocks - reported.dropped_blocks)
+        reported.late, reported.dropped_blocks = stats.late_blocks, dropped_blocks
+        elapsed = max(1e-3, now - reported.at)
+        bytes_in = reported.bytes_in if peer.bytes_received is None else peer.bytes_received
+        bytes_out = reported.bytes_out if peer.bytes_sent is None else peer.bytes_sent
+        rate_in = 8 * max(0.0, bytes_in - reported.bytes_in) / elapsed / 1000
+        rate_out = 8 * max(0.0, bytes_out - reported.bytes_out) / elapsed / 1000
+        metrics.bytes_in(int(bytes_in - reported.bytes_in))
+        metrics.bytes_out(int(bytes_out - reported.bytes_out))
+        reported.bytes_in, reported.bytes_out, reported.at = bytes_in, bytes_out, now
+        inference = stats.inference_ms_p50 or 0.0
+        rtt = peer.rtt_ms
+        latency = (
+            stats.algorithmic_latency_ms
+            + inference
+            + stats.backlog_ms
+            + webrtc_latency_ms
+            + OPUS_FRAME_MS
+            + (rtt or 0.0)
+        )
+        if stats.blocks:
+            metrics.observe_latency(latency / 1000)
+        engine_failed = stats.errors > self.engine_errors
+        if engine_failed:
+            self.engine_errors = stats.errors
+        r = _rounded
+        return {
+            "latency_ms": r(latency),
+            "algorithmic_ms": r(stats.algorithmic_latency_ms),
+            "inference_ms": r(stats.inference_ms_p50),
+            "inference_ms_p95": r(stats.inference_ms_p95),
+            "block_ms": r(stats.block_ms),
+            "backlog_ms": r(stats.backlog_ms),
+            "blocks": stats.blocks,
+            "output_ms": r(1000 * stats.samples_out / OPUS_RATE),
+            "late_blocks": stats.late_blocks,
+            "dropped_ms": r(stats.dropped_ms),
+            "drop_events": stats.drop_events,
+            "engine_errors": stats.errors,
+            "rtt_ms": r(rtt),
+            "jitter_ms": r(peer.jitter_ms),
+            "remote_jitter_ms": r(peer.remote_jitter_ms),
+            "remote_packets_lost": peer.remote_packets_lost,
+            "bitrate_in_kbps": r(rate_in),
+            "bitrate_out_kbps": r(rate_out),
+            "webrtc_latency_ms": webrtc_latency_ms,
+            # dict() copies atomically; streaming threads may add to it meanwhile
+            "timeline": {k: round(v, 1) for k, v in dict(call.timeline).items()},
+        }, engine_failed

@@ -1,0 +1,148 @@
+"""A converting WebRTC call: a ``WebRtcPeer`` whose received audio goes through one engine session
+and back out on the same peer.
+
+Knows nothing of WebSockets: what the peer reports (its description, ICE candidates, states,
+failures) is handed through ``to_loop`` to a ``CallEvents`` (the server: a signalling connection on
+the asyncio loop). Built and closed on a worker thread (``open``/``close`` block). The peer's
+listener methods run on GStreamer threads: received audio is fed to the live session there, and the
+session's worker pushes converted audio into the peer's appsrc; neither waits on inference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from vcstream.audio.types import Audio
+from vcstream.engines.base import Engine, VoiceProfile
+from vcstream.engines.settings import SessionSettings
+from vcstream.media.webrtc import OPUS_RATE, PeerConfig, PeerStats, WebRtcPeer
+from vcstream.streaming.live import LiveSession, LiveStats
+from vcstream.transports.live_transport import LiveTransport
+
+__all__ = ["Call", "CallEvents"]
+
+#: the Opus frame webrtcbin's encoder sends (``WebRtcPeer``: 20 ms)
+_FRAME_SAMPLES = OPUS_RATE // 50
+
+
+class CallEvents(Protocol):
+    """What a ``Call`` reports, called on the asyncio loop (``Connection`` implements it)."""
+
+    def on_answer(self, sdp: str) -> None: ...
+
+    def on_local_candidate(self, mline_index: int, candidate: str) -> None: ...
+
+    def on_peer_state(self, name: str, value: str) -> None: ...
+
+    def on_peer_error(self, kind: str, message: str) -> None: ...
+
+
+class Call(LiveTransport):
+    """One WebRTC session: a ``WebRtcPeer`` and the ``LiveSession`` converting between its directions."""
+
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        voice: VoiceProfile,
+        settings: SessionSettings,
+        to_loop: Callable[..., None],
+        events: CallEvents,
+        *,
+        on_block: Callable[[float], None] | None = None,
+        started: float | None = None,
+    ) -> None:
+        #: perf_counter time of the offer: the timeline counts from it
+        self.started = time.perf_counter() if started is None else started
+        #: ms from the offer to: answer, connected, first_audio_in, first_audio_out
+        self.timeline: dict[str, float] = {}
+        self.name = name
+        self._to_loop = to_loop
+        self._events = events
+        self.peer: WebRtcPeer | None = None
+        super().__init__(
+            engine,
+            voice,
+            settings,
+            io_rate=OPUS_RATE,
+            frame_samples=_FRAME_SAMPLES,
+            name=name,
+            on_block=on_block,
+        )
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        engine: Engine,
+        voice: VoiceProfile,
+        settings: SessionSettings,
+        to_loop: Callable[..., None],
+        events: CallEvents,
+        peer_config: PeerConfig,
+        *,
+        on_block: Callable[[float], None] | None = None,
+        started: float | None = None,
+    ) -> Call:
+        """Open the engine session and the peer (blocking)."""
+        call = cls(name, engine, voice, settings, to_loop, events, on_block=on_block, started=started)
+        try:
+            call.peer = WebRtcPeer(call, peer_config, name=name)
+        except BaseException:
+            call.close_session()
+            raise
+        return call
+
+    def _mark(self, event: str) -> None:
+        if event not in self.timeline:
+            self.timeline[event] = 1000 * (time.perf_counter() - self.started)
+
+    # -- PeerListener (GStreamer threads) ---------------------------------------------------------
+
+    def on_description(self, kind: str, sdp: str) -> None:
+        self._mark("answer")
+        self._to_loop(self._events.on_answer, sdp)
+
+    def on_ice_candidate(self, mline_index: int, candidate: str) -> None:
+        self._to_loop(self._events.on_local_candidate, mline_index, candidate)
+
+    def on_state(self, name: str, value: str) -> None:
+        if name == "connection" and value == "connected":
+            self._mark("connected")
+        self._to_loop(self._events.on_peer_state, name, value)
+
+    def on_audio(self, samples: Audio) -> None:
+        if "first_audio_in" not in self.timeline:
+            self._mark("first_audio_in")
+        self.feed(samples)
+
+    def on_error(self, kind: str, message: str) -> None:
+        self._to_loop(self._events.on_peer_error, kind, message)
+
+    # -- LiveSession output (its worker thread) ---------------------------------------------------
+
+    def _deliver(self, samples: Audio) -> None:
+        peer = self.peer
+        if peer is not None and peer.push(samples) and "first_audio_out" not in self.timeline:
+            self._mark("first_audio_out")
+
+    # -- control (worker threads) -----------------------------------------------------------------
+
+    def sample(self, stats_timeout_s: float = 0.5) -> tuple[LiveSession, LiveStats | None, PeerStats]:
+        """The live session, its statistics (None once closed) and the peer's (``WebRtcPeer.stats``)."""
+        live, peer = self.session, self.peer
+        stats = self.stats()
+        return live, stats, peer.stats(stats_timeout_s) if peer is not None else PeerStats()
+
+    def close(self) -> None:
+        """Stop media first (no more input), then the worker and engine session."""
+        with self._lock:
+            self._closed = True  # no reopen from here on
+            peer, self.peer = self.peer, None
+        try:
+            if peer is not None:
+                peer.close()
+        finally:
+            self.close_session()
