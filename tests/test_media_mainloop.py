@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from vcstream.media.mainloop import AsyncioBridge, GLibLoop
+from vcstream.media.mainloop import GLibLoop, Runtime
 
 
 def test_call_runs_on_the_glib_thread_and_returns_its_result() -> None:
@@ -31,13 +31,16 @@ def test_call_soon_survives_a_failing_callback() -> None:
 
 def test_bridge_hands_coroutines_from_other_threads_to_asyncio() -> None:
     async def main() -> str:
-        bridge = AsyncioBridge()
+        runtime = Runtime.start({})
         result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         async def deliver(value: str) -> None:
             result.set_result(f"{value} on {threading.current_thread().name}")
 
-        GLibLoop.shared().call_soon(lambda: bridge.send_soon(deliver("hello")))
-        return await asyncio.wait_for(result, 2)
+        runtime.to_glib(lambda: runtime.submit_coroutine(deliver("hello")))
+        try:
+            return await asyncio.wait_for(result, 2)
+        finally:
+            await runtime.close()
 
     assert asyncio.run(main()) == f"hello on {threading.main_thread().name}"

@@ -3,8 +3,7 @@
 Live pipelines (RTP, WebRTC) need a running GLib main loop for bus watches, webrtcbin promises and
 signals. ``GLibLoop`` runs one ``GLib.MainLoop`` in a dedicated thread for the whole process; code
 on other threads hands work to it with ``call_soon`` (fire and forget) or ``call`` (wait for the
-result), and repeats work on it with ``timer``. ``AsyncioBridge`` is the opposite direction:
-GLib/GStreamer threads hand coroutines to the asyncio loop with ``run_coroutine_threadsafe``.
+result), and repeats work on it with ``timer``.
 
 ``Runtime`` is what an application holds: the GLib loop (it starts the process-wide one unless it
 runs already, and then stops it again when it closes), the asyncio loop it was started on, and named
@@ -183,23 +182,6 @@ class GLibLoop:
 
 
 # -- asyncio ------------------------------------------------------------------------------------------
-
-
-class AsyncioBridge:
-    """Hands work from GLib/GStreamer threads to an asyncio loop captured once at construction."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.loop = loop or asyncio.get_running_loop()
-
-    def send_soon(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-        """Schedule ``coro`` on the asyncio loop from any thread; errors are logged."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        future.add_done_callback(_log_failure)
-        return future
-
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run a plain callable on the asyncio loop from any thread."""
-        self.loop.call_soon_threadsafe(fn, *args)
 
 
 def _log_failure(future: concurrent.futures.Future[Any]) -> None:

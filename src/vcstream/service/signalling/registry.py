@@ -1,11 +1,11 @@
 """The signalling connections of one application and the services they share.
 
 Threads: the asyncio loop runs the connections' handlers; GStreamer's threads report WebRTC events
-through ``AsyncioBridge`` (one per application, captured at start-up); decoded audio goes from the
-GStreamer streaming thread straight into the call's ``LiveSession`` (its own worker thread runs the
-engine), whose output goes straight into the peer's appsrc. Blocking GStreamer calls (state changes,
-teardown, statistics) run in the registry's thread pool. Inference never runs on the asyncio or the
-GLib thread.
+through the application's ``Runtime`` (``RUNTIME_KEY``); decoded audio goes from the GStreamer
+streaming thread straight into the call's ``LiveSession`` (its own worker thread runs the engine),
+whose output goes straight into the peer's appsrc. Blocking GStreamer calls (state changes, teardown,
+statistics) run on the runtime's ``MEDIA_POOL``. Inference never runs on the asyncio or the GLib
+thread.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from vcstream.errors import VcstreamError
-from vcstream.media.mainloop import AsyncioBridge, GLibLoop
+from vcstream.media.mainloop import RuntimeClosedError
 from vcstream.media.webrtc import PeerConfig, prepare
 from vcstream.service.ice import ice_servers
-from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY, SETTINGS_KEY
+from vcstream.service.keys import MEDIA_POOL, METRICS_KEY, RUNTIME_KEY, SESSIONS_KEY, SETTINGS_KEY
 from vcstream.service.openapi import error, operation, reply
 from vcstream.service.signalling.connection import Connection
 from vcstream.service.signalling.protocol import FRAME_LIMIT, PROTOCOL_DESCRIPTION, SignallingError
@@ -38,29 +36,25 @@ T = TypeVar("T")
 
 #: after a shutdown ``bye``, how long connections get to close before they are abandoned
 _SHUTDOWN_WAIT_S = 10.0
-_WORKERS = 8
 
 
 class SessionRegistry:
-    """The signalling connections of one application, its thread pool for blocking GStreamer calls,
-    and its ``AsyncioBridge``. Admission follows ``health.session_refusal`` (max sessions, warm-up,
-    draining); on shutdown every connection gets ``bye`` and its session is closed."""
+    """The signalling connections of one application; blocking GStreamer calls and hand-offs to the
+    loop go through the application's ``Runtime``. Admission follows ``health.session_refusal`` (max
+    sessions, warm-up, draining); on shutdown every connection gets ``bye`` and its session is
+    closed."""
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._connections: set[Connection] = set()
-        self._pool: ThreadPoolExecutor | None = None
-        self._bridge: AsyncioBridge | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self.closing = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
-        """cleanup_ctx: pool, bridge, GLib loop and the DTLS certificate before the first call."""
-        self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="vcstream-webrtc")
-        self._bridge = AsyncioBridge()
-        GLibLoop.shared()
+        """cleanup_ctx: the DTLS certificate before the first call (the runtime, set up before, runs
+        the GLib loop and the pools, and closes after)."""
         try:
             started = time.perf_counter()
             await self.blocking(prepare)
@@ -69,8 +63,6 @@ class SessionRegistry:
             log.error("WebRTC sessions will fail: %s", exc)
         yield
         await self.close_all("shutdown")
-        pool, self._pool = self._pool, None
-        await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     async def on_shutdown(self, app: web.Application) -> None:
         await self.close_all("shutdown")
@@ -125,20 +117,15 @@ class SessionRegistry:
     # -- services to connections ------------------------------------------------------------------
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking call (GStreamer state changes, engine session setup) in the pool."""
-        if self._pool is None:
-            raise SignallingError("server_not_ready", "the server is not running", fatal=True)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
+        """Run a blocking call (GStreamer state changes, engine session setup) on the media pool."""
+        try:
+            return await self._app[RUNTIME_KEY].run_blocking(MEDIA_POOL, fn, *args)
+        except RuntimeClosedError as exc:
+            raise SignallingError("server_not_ready", "the server is not running", fatal=True) from exc
 
     def to_loop(self, fn: Callable[..., None], *args: Any) -> None:
         """Hand a call from a GStreamer thread to the asyncio loop (dropped once the loop is gone)."""
-        bridge = self._bridge
-        if bridge is None:
-            return
-        try:
-            bridge.call_soon(fn, *args)
-        except RuntimeError:  # the loop closed during shutdown; nobody is listening any more
-            log.debug("event after the loop closed: %s", getattr(fn, "__name__", fn))
+        self._app[RUNTIME_KEY].to_loop(fn, *args)
 
     def peer_config(self, session_id: str) -> PeerConfig:
         settings = self._app[SETTINGS_KEY]
