@@ -27,6 +27,9 @@ resets), ``rtcp``, ``timeline`` (the received stream's timeline through loss and
 GStreamer) and ``receiver``.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vcstream.media.rtp.codec import (
     OPUS_RATE,
     RTP_HEADER_BYTES,
@@ -35,10 +38,27 @@ from vcstream.media.rtp.codec import (
     ip_overhead_bytes,
     opus_packet_samples,
 )
-from vcstream.media.rtp.receiver import RtpOpusReceiver
-from vcstream.media.rtp.sender import RtpOpusSender
-from vcstream.media.rtp.sockets import resolve_host
-from vcstream.media.rtp.trace import PacketTrace
+
+if TYPE_CHECKING:
+    from vcstream.media.rtp.receiver import RtpOpusReceiver
+    from vcstream.media.rtp.sender import RtpOpusSender
+    from vcstream.media.rtp.sockets import resolve_host
+    from vcstream.media.rtp.trace import PacketTrace
+
+#: what needs GStreamer loads on first use: the timeline and the codec arithmetic import without it
+_LAZY = {
+    "RtpOpusReceiver": "vcstream.media.rtp.receiver",
+    "RtpOpusSender": "vcstream.media.rtp.sender",
+    "resolve_host": "vcstream.media.rtp.sockets",
+    "PacketTrace": "vcstream.media.rtp.trace",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "OPUS_RATE",
