@@ -31,7 +31,7 @@ def collect(engine: Engine, chunks: list[np.ndarray], pace_s: float) -> tuple[Li
 
     def dealt_with() -> bool:  # all converted or dropped, but for the block the converter may hold
         counters = live.snapshot()
-        return bool(counters["samples_out"] + counters["dropped_samples"] >= total - 400)
+        return bool(counters.samples_out + counters.dropped_samples >= total - 400)
 
     wait_until(dealt_with, 5, "the worker converted or dropped every chunk", state=live.snapshot)
     live.stop()
@@ -83,7 +83,7 @@ def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
         live.feed(np.zeros(320, np.float32))
         time.sleep(0.01)  # chunks apart, as a media thread delivers them
     wait_until(
-        lambda: live.snapshot()["errors"] == 1 and live.snapshot()["backlog_ms"] == 0,
+        lambda: live.snapshot().errors == 1 and live.snapshot().backlog_ms == 0,
         5,
         "the worker took every chunk and counted the failure",
         state=live.snapshot,
