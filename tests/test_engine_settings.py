@@ -15,7 +15,8 @@ from vcstream.engines.passthrough import PassthroughSettings
 from vcstream.engines.registry import ENGINE_NAMES, all_setting_specs, settings_type
 from vcstream.engines.seedvc.settings import SeedVCSettings
 from vcstream.engines.settings import SettingsError, parse_pairs
-from vcstream.engines.world import WorldEngine, WorldSettings
+from vcstream.engines.world import WorldEngine
+from vcstream.engines.world_settings import WorldSettings
 from vcstream.service.config import ServiceSettings
 from vcstream.service.engine_loader import load_engine
 from vcstream.service.signalling import SignallingError, settings_schema, validate_settings

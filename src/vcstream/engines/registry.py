@@ -69,7 +69,7 @@ def settings_type(name: str) -> type[SessionSettings]:
 
         return PassthroughSettings
     if name == "world":
-        from vcstream.engines.world import WorldSettings
+        from vcstream.engines.world_settings import WorldSettings
 
         return WorldSettings
     if name == "seedvc":

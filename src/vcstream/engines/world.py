@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,14 +31,13 @@ from scipy.signal import resample_poly
 
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
-from vcstream.engines.settings import SessionSettings, setting
+from vcstream.engines.settings import SessionSettings
+from vcstream.engines.world_settings import FRAME, SAMPLE_RATE, WorldSettings
 from vcstream.errors import InvalidAudioError
 
 FloatArray = npt.NDArray[np.float64]
 
-SAMPLE_RATE = 16000
 #: WORLD frame period: 5 ms
-FRAME = 80
 FRAME_PERIOD_MS = 1000.0 * FRAME / SAMPLE_RATE
 FFT_SIZE = 1024  # CheapTrick's size for a 60 Hz floor at 16 kHz
 BINS = FFT_SIZE // 2 + 1
@@ -476,22 +475,6 @@ def _features_of(voice: VoiceProfile) -> WorldVoiceFeatures:
     if voice.engine != WorldEngine.name or not isinstance(voice.features, WorldVoiceFeatures):
         raise ValueError(f"voice profile was prepared by engine {voice.engine!r}, not {WorldEngine.name!r}")
     return voice.features
-
-
-@dataclass(frozen=True)
-class WorldSettings(SessionSettings):
-    engine: ClassVar[str] = "world"
-
-    block_time: float = setting(
-        0.1,
-        "Block size",
-        "seconds of audio per block, whole 5 ms analysis frames",
-        unit="s",
-        minimum=0.02,
-        maximum=0.5,
-        step=FRAME / SAMPLE_RATE,
-        per_call=True,
-    )
 
 
 class WorldEngine(Engine):

@@ -2,12 +2,39 @@
 
 ``create_seedvc_engine`` loads it (published weights, or random weights when asked for explicitly);
 ``SeedVCEngine``/``SeedVCSession`` stream it block by block; ``convert_offline`` converts a whole
-utterance like Seed-VC's own inference script. Importing this package imports torch.
+utterance like Seed-VC's own inference script. Torch is imported when one of those is first used;
+``SeedVCSettings`` comes without it.
 """
 
-from vcstream.engines.seedvc.offline import convert_offline
-from vcstream.engines.seedvc.session import SeedVCEngine, SeedVCSession, StreamLayout, create_seedvc_engine
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vcstream.engines.seedvc.settings import SeedVCSettings
+
+if TYPE_CHECKING:
+    from vcstream.engines.seedvc.offline import convert_offline
+    from vcstream.engines.seedvc.session import (
+        SeedVCEngine,
+        SeedVCSession,
+        StreamLayout,
+        create_seedvc_engine,
+    )
+
+#: torch loads on first use: the command line reads Seed-VC's settings without it
+_LAZY = {
+    "convert_offline": "vcstream.engines.seedvc.offline",
+    "SeedVCEngine": "vcstream.engines.seedvc.session",
+    "SeedVCSession": "vcstream.engines.seedvc.session",
+    "StreamLayout": "vcstream.engines.seedvc.session",
+    "create_seedvc_engine": "vcstream.engines.seedvc.session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SeedVCEngine",
