@@ -11,12 +11,13 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING
 
 from vcstream.errors import ConfigurationError
 from vcstream.service.config import add_settings_arguments, settings_from_args
-from vcstream.service.db.connect import create_database_engine, ensure_sqlite_folder, shown_url
+
+if TYPE_CHECKING:  # SQLAlchemy loads when a db command runs, not for every `vcstream` invocation
+    import sqlalchemy as sa
 
 #: the settings that name the database
 _DATABASE_SETTINGS = ("data_dir", "database_url")
@@ -56,6 +57,10 @@ def register(
 
 @contextmanager
 def _database(args: argparse.Namespace) -> Iterator[sa.Engine]:
+    import sqlalchemy as sa
+
+    from vcstream.service.db.connect import create_database_engine, shown_url
+
     url = settings_from_args(args).effective_database_url
     engine = create_database_engine(url)
     try:
@@ -67,6 +72,7 @@ def _database(args: argparse.Namespace) -> Iterator[sa.Engine]:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from vcstream.service.db.connect import ensure_sqlite_folder, shown_url
     from vcstream.service.db.migrate import upgrade
 
     with _database(args) as engine:
