@@ -8,13 +8,16 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.signal import correlate, resample_poly
 
+from conftest import vcstream_argv
 from vcstream.audio.types import Audio
 from vcstream.bench.latency import StreamRecorder
 from vcstream.engines.base import Engine
@@ -199,3 +202,58 @@ def read_json_line(process: subprocess.Popen[str], event: str, timeout_s: float 
         if line.startswith("{") and json.loads(line).get("event") == event:
             return dict(json.loads(line))
     raise AssertionError(f"no {event!r} line within {timeout_s} s")
+
+
+# -- the RTP commands as processes --------------------------------------------------------------------
+
+
+@dataclass
+class RelayCommands:
+    """``vcstream rtp-receive`` and ``vcstream rtp`` running as processes, the relay sending to the
+    receiver on loopback."""
+
+    receiver: subprocess.Popen[str]
+    relay: subprocess.Popen[str]
+    relay_port: int
+
+    def send(self, source: Path) -> subprocess.CompletedProcess[str]:
+        """``vcstream rtp-send SOURCE`` to the relay, in real time; must succeed."""
+        sent = subprocess.run(
+            vcstream_argv("rtp-send", source, "--to", f"127.0.0.1:{self.relay_port}"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        return sent
+
+
+@contextmanager
+def relay_commands(
+    reference: Path, out: Path, *relay_args: object, idle_timeout_s: float, duration_s: float
+) -> Iterator[RelayCommands]:
+    """The receiver (writing ``out``) and the relay (``relay_args``: engine and options) started;
+    whatever is still running at the end is killed."""
+    rx_port, relay_port = free_udp_port_pair(), free_udp_port_pair()
+    receive = ["--listen", rx_port, "-o", out, "--idle-timeout", idle_timeout_s, "--duration", duration_s]
+    relay = [
+        "--listen",
+        relay_port,
+        "--send",
+        f"127.0.0.1:{rx_port}",
+        "-r",
+        reference,
+        "--duration",
+        duration_s,
+    ]
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        for command in (["rtp-receive", *receive], ["rtp", *relay, *relay_args]):
+            processes.append(subprocess.Popen(vcstream_argv(*command), stdout=subprocess.PIPE, text=True))
+        yield RelayCommands(processes[0], processes[1], relay_port)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)

@@ -21,6 +21,7 @@ from rtp_harness import (
     free_udp_port_pair,
     open_chain,
     read_json_line,
+    relay_commands,
     silence_gaps_ms,
     timeline_drift_ms,
     to_rate,
@@ -118,45 +119,14 @@ def test_commands_relay_a_file_end_to_end(flite_speech: Speech, tmp_path: Path) 
     source = write_wav(tmp_path / "source.wav", x, OPUS_RATE)
     reference = write_wav(tmp_path / "reference.wav", *flite_speech("awb"))
     out = tmp_path / "out.flac"
-    rx_port, relay_port = free_udp_port_pair(), free_udp_port_pair()
-    processes: list[subprocess.Popen[str]] = []
-    try:
-        receiver = subprocess.Popen(
-            vcstream_argv(
-                "rtp-receive", "--listen", rx_port, "-o", out, "--idle-timeout", 1.0, "--duration", 40
-            ),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        processes.append(receiver)
-        relay = subprocess.Popen(
-            vcstream_argv(
-                "rtp", "--listen", relay_port, "--send", f"127.0.0.1:{rx_port}", "-r", reference,
-                "--engine", "passthrough", "--duration", 40,
-            ),
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        processes.append(relay)
-        read_json_line(relay, "listening")  # ready before anything is sent
-        sent = subprocess.run(
-            vcstream_argv("rtp-send", source, "--to", f"127.0.0.1:{relay_port}"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert sent.returncode == 0, sent.stderr
-        rx_out, _ = receiver.communicate(timeout=30)
-        assert receiver.returncode == 0
-        relay.send_signal(signal.SIGTERM)
-        relay_out, _ = relay.communicate(timeout=30)
-        assert relay.returncode == 0
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
+    with relay_commands(reference, out, "--engine", "passthrough", idle_timeout_s=1.0, duration_s=40) as run:
+        read_json_line(run.relay, "listening")  # ready before anything is sent
+        sent = run.send(source)
+        rx_out, _ = run.receiver.communicate(timeout=30)
+        assert run.receiver.returncode == 0
+        run.relay.send_signal(signal.SIGTERM)
+        relay_out, _ = run.relay.communicate(timeout=30)
+        assert run.relay.returncode == 0
     final_rx, final_relay, final_tx = (_json_lines(t)[-1] for t in (rx_out, relay_out, sent.stdout))
     assert final_rx["event"] == final_relay["event"] == final_tx["event"] == "final"
     assert final_relay["input"]["packets_received"] == final_tx["packets_sent"]  # type: ignore[index]

@@ -25,7 +25,7 @@ import pytest
 
 from browser_harness import CAPTURE_JS, CHROMIUM_FLAGS, captured, wait_for
 from conftest import vcstream_argv, write_wav
-from rtp_harness import free_udp_port_pair, to_rate
+from rtp_harness import relay_commands, to_rate
 from vcstream.media import decode_file
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.keys import ENGINE_KEY, SESSIONS_KEY
@@ -231,53 +231,23 @@ def test_rtp_relay_command_converts_with_seedvc(
     source = write_wav(tmp_path / "source.wav", to_rate(*flite_speech("rms"))[: 3 * OPUS_RATE], OPUS_RATE)
     reference = write_wav(tmp_path / "reference.wav", *flite_speech("slt"))
     out = tmp_path / "out.wav"
-    rx_port, relay_port = free_udp_port_pair(), free_udp_port_pair()
     model = ["--model-cache", seedvc_cache, "--device", "cpu", "--diffusion-steps", STEPS]
-    processes: list[subprocess.Popen[str]] = []
-    try:
-        receiver = subprocess.Popen(
-            vcstream_argv(
-                "rtp-receive", "--listen", rx_port, "-o", out, "--idle-timeout", 60, "--duration", 120
-            ),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        processes.append(receiver)
-        relay = subprocess.Popen(
-            vcstream_argv(
-                "rtp", "--listen", relay_port, "--send", f"127.0.0.1:{rx_port}", "-r", reference,
-                "--engine", "seedvc", *model, "--duration", 120, "--stats-interval", 0.5,
-            ),
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        processes.append(relay)
-        events = _json_events(relay)
+    relay_args = ["--engine", "seedvc", *model, "--stats-interval", 0.5]
+    with relay_commands(reference, out, *relay_args, idle_timeout_s=60, duration_s=120) as run:
+        events = _json_events(run.relay)
         listening = _next_event(events, lambda e: e["event"] == "listening", READY_WITHIN_S, "listening")
         assert listening["engine"] == "seedvc" and listening["block_ms"] == pytest.approx(BLOCK_MS, abs=0.5)
         assert FORMULA_MS <= listening["algorithmic_latency_ms"] < FORMULA_MS + 5
-        sent = subprocess.run(
-            vcstream_argv("rtp-send", source, "--to", f"127.0.0.1:{relay_port}"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert sent.returncode == 0, sent.stderr
+        run.send(source)
         # converting takes longer than speaking here: wait for two blocks before stopping the relay
         _next_event(events, lambda e: e.get("session", {}).get("blocks", 0) >= 2, 90, "two converted blocks")
-        relay.send_signal(signal.SIGTERM)
-        assert relay.wait(30) == 0
+        run.relay.send_signal(signal.SIGTERM)
+        assert run.relay.wait(30) == 0
         final = _next_event(events, lambda e: e["event"] == "final", 5, "the relay's final statistics")
         # the relay sent its last packet before exiting; the receiver writes what it got on SIGTERM
-        receiver.send_signal(signal.SIGTERM)
-        rx_out, _ = receiver.communicate(timeout=30)
-        assert receiver.returncode == 0
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
+        run.receiver.send_signal(signal.SIGTERM)
+        rx_out, _ = run.receiver.communicate(timeout=30)
+        assert run.receiver.returncode == 0
     session, output = final["session"], final["output"]
     received = json.loads([line for line in rx_out.splitlines() if '"final"' in line][-1])
     print(f"\nseedvc RTP relay on the CPU: {session}")

@@ -6,10 +6,10 @@ utterance like Seed-VC's own inference script. Torch is imported when one of tho
 ``SeedVCSettings`` comes without it.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vcstream.engines.seedvc.settings import SeedVCSettings
+from vcstream.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from vcstream.engines.seedvc.offline import convert_offline
@@ -29,11 +29,7 @@ _LAZY = {
     "create_seedvc_engine": "vcstream.engines.seedvc.session",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

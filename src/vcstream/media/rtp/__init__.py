@@ -27,9 +27,9 @@ resets), ``rtcp``, ``timeline`` (the received stream's timeline through loss and
 GStreamer) and ``receiver``.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from vcstream.lazy import lazy_exports
 from vcstream.media.rtp.codec import (
     OPUS_RATE,
     RTP_HEADER_BYTES,
@@ -53,12 +53,7 @@ _LAZY = {
     "PacketTrace": "vcstream.media.rtp.trace",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "OPUS_RATE",
