@@ -29,6 +29,7 @@ from rtp_harness import relay_commands, to_rate
 from vcstream.media import decode_file
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.keys import ENGINE_KEY, SESSIONS_KEY
+from waiting import wait_until_async
 from webrtc_harness import PyClient, client, reference_wav, serving, speech_48k
 
 Speech = Callable[..., tuple[np.ndarray, int]]
@@ -66,14 +67,16 @@ def _seedvc_server(data_dir: Path, cache: Path, **settings: Any) -> Any:
 
 
 async def _until(call: PyClient, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
+    """Wait for ``predicate`` during a call that must not report an error meanwhile."""
+
+    def done() -> bool:
+        if predicate():
+            return True
         errors = call.of_type("error")
         assert not errors, errors
-        assert time.monotonic() < deadline, (
-            f"{what} within {timeout_s:g} s; last stats {call.of_type('stats')[-1:]}"
-        )
-        await asyncio.sleep(0.1)
+        return False
+
+    await wait_until_async(done, timeout_s, what, state=lambda: call.of_type("stats")[-1:])
 
 
 def _last_stats(call: PyClient) -> dict[str, Any]:
@@ -202,12 +205,14 @@ def test_page_in_chromium_converts_on_seedvc(
                 await steps.fill(str(STEPS + 1))
                 await steps.dispatch_event("change")
                 registry = server.app[SESSIONS_KEY]
-                deadline = time.monotonic() + 20
-                while [c.settings.values(per_call_only=True) for c in registry.active_calls()] != [
-                    {"block_time": 0.18, "diffusion_steps": STEPS + 1}
-                ]:
-                    assert time.monotonic() < deadline, "the server did not take the page's new settings"
-                    await asyncio.sleep(0.1)
+                wanted = [{"block_time": 0.18, "diffusion_steps": STEPS + 1}]
+                await wait_until_async(
+                    lambda: (
+                        [c.settings.values(per_call_only=True) for c in registry.active_calls()] == wanted
+                    ),
+                    20,
+                    "the server took the page's new settings",
+                )
                 await wait_for(
                     page,
                     "(window.vcstream.serverStats || {}).blocks >= 1 && window.vcstream.callState === 'live'",

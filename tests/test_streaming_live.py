@@ -1,5 +1,6 @@
 """LiveSession: media threads never wait, latency stays bounded when the engine is slow."""
 
+import threading
 import time
 
 import numpy as np
@@ -95,4 +96,35 @@ def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
     live.feed(np.zeros(320, np.float32))
     wait_until(lambda: live.snapshot().samples_out > converted, 5, "a block converted after the failure")
     live.stop()
+    assert not live.running
+
+
+def test_stop_waits_for_the_block_in_progress_before_closing_the_engine_session() -> None:
+    """Closing a session while a block still runs in it would pull the engine out from under it."""
+    events: list[str] = []
+    started = threading.Event()
+
+    class Slow(PassthroughSession):
+        def process(self, block: Audio) -> Audio:
+            events.append("process")
+            started.set()
+            time.sleep(0.3)  # the inference time it simulates, longer than stop's warning delay
+            events.append("processed")
+            return super().process(block)
+
+        def close(self) -> None:
+            events.append("close")
+
+    class SlowEngine(PassthroughEngine):
+        def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> EngineSession:
+            return Slow(RATE, 0.02)
+
+    engine = SlowEngine(RATE)
+    live = LiveSession(
+        StreamConverter(engine, engine.prepare_voice(np.zeros(10), RATE), RATE), lambda _a: None
+    )
+    live.feed(np.zeros(320, np.float32))
+    assert started.wait(5)
+    live.stop(warn_after_s=0.05)
+    assert events == ["process", "processed", "close"]
     assert not live.running

@@ -116,11 +116,22 @@ class LiveSession:
         with self._lock:
             self._pending_voice = voice
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, warn_after_s: float = 5.0) -> None:
+        """Stop taking input, let the worker finish the block it is converting, then close the engine
+        session. The wait has no limit: closing a session (or leaving the process) while a block
+        still runs in it would pull the engine out from under that block (with Seed-VC on a slow
+        device a push of a few blocks takes seconds; torch aborts the process if it exits meanwhile)."""
         with self._lock:
             self._stopping = True
             self._wake.notify()
-        self._thread.join(timeout)
+        self._thread.join(warn_after_s)
+        if self._thread.is_alive():
+            log.warning(
+                "live session %s: still converting after %g s; waiting for the block in progress",
+                self._thread.name,
+                warn_after_s,
+            )
+            self._thread.join()
         self.converter.close()
 
     @property
