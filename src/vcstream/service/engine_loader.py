@@ -21,8 +21,7 @@ import numpy as np
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine
 from vcstream.engines.registry import AUTO_FALLBACK, AUTO_PREFERRED, EngineOptions, create_engine, obstacles
-from vcstream.engines.settings import SessionSettings
-from vcstream.errors import ConfigurationError
+from vcstream.engines.settings import SessionSettings, SettingsError
 from vcstream.service.config import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -55,12 +54,15 @@ def _fallback_note(engine: Engine, reasons: list[str]) -> str:
     return f"{engine.label}: {'; '.join(reasons)} - {engine.caveat}"
 
 
-def loaded(engine: Engine, settings: ServiceSettings, note: str | None = None) -> LoadedEngine:
-    """Wrap an engine that is already loaded (e.g. handed to ``create_app``)."""
+def loaded(
+    engine: Engine, settings: ServiceSettings, note: str | None = None, *, cpu_fallback: bool = False
+) -> LoadedEngine:
+    """Wrap an engine that is already loaded (e.g. handed to ``create_app``), with the operator's
+    session defaults applied (SettingsError when the engine does not take them)."""
     return LoadedEngine(
         engine=engine,
         engine_note=note or _chosen_note(engine),
-        cpu_fallback=False,
+        cpu_fallback=cpu_fallback,
         max_sessions=settings.max_sessions or engine.default_max_sessions(),
         defaults=engine.defaults.updated(settings.session_overrides()),
     )
@@ -81,19 +83,13 @@ def load_engine(settings: ServiceSettings) -> LoadedEngine:
     if not reasons:
         try:
             return loaded(create_engine(AUTO_PREFERRED, options), settings)
-        except ConfigurationError:  # the operator's session settings: a mistake to report, not a fallback
+        except SettingsError:  # the operator's session settings: a mistake to report, not a fallback
             raise
         except Exception as exc:  # auto means "the best that works here": report and take the fallback
             log.exception("engine %s failed to load", AUTO_PREFERRED)
             reasons.append(f"{AUTO_PREFERRED} failed to load ({type(exc).__name__}: {exc})")
     engine = create_engine(AUTO_FALLBACK, options)
-    result = LoadedEngine(
-        engine=engine,
-        engine_note=_fallback_note(engine, reasons),
-        cpu_fallback=True,
-        max_sessions=settings.max_sessions or engine.default_max_sessions(),
-        defaults=engine.defaults.updated(settings.session_overrides()),
-    )
+    result = loaded(engine, settings, _fallback_note(engine, reasons), cpu_fallback=True)
     log.warning(result.engine_note)
     return result
 

@@ -8,7 +8,6 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -21,8 +20,6 @@ from vcstream.engines.settings import SessionSettings
 @dataclass
 class StreamStats:
     blocks: int = 0
-    samples_in: int = 0
-    samples_out: int = 0
     #: the most recent per-block inference times (bounded, for percentiles)
     inference_s: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=500))
 
@@ -30,15 +27,6 @@ class StreamStats:
         """A percentile of the recent blocks' inference times, None before the first block."""
         times = np.array(self.inference_s) * 1000
         return float(np.percentile(times, percentile)) if times.size else None
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "blocks": self.blocks,
-            "samples_in": self.samples_in,
-            "samples_out": self.samples_out,
-            "inference_ms_p50": self.inference_ms(50),
-            "inference_ms_p95": self.inference_ms(95),
-        }
 
 
 class StreamConverter:
@@ -87,7 +75,6 @@ class StreamConverter:
 
     def push(self, chunk: Audio) -> Audio:
         chunk = np.asarray(chunk, dtype=np.float32)
-        self.stats.samples_in += chunk.shape[0]
         self._pending = np.concatenate([self._pending, self._to_engine.process(chunk)])
         block = self.session.block_size
         converted = []
@@ -101,7 +88,6 @@ class StreamConverter:
                 self._on_block(elapsed)
             self._pending = self._pending[block:]
         out = self._from_engine.process(np.concatenate(converted)) if converted else np.zeros(0, np.float32)
-        self.stats.samples_out += out.shape[0]
         return out
 
     def set_voice(self, voice: VoiceProfile) -> None:
