@@ -61,6 +61,15 @@ class SolaSplicer:
         self.last_offset = offset
         return out[: self.block]
 
+    def conceal(self) -> Audio:
+        """One block standing in for a frame that never came: the kept tail fades out into silence,
+        and the next frame fades in from silence (as the first one does)."""
+        out = np.zeros(self.block, dtype=np.float32)
+        n = min(self.crossfade, self.block)
+        out[:n] = (self._tail * self._fade_out)[:n]
+        self.reset()
+        return out
+
     def reset(self) -> None:
         self._tail = np.zeros(self.crossfade, dtype=np.float32)
         self.last_offset = 0

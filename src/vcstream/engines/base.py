@@ -5,14 +5,18 @@ into a ``VoiceProfile`` (all per-voice work done once) and opens any number of i
 ``EngineSession``s, each holding only its own streaming state. Sessions take fixed-size blocks at the
 engine's sample rate and return blocks of the same size.
 
-For cross-session batching, ``Engine.process_batch`` receives the pending blocks of many sessions at
-once; the default runs them one after another, engines with a batched forward pass override it.
+A block goes through three steps, so a scheduler can batch the middle one across sessions:
+``EngineSession.prepare`` (per-session bookkeeping, no model work), ``Engine.run_batch`` (the model, for
+any number of prepared requests sharing a ``batch_key``) and ``EngineSession.finish`` (per-session
+splicing). ``EngineSession.process`` is all three for one block. The defaults suit engines without a
+batched forward pass: ``prepare`` only checks the block and ``run_batch`` runs each session's
+``process``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -57,6 +61,20 @@ class EngineSession(ABC):
     def set_voice(self, voice: VoiceProfile) -> None:
         """Switch the target voice; takes effect from the next block."""
 
+    def prepare(self, block: Audio) -> Any:
+        """Step 1 of a block: the session's own work before the model runs (advances its state).
+        Returns the request ``Engine.run_batch`` takes; by default the checked block itself."""
+        return check_block(block, self.block_size)
+
+    def finish(self, result: Any) -> Audio:
+        """Step 3 of a block: turn what ``Engine.run_batch`` returned into ``block_size`` samples."""
+        return np.asarray(result, dtype=np.float32)
+
+    def conceal(self) -> Audio:
+        """Output standing in for a block the model did not run (skipped for its deadline, or
+        failed): silence by default; engines that splice frames fade out what they hold."""
+        return np.zeros(self.block_size, dtype=np.float32)
+
     def close(self) -> None:  # noqa: B027 - optional hook, most sessions hold nothing to release
         """Release per-session resources."""
 
@@ -95,10 +113,36 @@ class Engine(ABC):
             raise TypeError(f"engine {self.name} takes {kind.__name__}, not {type(chosen).__name__}")
         return chosen
 
+    #: the model runs many sessions' requests in one forward pass (``run_batch`` is not a loop)
+    batched_forward: ClassVar[bool] = False
+
+    def batch_key(self, request: Any) -> Hashable:
+        """Prepared requests with equal keys may share one ``run_batch`` call."""
+        return self.name
+
+    def run_batch(self, sessions: Sequence[EngineSession], requests: Sequence[Any]) -> list[Any]:
+        """Step 2 of a block, for prepared requests with one ``batch_key`` (one per session, in
+        order). The default runs each session's ``process`` on its checked block."""
+        return [session.process(r) for session, r in zip(sessions, requests, strict=True)]
+
+    def warm_voice(self, voice: VoiceProfile, settings: SessionSettings | None) -> None:  # noqa: B027
+        """Compute ahead whatever ``EngineSession.set_voice`` would compute for ``voice`` (so a
+        switch costs a real-time thread nothing). Engines whose switch is cheap do nothing."""
+
     def process_batch(self, sessions: Sequence[EngineSession], blocks: Sequence[Audio]) -> list[Audio]:
-        """Run one block for each of several sessions of this engine. Engines that can batch the
-        forward pass across sessions override this."""
-        return [session.process(block) for session, block in zip(sessions, blocks, strict=True)]
+        """One block for each of several sessions, all three steps; requests with equal
+        ``batch_key`` share one ``run_batch``."""
+        if len(sessions) != len(blocks):
+            raise ValueError("one block per session")
+        requests = [s.prepare(b) for s, b in zip(sessions, blocks, strict=True)]
+        groups: dict[Hashable, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(self.batch_key(request), []).append(i)
+        results: dict[int, Any] = {}
+        for indices in groups.values():
+            done = self.run_batch([sessions[i] for i in indices], [requests[i] for i in indices])
+            results.update(zip(indices, done, strict=True))
+        return [s.finish(results[i]) for i, s in enumerate(sessions)]
 
     def describe(self) -> dict[str, Any]:
         """What the engine is running on, for logs, health checks and benchmarks."""

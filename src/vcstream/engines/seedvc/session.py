@@ -13,9 +13,9 @@ Per block (all lengths multiples of 20 ms = 441 samples at 22.05 kHz):
 * HiFT vocodes the generated frames; the ``block + sola_buffer + search`` samples that end
   ``extra_right`` before the window's end go to the SOLA splicer, which returns one block.
 
-Each block is split into ``prepare`` (numpy, per session), ``SeedVCEngine.infer`` (torch, any number of
-sessions with equal settings in one batch) and ``finish`` (SOLA), so ``process_batch`` can stack many
-sessions into one forward pass.
+Each block is split into ``prepare`` (numpy, per session), ``SeedVCEngine.run_batch`` (torch, any number
+of sessions with equal settings in one batch) and ``finish`` (SOLA), so the block scheduler
+(``vcstream.streaming.scheduler``) stacks many sessions into one forward pass.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,9 +264,13 @@ class SeedVCSession(EngineSession):
             dtype=self.settings.dtype,
         )
 
-    def finish(self, frame: Audio) -> Audio:
+    def finish(self, result: Any) -> Audio:
         """Splice the generated frame onto the previous output; returns one block."""
-        return self._sola.splice(frame)
+        return self._sola.splice(result)
+
+    def conceal(self) -> Audio:
+        """A block the model did not run: the previous output fades out, the next fades in."""
+        return self._sola.conceal()
 
     def process(self, block: Audio) -> Audio:
         return self.finish(self.engine.infer([self.prepare(block)])[0])
@@ -454,21 +458,22 @@ class SeedVCEngine(Engine):
             frames.append(wave[end - layout.frame : end].float().cpu().numpy())
         return frames
 
-    def process_batch(self, sessions: Sequence[EngineSession], blocks: Sequence[Audio]) -> list[Audio]:
-        """One block for each of several sessions; sessions with equal settings share a forward."""
-        if len(sessions) != len(blocks):
-            raise ValueError("one block per session")
-        if not all(isinstance(s, SeedVCSession) and s.engine is self for s in sessions):
-            return super().process_batch(sessions, blocks)
-        ours = [s for s in sessions if isinstance(s, SeedVCSession)]
-        requests = [s.prepare(b) for s, b in zip(ours, blocks, strict=True)]
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, request in enumerate(requests):
-            groups.setdefault(request.batch_key, []).append(i)
-        frames: dict[int, Audio] = {}
-        for indices in groups.values():
-            frames.update(zip(indices, self.infer([requests[i] for i in indices]), strict=True))
-        return [s.finish(frames[i]) for i, s in enumerate(ours)]
+    batched_forward = True
+
+    def batch_key(self, request: Any) -> Hashable:
+        if not isinstance(request, BlockRequest):
+            raise TypeError(f"seedvc takes BlockRequest, not {type(request).__name__}")
+        return request.batch_key
+
+    def run_batch(self, sessions: Sequence[EngineSession], requests: Sequence[Any]) -> list[Any]:
+        """One forward pass for requests of one ``batch_key`` (made by ``SeedVCSession.prepare``)."""
+        batch = [r for r in requests if isinstance(r, BlockRequest)]
+        if len(batch) != len(requests):
+            raise TypeError("seedvc runs only requests made by SeedVCSession.prepare")
+        return self.infer(batch)
+
+    def warm_voice(self, voice: VoiceProfile, settings: SessionSettings | None) -> None:
+        self.prompt_features(voice, self.own_settings(settings, SeedVCSettings).max_prompt_length)
 
     def describe(self) -> dict[str, Any]:
         return {
