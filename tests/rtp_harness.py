@@ -22,6 +22,7 @@ from vcstream.audio.types import Audio
 from vcstream.bench.latency import StreamRecorder
 from vcstream.engines.base import Engine
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, RtpOpusReceiver, RtpOpusSender
+from vcstream.streaming.scheduler import BlockScheduler
 from vcstream.transports.pacing import push_in_real_time
 from vcstream.transports.rtp_relay import RtpRelay
 
@@ -33,6 +34,7 @@ class Chain:
     relay: RtpRelay
     receiver: RtpOpusReceiver
     collector: StreamRecorder
+    scheduler: BlockScheduler
     senders: list[RtpOpusSender] = field(default_factory=list)
     address: str = "127.0.0.1"
 
@@ -62,6 +64,7 @@ class Chain:
         self.senders.clear()
         if self.relay.receiver.running:
             self.relay.stop()
+        self.scheduler.close()
         if self.receiver.running:
             self.receiver.stop()
 
@@ -81,18 +84,20 @@ def open_chain(
         0, collector, codec=codec, latency_ms=latency_ms, bind_address=address, name="test-rx"
     ).start()
     voice = engine.prepare_voice(reference, engine.sample_rate)
+    scheduler = BlockScheduler(engine)
     relay = RtpRelay(
         engine,
         voice,
         0,
         (address, receiver.port),
+        scheduler=scheduler,
         codec=codec,
         latency_ms=latency_ms,
         settings=engine.settings(block_time=block_time),
         bind_address=address,
     )
     relay.start()
-    return Chain(relay, receiver, collector, address=address)
+    return Chain(relay, receiver, collector, scheduler, address=address)
 
 
 def to_rate(samples: np.ndarray, rate: int, target: int = OPUS_RATE) -> Audio:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ from vcstream.audio.types import Audio
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.engines.settings import SessionSettings
 from vcstream.streaming.live import LiveStats
+from vcstream.streaming.scheduler import BlockScheduler
 from vcstream.transports.live_transport import LiveTransport
 
 IO_RATE = 48000
@@ -25,16 +26,17 @@ class Collecting(LiveTransport):
     """A transport whose media output is a list (the engine runs at 22.05 kHz: both resamplers hold
     samples back, so there is look-ahead to prime and output to pad)."""
 
-    def __init__(self, settings: SessionSettings) -> None:
+    def __init__(self, settings: SessionSettings, scheduler: BlockScheduler) -> None:
         self.outputs: list[Audio] = []
         self._outputs_lock = threading.Lock()
-        engine = PassthroughEngine(22050)
+        engine = scheduler.engine
         voice = engine.prepare_voice(np.zeros(22050, np.float32), 22050)
         # frames arrive faster than real time here: a backlog bound of 10 s keeps every one of them
         super().__init__(
             engine,
             voice,
             settings,
+            scheduler=scheduler,
             io_rate=IO_RATE,
             frame_samples=FRAME,
             name="test-transport",
@@ -77,8 +79,11 @@ def all_delivered(transport: Collecting, outputs: int = 0) -> bool:
 
 
 @pytest.fixture
-def transport() -> Collecting:
-    return Collecting(PassthroughEngine(22050).settings(block_time=0.1))
+def transport() -> Iterator[Collecting]:
+    engine = PassthroughEngine(22050)
+    scheduler = BlockScheduler(engine)
+    yield Collecting(engine.settings(block_time=0.1), scheduler)
+    scheduler.close()
 
 
 def test_blocks_complete_on_the_frame_that_ends_them(transport: Collecting) -> None:
@@ -89,7 +94,7 @@ def test_blocks_complete_on_the_frame_that_ends_them(transport: Collecting) -> N
         # without the primed look-ahead the third block would wait for a fourth block's first frame
         assert wait_for(lambda: blocks(transport) == 3), transport.stats()
         assert wait_for(lambda: all_delivered(transport))
-        first, *rest = transport.delivered()  # the worker may have converted two blocks at once
+        first, *rest = transport.delivered()
         assert 0 < transport.output_pad_samples < FRAME
         assert first.shape[0] % FRAME == 0  # the padded first output ends on a frame end
         assert not first[: transport.output_pad_samples].any()
@@ -145,8 +150,8 @@ def test_live_stats_keep_the_json_keys_the_relay_prints(transport: Collecting) -
         assert isinstance(stats, LiveStats)
         assert list(stats.to_json()) == [
             "blocks", "samples_in", "samples_out", "inference_ms_p50", "inference_ms_p95", "chunks_in",
-            "dropped_samples", "drop_events", "late_blocks", "max_backlog_samples", "errors",
-            "backlog_ms", "dropped_ms", "block_ms", "algorithmic_latency_ms",
+            "dropped_samples", "drop_events", "late_blocks", "skipped_blocks", "max_backlog_samples",
+            "errors", "backlog_ms", "dropped_ms", "block_ms", "algorithmic_latency_ms",
         ]  # fmt: skip
         assert stats.samples_in == transport.lead_samples and stats.inference_ms_p50 is None
     finally:

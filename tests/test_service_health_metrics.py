@@ -34,7 +34,7 @@ from vcstream.service.app import create_app, drain
 from vcstream.service.config import ServiceSettings, byte_size, settings_from_args
 from vcstream.service.engine_loader import load_engine
 from vcstream.service.health import session_refusal
-from vcstream.service.keys import METRICS_KEY
+from vcstream.service.keys import ADMISSION_KEY, METRICS_KEY
 from vcstream.service.metrics import ServiceMetrics
 from waiting import wait_until, wait_until_async
 
@@ -148,12 +148,15 @@ def test_drain_waits_for_running_sessions_and_max_sessions_refuses(tmp_path: Pat
         async with serving(tmp_path, PassthroughEngine(), max_sessions=2) as client:
             app = client.app
             await until_status(client, "/readyz", 200)
-            metrics = app[METRICS_KEY]
-            metrics.session_started()
-            metrics.session_started()
+            metrics, admission = app[METRICS_KEY], app[ADMISSION_KEY]
+            for _ in range(2):
+                assert admission.take(admission.primary)
+                metrics.session_started()
             assert session_refusal(app) == ("full", "all 2 session places are taken; try again later")
+            assert not admission.take(admission.primary)
             info = await (await client.get("/api/info")).json()
             assert info["max_sessions"] == 2 and info["active_sessions"] == 2
+            assert info["capacity"][0]["source"] == "operator"
 
             draining = asyncio.create_task(drain(app, grace_s=10))
             await asyncio.sleep(0.3)  # time in which a drain that did not wait would have finished
@@ -176,10 +179,15 @@ def test_drain_waits_for_running_sessions_and_max_sessions_refuses(tmp_path: Pat
 def test_info_names_the_engine(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serving(tmp_path, PassthroughEngine(), block_time=0.2) as client:
+            await until_status(client, "/readyz", 200)  # warm, and its capacity measured
             info = await (await client.get("/api/info")).json()
             assert info["engine"] == "passthrough" and info["sample_rate"] == 22050
             assert info["cpu_fallback"] is False and "no conversion" in info["engine_note"]
-            assert info["block_time_s"] == 0.2 and info["max_sessions"] == 8
+            assert info["block_time_s"] == 0.2
+            # measured at start-up: passthrough costs nothing, the media path bounds it
+            (capacity,) = info["capacity"]
+            assert capacity["source"] == "probe" and "the CPU" in capacity["detail"]
+            assert info["max_sessions"] == capacity["max_sessions"] >= 1
             assert info["max_upload_bytes"] == 10 << 20
             assert info["reference_seconds"] == {"min": 1.0, "max": 30.0}
 
@@ -381,7 +389,7 @@ def test_byte_sizes() -> None:
 def test_auto_takes_the_cpu_engine_and_says_why(tmp_path: Path) -> None:
     settings = ServiceSettings(engine="auto", device="cpu", model_cache=tmp_path / "empty-cache")
     result = load_engine(settings)
-    assert result.engine.name == "world" and result.cpu_fallback and result.max_sessions == 8
+    assert result.engine.name == "world" and result.cpu_fallback
     assert result.engine_note.startswith("CPU engine (WORLD): the CPU device was requested")
     assert "Seed-VC weights not found in" in result.engine_note
     assert result.engine_note.endswith("quality is lower than Seed-VC")

@@ -293,7 +293,11 @@ def test_a_full_server_says_so_and_admits_again_when_a_place_frees(
                 async with server.http.ws_connect(server.ws_url) as ws:
                     await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
                     error = await receive_json(ws)
-                    assert (error["code"], error["fatal"]) == ("server_full", True)
+                    assert (error["code"], error["fatal"], error["retry_after_s"]) == (
+                        "server_full",
+                        True,
+                        15.0,
+                    )
                     assert await _closed(ws) == 1008
                 await _audio_keeps_flowing(call, 0.5)
             await settled(server)

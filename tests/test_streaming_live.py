@@ -1,4 +1,5 @@
-"""LiveSession: media threads never wait, latency stays bounded when the engine is slow."""
+"""LiveSession: media threads never wait, latency stays bounded when the engine is slow (its blocks run
+on a real BlockScheduler)."""
 
 import threading
 import time
@@ -12,6 +13,7 @@ from vcstream.engines.passthrough import PassthroughEngine, PassthroughSession
 from vcstream.engines.settings import SessionSettings
 from vcstream.streaming.converter import StreamConverter
 from vcstream.streaming.live import LiveSession
+from vcstream.streaming.scheduler import BlockScheduler
 from waiting import wait_until
 
 RATE = 16000
@@ -19,8 +21,9 @@ RATE = 16000
 
 def collect(engine: Engine, chunks: list[np.ndarray], pace_s: float) -> tuple[LiveSession, list[float]]:
     voice = engine.prepare_voice(np.zeros(RATE, np.float32), RATE)
+    scheduler = BlockScheduler(engine)
     live = LiveSession(
-        StreamConverter(engine, voice, RATE, engine.settings(block_time=0.02)), lambda _audio: None
+        StreamConverter(engine, voice, RATE, engine.settings(block_time=0.02)), lambda _audio: None, scheduler
     )
     feed_times = []
     for chunk in chunks:
@@ -34,8 +37,9 @@ def collect(engine: Engine, chunks: list[np.ndarray], pace_s: float) -> tuple[Li
         counters = live.snapshot()
         return bool(counters.samples_out + counters.dropped_samples >= total - 400)
 
-    wait_until(dealt_with, 5, "the worker converted or dropped every chunk", state=live.snapshot)
+    wait_until(dealt_with, 5, "every chunk was converted, concealed or dropped", state=live.snapshot)
     live.stop()
+    scheduler.close()
     return live, feed_times
 
 
@@ -79,7 +83,10 @@ def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
 
     engine = BrokenEngine(RATE)
     out: list[Audio] = []
-    live = LiveSession(StreamConverter(engine, engine.prepare_voice(np.zeros(10), RATE), RATE), out.append)
+    scheduler = BlockScheduler(engine)
+    live = LiveSession(
+        StreamConverter(engine, engine.prepare_voice(np.zeros(10), RATE), RATE), out.append, scheduler
+    )
     for _ in range(6):
         live.feed(np.zeros(320, np.float32))
         time.sleep(0.01)  # chunks apart, as a media thread delivers them
@@ -96,6 +103,7 @@ def test_engine_error_is_counted_and_does_not_kill_the_worker() -> None:
     live.feed(np.zeros(320, np.float32))
     wait_until(lambda: live.snapshot().samples_out > converted, 5, "a block converted after the failure")
     live.stop()
+    scheduler.close()
     assert not live.running
 
 
@@ -120,11 +128,13 @@ def test_stop_waits_for_the_block_in_progress_before_closing_the_engine_session(
             return Slow(RATE, 0.02)
 
     engine = SlowEngine(RATE)
+    scheduler = BlockScheduler(engine)
     live = LiveSession(
-        StreamConverter(engine, engine.prepare_voice(np.zeros(10), RATE), RATE), lambda _a: None
+        StreamConverter(engine, engine.prepare_voice(np.zeros(10), RATE), RATE), lambda _a: None, scheduler
     )
     live.feed(np.zeros(320, np.float32))
     assert started.wait(5)
     live.stop(warn_after_s=0.05)
     assert events == ["process", "processed", "close"]
     assert not live.running
+    scheduler.close()

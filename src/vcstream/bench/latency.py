@@ -32,6 +32,7 @@ from vcstream.engines.base import Engine
 from vcstream.engines.registry import create_engine
 from vcstream.engines.settings import SessionSettings
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, PacketTrace, RtpOpusReceiver, RtpOpusSender
+from vcstream.streaming.scheduler import BlockScheduler
 from vcstream.transports.pacing import push_in_real_time
 from vcstream.transports.rtp_relay import RelayTaps, RtpRelay
 
@@ -240,12 +241,14 @@ def measure_rtp_latency(
     )
     receiver.start()
     relay = sender = None
+    scheduler = BlockScheduler(engine)
     try:
         relay = RtpRelay(
             engine,
             voice,
             0,
             ("127.0.0.1", receiver.port),
+            scheduler=scheduler,
             codec=codec,
             latency_ms=latency_ms,
             settings=settings,
@@ -264,6 +267,7 @@ def measure_rtp_latency(
             sender.stop()
         if relay is not None:
             relay.stop()
+        scheduler.close()
         receiver.stop()
 
     chunk = round(CHUNK_S * OPUS_RATE)

@@ -17,10 +17,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vcstream.commands.options import add_engine_options
 from vcstream.errors import ConfigurationError, InvalidAudioError
+
+if TYPE_CHECKING:
+    from vcstream.engines.base import Engine, VoiceProfile
+    from vcstream.streaming.scheduler import BlockScheduler
 
 #: how often waiting loops look at their stop conditions
 _POLL_S = 0.1
@@ -149,20 +153,39 @@ def wait_until(
 
 
 def cmd_rtp(args: argparse.Namespace) -> int:
-    from vcstream.commands.options import engine_from_args, session_settings
+    from vcstream.commands.options import engine_from_args
     from vcstream.convert import load_voice
-    from vcstream.transports.rtp_relay import RtpRelay
+    from vcstream.streaming.scheduler import BlockScheduler
 
     engine = engine_from_args(args)
     voice, notices = load_voice(engine, args.reference)
     for notice in notices:
         print(f"notice: {notice}", file=sys.stderr)
     bind, port = args.listen
+    scheduler = BlockScheduler(engine)
+    try:
+        return _relay(args, engine, voice, scheduler, bind, port)
+    finally:
+        scheduler.close()
+
+
+def _relay(
+    args: argparse.Namespace,
+    engine: Engine,
+    voice: VoiceProfile,
+    scheduler: BlockScheduler,
+    bind: str,
+    port: int,
+) -> int:
+    from vcstream.commands.options import session_settings
+    from vcstream.transports.rtp_relay import RtpRelay
+
     relay = RtpRelay(
         engine,
         voice,
         port,
         args.send,
+        scheduler=scheduler,
         codec=codec_from_args(args),
         latency_ms=args.latency,
         bind_address=bind,

@@ -171,10 +171,6 @@ class Engine(ABC):
             return f"{self.label} on the CPU ({self.device}): far slower than real time, use a GPU"
         return f"{self.label} - {self.caveat}" if self.caveat else f"{self.label} on {self.device}"
 
-    def default_max_sessions(self) -> int:
-        """Sessions one process admits when the operator sets no limit (what this engine carries)."""
-        return 8
-
 
 def check_block(block: Audio, block_size: int) -> Audio:
     """Validate a block handed to ``EngineSession.process``; returns it as contiguous float32."""

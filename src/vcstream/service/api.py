@@ -22,9 +22,17 @@ from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S
 from vcstream.errors import InvalidAudioError, VcstreamError
 from vcstream.service.db.models import MAX_NAME_CHARS
 from vcstream.service.health import STATE_KEY
-from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.keys import (
+    ADMISSION_KEY,
+    DEFAULTS_KEY,
+    ENGINE_KEY,
+    METRICS_KEY,
+    SETTINGS_KEY,
+    VOICES_KEY,
+)
 from vcstream.service.openapi import Media, build_document, error, operation, reply
 from vcstream.service.schemas import (
+    Capacity,
     ErrorBody,
     ReferenceSeconds,
     ServerInfo,
@@ -270,6 +278,7 @@ async def delete_voice(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     app = request.app
     settings, state, engine = app[SETTINGS_KEY], app[STATE_KEY], app[ENGINE_KEY]
+    admission = app[ADMISSION_KEY]
     described = engine.describe()
     return json_reply(
         ServerInfo(
@@ -279,8 +288,21 @@ async def info(request: web.Request) -> web.Response:
             device=str(described.get("device", "cpu")),
             sample_rate=engine.sample_rate,
             block_time_s=app[DEFAULTS_KEY].block_time,
-            max_sessions=state.max_sessions,
+            max_sessions=admission.places,
             active_sessions=app[METRICS_KEY].active_sessions,
+            capacity=[
+                Capacity(
+                    engine=slot.engine.name,
+                    device=slot.engine.device,
+                    role=slot.role,
+                    max_sessions=slot.places,
+                    active_sessions=slot.active,
+                    source=slot.capacity.source if slot.capacity else "unmeasured",
+                    detail=slot.capacity.detail if slot.capacity else "measured once the engine is warm",
+                    note=slot.note,
+                )
+                for slot in admission.slots
+            ],
             ready=state.not_ready_reason() is None,
             draining=state.draining,
             max_upload_bytes=settings.max_upload_bytes,

@@ -25,24 +25,34 @@ import contextlib
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
 from aiohttp import hdrs, web
 
 from vcstream.engines.base import Engine
-from vcstream.engines.settings import SessionSettings
 from vcstream.media.mainloop import Runtime
 from vcstream.service import api, health
+from vcstream.service.admission import Admission, EngineSlot
 from vcstream.service.config import ServiceSettings
-from vcstream.service.engine_loader import load_engine, loaded, warm_engine
+from vcstream.service.engine_loader import (
+    LoadedEngine,
+    load_engine,
+    load_overflow_engine,
+    loaded,
+    measure_capacity,
+    warm_engine,
+)
 from vcstream.service.health import STATE_KEY, ServiceState
 from vcstream.service.keys import (
+    ADMISSION_KEY,
     DEFAULTS_KEY,
     ENGINE_KEY,
     ENGINE_POOL,
     MEDIA_POOL,
     METRICS_KEY,
     RUNTIME_KEY,
+    SCHEDULER_KEY,
     SETTINGS_KEY,
     VOICES_DB_POOL,
     VOICES_KEY,
@@ -51,6 +61,8 @@ from vcstream.service.keys import (
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.service.openapi import Media, error, operation, reply
 from vcstream.service.voices import VoiceLibrary
+from vcstream.streaming.capacity import MEDIA_CORES_PER_SESSION, available_cores
+from vcstream.streaming.scheduler import BlockScheduler, SchedulerConfig
 
 log = logging.getLogger(__name__)
 
@@ -109,27 +121,74 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
             result = await runtime.run_blocking(ENGINE_POOL, load_engine, settings)
         else:
             result = loaded(given, settings)
+        overflow = await runtime.run_blocking(ENGINE_POOL, load_overflow_engine, settings, result.engine)
         app[ENGINE_KEY] = result.engine
         state.engine_note = result.engine_note
         state.cpu_fallback = result.cpu_fallback
-        state.max_sessions = result.max_sessions
         app[METRICS_KEY].engine_loaded(result.engine.name, result.device, result.cpu_fallback)
-        log.info("engine %s loaded; up to %d sessions", result.engine.name, result.max_sessions)
+        log.info("engine %s loaded", result.engine.name)
         app[DEFAULTS_KEY] = result.defaults
-        warming = asyncio.create_task(
-            _warm(runtime, state, result.engine, result.defaults), name="engine-warm-up"
-        )
-        yield
-        warming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await warming
+        slots = [_slot("primary", result)] + ([_slot("overflow", overflow)] if overflow else [])
+        admission = Admission(*slots)
+        app[ADMISSION_KEY] = admission
+        app[SCHEDULER_KEY] = admission.primary.scheduler
+        app[METRICS_KEY].watch_schedulers(lambda: [slot.scheduler.snapshot() for slot in admission.slots])
+        warming = asyncio.create_task(_warm(runtime, state, admission, settings), name="engine-warm-up")
+        try:
+            yield
+        finally:
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
+            for slot in admission.slots:
+                await runtime.run_blocking(ENGINE_POOL, slot.scheduler.close)
 
     return engine_context
 
 
-async def _warm(runtime: Runtime, state: ServiceState, engine: Engine, defaults: SessionSettings) -> None:
+def _slot(role: str, loaded_engine: LoadedEngine) -> EngineSlot:
+    engine = loaded_engine.engine
+    return EngineSlot(
+        role=role,
+        engine=engine,
+        scheduler=BlockScheduler(engine, SchedulerConfig.for_engine(engine)),
+        defaults=loaded_engine.defaults,
+        note=loaded_engine.engine_note,
+        cpu_fallback=loaded_engine.cpu_fallback,
+    )
+
+
+async def _warm(
+    runtime: Runtime, state: ServiceState, admission: Admission, settings: ServiceSettings
+) -> None:
+    """Warm each engine, then measure what it carries; the server is ready after both."""
     try:
-        await runtime.run_blocking(ENGINE_POOL, warm_engine, engine, defaults)
+        planned_cores = 0.0
+        for slot in admission.slots:
+            await runtime.run_blocking(ENGINE_POOL, warm_engine, slot.engine, slot.defaults)
+            primary = slot.role == "primary"
+            # the overflow engine gets the CPU the primary's sessions leave
+            cores = None if primary else max(0.0, available_cores() - planned_cores)
+            slot.capacity = await runtime.run_blocking(
+                ENGINE_POOL,
+                partial(
+                    measure_capacity,
+                    operator_sessions=settings.max_sessions if primary else None,
+                    cores=cores,
+                ),
+                slot.engine,
+                slot.defaults,
+                settings,
+                slot.scheduler.config,
+            )
+            planned_cores += slot.places * MEDIA_CORES_PER_SESSION
+            log.info(
+                "%s engine %s: %d session(s), %s",
+                slot.role,
+                slot.engine.name,
+                slot.places,
+                slot.capacity.detail,
+            )
     except Exception as exc:  # stays up, unready, and says why (on /readyz and in the log)
         log.exception("engine warm-up failed")
         state.warm_error = f"{type(exc).__name__}: {exc}"

@@ -18,6 +18,8 @@ from vcstream.engines.settings import parse_pairs
 from vcstream.errors import ConfigurationError
 
 ENGINE_CHOICES = ("auto", *ENGINE_NAMES)
+#: engines that need no GPU, for the sessions a full primary engine turns away
+OVERFLOW_ENGINES = ("world", "passthrough")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s,]+$")
 
@@ -85,8 +87,12 @@ class ServiceSettings:
       ``NAME=VALUE,...``: defaults of the engine's other session settings, e.g.
       ``diffusion_steps=8,cfg_rate=0.5``); both are checked against the engine's declared settings
       when it is loaded, and the server refuses to start on a value the engine does not take.
-      ``max_sessions`` (VCSTREAM_MAX_SESSIONS; unset = 8 on the CPU engines, 4 for Seed-VC on a GPU,
-      1 for Seed-VC on a CPU).
+      ``max_sessions`` (VCSTREAM_MAX_SESSIONS; unset = measured: the capacity file's figure when
+      ``capacity_file`` (VCSTREAM_CAPACITY_FILE, written by ``vcstream bench capacity --write``) was
+      measured for this engine and device, else a probe of the engine at start-up).
+      ``overflow_engine`` (VCSTREAM_OVERFLOW_ENGINE, world or passthrough; unset = none): once the
+      engine is full, new sessions run on this CPU engine instead of being refused (the page and
+      /api/info say so).
     Storage:
       ``data_dir`` (VCSTREAM_DATA_DIR, ./var). ``database_url`` (VCSTREAM_DATABASE_URL, an SQLAlchemy
       URL; unset = SQLite file ``<data_dir>/vcstream.db``; e.g. ``postgresql+psycopg://...`` for
@@ -148,7 +154,19 @@ class ServiceSettings:
     max_sessions: int | None = field(
         default=None,
         metadata=_meta(
-            "VCSTREAM_MAX_SESSIONS", optional_int, "concurrent sessions (default: 8 CPU, 4 Seed-VC GPU)"
+            "VCSTREAM_MAX_SESSIONS", optional_int, "concurrent sessions (default: measured at start-up)"
+        ),
+    )
+    capacity_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "VCSTREAM_CAPACITY_FILE", path, "sessions measured by vcstream bench capacity --write"
+        ),
+    )
+    overflow_engine: str | None = field(
+        default=None,
+        metadata=_meta(
+            "VCSTREAM_OVERFLOW_ENGINE", optional_text, "CPU engine for sessions once the engine is full"
         ),
     )
     data_dir: Path = field(
@@ -200,7 +218,7 @@ class ServiceSettings:
     )
 
     def __post_init__(self) -> None:
-        for name in ("tls_cert", "tls_key", "model_cache", "data_dir", "voices_dir"):
+        for name in ("tls_cert", "tls_key", "model_cache", "data_dir", "voices_dir", "capacity_file"):
             value = getattr(self, name)
             if isinstance(value, str):  # built directly with strings: keep the declared types
                 object.__setattr__(self, name, Path(value))
@@ -219,6 +237,9 @@ class ServiceSettings:
             found.append("tls_cert and tls_key go together")
         if self.max_sessions is not None and self.max_sessions < 1:
             found.append(f"max_sessions must be at least 1, got {self.max_sessions}")
+        if self.overflow_engine is not None and self.overflow_engine not in OVERFLOW_ENGINES:
+            choices = ", ".join(OVERFLOW_ENGINES)
+            found.append(f"overflow_engine {self.overflow_engine!r} is not one of {choices}")
         if self.max_upload_bytes < 1024:
             found.append(f"max_upload_bytes {self.max_upload_bytes} is below 1 KiB")
         if self.webrtc_latency_ms < 0:

@@ -23,6 +23,8 @@ from vcstream.engines.base import Engine
 from vcstream.engines.registry import AUTO_FALLBACK, AUTO_PREFERRED, EngineOptions, create_engine, obstacles
 from vcstream.engines.settings import SessionSettings, SettingsError
 from vcstream.service.config import ServiceSettings
+from vcstream.streaming.capacity import Capacity, load_capacity_file, probe
+from vcstream.streaming.scheduler import SchedulerConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ class LoadedEngine:
     engine_note: str
     #: the CPU engine stands in for Seed-VC (no GPU or no weights)
     cpu_fallback: bool
-    max_sessions: int
     #: the engine's session settings with the operator's defaults (VCSTREAM_BLOCK_TIME...) applied
     defaults: SessionSettings
 
@@ -63,7 +64,6 @@ def loaded(
         engine=engine,
         engine_note=note or _chosen_note(engine),
         cpu_fallback=cpu_fallback,
-        max_sessions=settings.max_sessions or engine.default_max_sessions(),
         defaults=engine.defaults.updated(settings.session_overrides()),
     )
 
@@ -92,6 +92,45 @@ def load_engine(settings: ServiceSettings) -> LoadedEngine:
     result = loaded(engine, settings, _fallback_note(engine, reasons), cpu_fallback=True)
     log.warning(result.engine_note)
     return result
+
+
+def load_overflow_engine(settings: ServiceSettings, primary: Engine) -> LoadedEngine | None:
+    """The CPU engine that takes new sessions once the primary is full (``overflow_engine``), or
+    None. Only the block time of the operator's defaults carries over (other settings are the
+    primary engine's own)."""
+    name = settings.overflow_engine
+    if name is None or name == primary.name:
+        return None
+    engine = create_engine(name, EngineOptions(device="cpu", allow_download=False))
+    defaults = engine.defaults
+    if settings.block_time is not None:
+        defaults = defaults.updated({"block_time": settings.block_time})
+    note = f"{engine.label}: the {primary.label} places are all taken, so this call runs on the CPU"
+    if engine.caveat:
+        note += f" - {engine.caveat}"
+    return LoadedEngine(engine=engine, engine_note=note, cpu_fallback=True, defaults=defaults)
+
+
+def measure_capacity(
+    engine: Engine,
+    defaults: SessionSettings,
+    settings: ServiceSettings,
+    config: SchedulerConfig,
+    *,
+    operator_sessions: int | None = None,
+    cores: float | None = None,
+) -> Capacity:
+    """The sessions this engine takes: the operator's figure, else the capacity file's when it was
+    measured for this engine and device, else a probe of the engine (blocking, seconds)."""
+    block_s = float(getattr(defaults, "block_time", 0.0))
+    if operator_sessions is not None:
+        detail = "set by the operator (VCSTREAM_MAX_SESSIONS)"
+        return Capacity(operator_sessions, "operator", engine.name, engine.device, block_s, detail=detail)
+    if settings.capacity_file is not None:
+        from_file = load_capacity_file(settings.capacity_file, engine)
+        if from_file is not None:
+            return from_file
+    return probe(engine, warmup_reference(engine.sample_rate, seconds=4.0), defaults, config, cores=cores)
 
 
 def warmup_reference(sample_rate: int, seconds: float = 2.0) -> Audio:

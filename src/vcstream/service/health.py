@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from vcstream.service.keys import METRICS_KEY
+from vcstream.service.keys import ADMISSION_KEY
 from vcstream.service.openapi import error, operation, reply
 from vcstream.service.schemas import Alive, ErrorBody, Ready, json_reply
 
@@ -25,8 +25,6 @@ class ServiceState:
     engine_note: str = ""
     #: the CPU engine runs because Seed-VC could not (no GPU or no weights)
     cpu_fallback: bool = False
-    #: sessions admitted at once (the settings' value or the engine's default)
-    max_sessions: int = 1
     #: one block went through a session of the loaded engine
     warm: bool = False
     #: why warm-up failed, if it did (the server then stays unready)
@@ -50,16 +48,16 @@ STATE_KEY: web.AppKey[ServiceState] = web.AppKey("state", ServiceState)
 def session_refusal(app: web.Application) -> tuple[str, str] | None:
     """Why a new session must be refused right now, as (reason word for ``session_failed``, message),
     or None when it may start. Call ``ServiceMetrics.session_started`` right after a None, with no
-    ``await`` in between, so that two concurrent requests cannot both take the last place."""
+    ``await`` in between. A None only says a place is free now: ``Admission.take`` claims it."""
     state = app[STATE_KEY]
     if state.draining:
         return "draining", "the server is shutting down; try again shortly"
     reason = state.not_ready_reason()
     if reason is not None:
         return "not_ready", reason
-    active = app[METRICS_KEY].active_sessions
-    if active >= state.max_sessions:
-        return "full", f"all {state.max_sessions} session places are taken; try again later"
+    admission = app[ADMISSION_KEY]
+    if admission.choose() is None:
+        return "full", f"all {admission.places} session places are taken; try again later"
     return None
 
 

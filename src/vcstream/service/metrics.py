@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,6 +19,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from vcstream.service.scheduler_metrics import SchedulerCollector
+from vcstream.streaming.scheduler import SchedulerStats
 
 #: seconds per block of inference: blocks are 20-300 ms, real time means below the block length
 INFERENCE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
@@ -132,6 +136,10 @@ class ServiceMetrics:
     def engine_loaded(self, engine: str, device: str, cpu_fallback: bool) -> None:
         self._engine.clear()
         self._engine.labels(engine=engine, device=device, cpu_fallback=str(int(cpu_fallback))).set(1)
+
+    def watch_schedulers(self, snapshots: Callable[[], Sequence[SchedulerStats]]) -> None:
+        """Export the block schedulers' figures (read at each scrape)."""
+        self.registry.register(SchedulerCollector(snapshots))
 
     def render(self) -> bytes:
         """The exposition text for /metrics (send with ``content_type``)."""

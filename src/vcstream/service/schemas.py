@@ -131,6 +131,19 @@ class ReferenceSeconds(Body):
     max: float = Field(description="seconds kept of a longer reference")
 
 
+class Capacity(Body):
+    """Sessions an engine takes at once, and how that figure was reached."""
+
+    engine: str
+    device: str
+    role: str = Field(description="primary, or overflow: takes new sessions once the primary is full")
+    max_sessions: int
+    active_sessions: int
+    source: str = Field(description="probe (measured at start-up), file (vcstream bench capacity), operator")
+    detail: str = Field(description="what bounds it, in words")
+    note: str = Field(description="what people are told about a call on this engine")
+
+
 class ServerInfo(Body):
     """Engine in use, capacity and upload limits."""
 
@@ -140,8 +153,9 @@ class ServerInfo(Body):
     device: str
     sample_rate: int
     block_time_s: float = Field(description="seconds of audio per block that new sessions get by default")
-    max_sessions: int
+    max_sessions: int = Field(description="places on every engine together (0 until measured)")
     active_sessions: int
+    capacity: list[Capacity] = Field(description="per engine: the primary, then any overflow engine")
     ready: bool
     draining: bool
     max_upload_bytes: int

@@ -322,31 +322,33 @@ class VoiceLibrary:
 
     # -- engine features --------------------------------------------------------------------------
 
-    async def profile(self, voice_id: str) -> VoiceProfile:
-        """The engine's features for a voice, computed once (in a worker thread) and cached per
-        (voice, engine); concurrent calls for one voice share one computation. Raises
-        VoiceNotFoundError if the voice is not (or no longer) in the library."""
+    async def profile(self, voice_id: str, engine: Engine | None = None) -> VoiceProfile:
+        """An engine's features for a voice (default: the library's engine; another one is the
+        overflow engine of a full server), computed once (in a worker thread) and cached per (voice,
+        engine); concurrent calls for one voice share one computation. Raises VoiceNotFoundError if
+        the voice is not (or no longer) in the library."""
         # the row is checked on every call: another instance sharing the database may have deleted it
         record = await self._in(VOICES_DB_POOL, self._record, voice_id)
-        key = (voice_id, self.engine.name)
+        engine = engine or self.engine
+        key = (voice_id, engine.name)
         cached = self._profiles.get(key)
         if cached is not None:
             return cached
         pending = self._computing.get(key)
         if pending is None:
-            pending = self._in(VOICES_WORK_POOL, self._compute_profile, record)
+            pending = self._in(VOICES_WORK_POOL, self._compute_profile, record, engine)
             self._computing[key] = pending
             pending.add_done_callback(partial(self._profile_done, key))
         # shielded: one caller giving up must not cancel the computation the others wait for
         return await asyncio.shield(pending)
 
-    def _compute_profile(self, record: VoiceRecord) -> VoiceProfile:
+    def _compute_profile(self, record: VoiceRecord, engine: Engine) -> VoiceProfile:
         path = self._file(record)
         if not path.is_file():
             log.error("recording of voice %s is missing: %s", record.id, path)
             raise VoiceNotFoundError(f"the recording of voice {record.id!r} is missing on the server")
         samples = decode_file(path, record.sample_rate)
-        return self.engine.prepare_voice(samples, record.sample_rate)
+        return engine.prepare_voice(samples, record.sample_rate)
 
     def _profile_done(self, key: tuple[str, str], future: asyncio.Future[VoiceProfile]) -> None:
         if self._computing.get(key) is not future:

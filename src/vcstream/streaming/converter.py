@@ -47,6 +47,8 @@ class StreamConverter:
         self.engine = engine
         self._on_block = on_block  # e.g. a metrics histogram: called with each block's inference seconds
         self.io_rate = io_rate
+        #: the settings the session was opened with (None: the engine's defaults)
+        self.settings = settings
         self.session = engine.open_session(voice, settings)
         self._to_engine = make_resampler(io_rate, engine.sample_rate)
         self._from_engine = make_resampler(engine.sample_rate, io_rate)
@@ -73,22 +75,40 @@ class StreamConverter:
         )
         return (self.session.block_size + self.session.latency_samples) / engine_rate + held
 
-    def push(self, chunk: Audio) -> Audio:
-        chunk = np.asarray(chunk, dtype=np.float32)
-        self._pending = np.concatenate([self._pending, self._to_engine.process(chunk)])
+    # -- the three steps a live session takes one at a time --------------------------------------
+
+    def accept(self, chunk: Audio) -> None:
+        """Input at ``io_rate``, resampled to the engine's rate and held until a block is whole."""
+        resampled = self._to_engine.process(np.asarray(chunk, dtype=np.float32))
+        self._pending = np.concatenate([self._pending, resampled])
+
+    def take_block(self) -> Audio | None:
+        """The oldest whole block of input at the engine's rate, or None."""
         block = self.session.block_size
-        converted = []
-        while self._pending.shape[0] >= block:
-            start = time.perf_counter()
-            converted.append(self.session.process(self._pending[:block]))
-            elapsed = time.perf_counter() - start
-            self.stats.inference_s.append(elapsed)
-            self.stats.blocks += 1
+        if self._pending.shape[0] < block:
+            return None
+        taken, self._pending = self._pending[:block], self._pending[block:]
+        return taken
+
+    def deliver(self, block: Audio, inference_s: float | None) -> Audio:
+        """A converted block (or its concealment, ``inference_s`` None) back at ``io_rate``."""
+        if inference_s is not None:
+            self.stats.inference_s.append(inference_s)
             if self._on_block is not None:
-                self._on_block(elapsed)
-            self._pending = self._pending[block:]
-        out = self._from_engine.process(np.concatenate(converted)) if converted else np.zeros(0, np.float32)
-        return out
+                self._on_block(inference_s)
+        self.stats.blocks += 1
+        return self._from_engine.process(block)
+
+    # -- all at once, on the caller's thread (file conversion, benchmarks) -------------------------
+
+    def push(self, chunk: Audio) -> Audio:
+        self.accept(chunk)
+        converted = []
+        while (block := self.take_block()) is not None:
+            start = time.perf_counter()
+            out = self.session.process(block)
+            converted.append(self.deliver(out, time.perf_counter() - start))
+        return np.concatenate(converted) if converted else np.zeros(0, np.float32)
 
     def set_voice(self, voice: VoiceProfile) -> None:
         self.session.set_voice(voice)

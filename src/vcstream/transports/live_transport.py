@@ -10,8 +10,9 @@ frame ends (for block times that are multiples of the frame size). When the inpu
 block in progress is completed with silence (``flush``) so the end of what was said goes out at once.
 
 Threads: ``feed`` and ``flush`` run on the input's media thread and never wait on inference;
-``_deliver`` runs on the session's worker thread; ``set_voice``, ``reopen`` and ``close_session``
-block briefly (engine session setup, a worker join) and belong on a worker or control thread.
+``_deliver`` runs on a worker of the engine's ``BlockScheduler``; ``set_voice``, ``reopen`` and
+``close_session`` block briefly (engine session setup, waiting for a block in progress) and belong on
+a worker or control thread.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.engines.settings import SessionSettings
 from vcstream.streaming.converter import StreamConverter
 from vcstream.streaming.live import LiveSession, LiveStats
+from vcstream.streaming.scheduler import BlockScheduler
 
 
 def input_lead_samples(converter: StreamConverter) -> int:
@@ -77,7 +79,7 @@ class _Stream:
 class LiveTransport(ABC):
     """A ``LiveSession`` at ``io_rate`` whose output is framed to ``frame_samples`` and handed to
     ``_deliver`` (a subclass sends it). Subclasses feed their input to ``feed`` and call
-    ``close_session`` after stopping their input."""
+    ``close_session`` after stopping their input. ``scheduler`` runs the blocks (the engine's)."""
 
     def __init__(
         self,
@@ -85,13 +87,17 @@ class LiveTransport(ABC):
         voice: VoiceProfile,
         settings: SessionSettings | None,
         *,
+        scheduler: BlockScheduler,
         io_rate: int,
         frame_samples: int,
         name: str,
         max_backlog_s: float | None = None,
         on_block: Callable[[float], None] | None = None,
     ) -> None:
+        if scheduler.engine is not engine:
+            raise ValueError("the scheduler runs another engine")
         self.engine = engine
+        self.scheduler = scheduler
         self.voice = voice
         self.io_rate = io_rate
         self.frame_samples = frame_samples
@@ -100,7 +106,7 @@ class LiveTransport(ABC):
         self._on_block = on_block
         #: serialises swapping the session (voice, settings) against closing
         self._lock = threading.Lock()
-        #: closed: no more reopen or statistics; stopped: the session's worker was stopped
+        #: closed: no more reopen or statistics; stopped: the live session was stopped
         self._closed = self._stopped = False
         self.flushes = 0
         self._stream = self._open(settings)
@@ -108,7 +114,7 @@ class LiveTransport(ABC):
         self.settings = settings
 
     def _open(self, settings: SessionSettings | None) -> _Stream:
-        """A new engine session and worker, primed with its input look-ahead."""
+        """A new engine session, primed with its input look-ahead."""
         converter = StreamConverter(self.engine, self.voice, self.io_rate, settings, on_block=self._on_block)
         try:
             framing = _Framing(self.frame_samples, input_lead_samples(converter))
@@ -118,6 +124,7 @@ class LiveTransport(ABC):
         session = LiveSession(
             converter,
             partial(self._framed, framing),
+            self.scheduler,
             max_backlog_s=self._max_backlog_s,
             name=self._name,
         )
@@ -176,12 +183,12 @@ class LiveTransport(ABC):
         self.flushes += 1
 
     def _framed(self, framing: _Framing, samples: Audio) -> None:
-        """Session worker thread: frame, then deliver."""
+        """Scheduler worker: frame, then deliver."""
         self._deliver(framing.align_first(samples))
 
     @abstractmethod
     def _deliver(self, samples: Audio) -> None:
-        """Send converted audio (session worker thread; must not block)."""
+        """Send converted audio (a scheduler worker; must not block)."""
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -192,7 +199,7 @@ class LiveTransport(ABC):
             self._stream.session.set_voice(voice)
 
     def reopen(self, settings: SessionSettings) -> None:
-        """New engine settings: a new engine session and worker, same media (no renegotiation)."""
+        """New engine settings: a new engine session, same media (no renegotiation)."""
         with self._lock:
             if self._closed:
                 return
@@ -201,7 +208,7 @@ class LiveTransport(ABC):
         old.session.stop()
 
     def close_session(self) -> None:
-        """Stop the worker (after its current block) and close the engine session (idempotent)."""
+        """Stop the session (after its block in progress) and close the engine session (idempotent)."""
         with self._lock:
             self._closed = True
             if self._stopped:

@@ -4,9 +4,9 @@ Threads and queues, from the network to the network:
 
 1. the receiver's jitter-buffer thread decodes a packet and calls ``LiveSession.feed`` (a bounded
    backlog: append and notify, never a wait on inference);
-2. the session's worker thread runs the engine block by block; when it falls behind, the oldest
-   input beyond ``max_backlog_s`` is dropped and counted (``LiveSession``'s policy), so the delay a
-   listener hears stays bounded;
+2. the engine's ``BlockScheduler`` runs the session's blocks (with any other session's); when it
+   falls behind, blocks past their deadline are concealed and input beyond ``max_backlog_s`` is
+   dropped, both counted (``LiveSession``'s policy), so the delay a listener hears stays bounded;
 3. converted audio goes to the sender's appsrc (non-blocking, itself bounded), which encodes and
    sends on GStreamer's threads.
 
@@ -26,6 +26,7 @@ from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.engines.settings import SessionSettings
 from vcstream.media.rtp import OPUS_RATE, OpusCodecSettings, RtpOpusReceiver, RtpOpusSender
+from vcstream.streaming.scheduler import BlockScheduler
 from vcstream.transports.live_transport import LiveTransport
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RelayTaps:
     """Observers of the audio at the relay's two boundaries (benchmarks and tests), called on the
-    receiving streaming thread and on the session's worker thread respectively."""
+    receiving streaming thread and on a scheduler worker respectively."""
 
     on_input: Callable[[Audio], None] | None = None
     on_output: Callable[[Audio], None] | None = None
@@ -42,7 +43,8 @@ class RelayTaps:
 
 class RtpRelay(LiveTransport):
     """Receives Opus/RTP on ``listen_port``, converts it with one engine session and sends Opus/RTP to
-    ``destination`` (host, port). ``listen_port`` 0 takes a free port: read ``port``."""
+    ``destination`` (host, port). ``listen_port`` 0 takes a free port: read ``port``. Its blocks run
+    on ``scheduler`` (the engine's, shared with other sessions; the caller closes it)."""
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class RtpRelay(LiveTransport):
         listen_port: int,
         destination: tuple[str, int],
         *,
+        scheduler: BlockScheduler,
         codec: OpusCodecSettings | None = None,
         latency_ms: int = 60,
         bind_address: str = "0.0.0.0",
@@ -67,6 +70,7 @@ class RtpRelay(LiveTransport):
             engine,
             voice,
             settings,
+            scheduler=scheduler,
             io_rate=OPUS_RATE,
             frame_samples=self.codec.frame_samples,
             name="relay",
@@ -155,7 +159,7 @@ class RtpRelay(LiveTransport):
         self.feed(samples)
 
     def _deliver(self, samples: Audio) -> None:
-        """Session worker thread: the appsrc push does not block."""
+        """Scheduler worker: the appsrc push does not block."""
         if self._taps.on_output is not None:
             self._taps.on_output(samples)
         self.sender.push(samples)

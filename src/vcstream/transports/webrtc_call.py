@@ -4,8 +4,9 @@ and back out on the same peer.
 Knows nothing of WebSockets: what the peer reports (its description, ICE candidates, states,
 failures) is handed through ``to_loop`` to a ``CallEvents`` (the server: a signalling connection on
 the asyncio loop). Built and closed on a worker thread (``open``/``close`` block). The peer's
-listener methods run on GStreamer threads: received audio is fed to the live session there, and the
-session's worker pushes converted audio into the peer's appsrc; neither waits on inference.
+listener methods run on GStreamer threads: received audio is fed to the live session there, and a
+worker of the engine's block scheduler pushes converted audio into the peer's appsrc; neither waits
+on inference.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.engines.settings import SessionSettings
 from vcstream.media.webrtc import OPUS_RATE, PeerConfig, PeerStats, WebRtcPeer
 from vcstream.streaming.live import LiveSession, LiveStats
+from vcstream.streaming.scheduler import BlockScheduler
 from vcstream.transports.live_transport import LiveTransport
 
 __all__ = ["Call", "CallEvents"]
@@ -51,6 +53,7 @@ class Call(LiveTransport):
         to_loop: Callable[..., None],
         events: CallEvents,
         *,
+        scheduler: BlockScheduler,
         on_block: Callable[[float], None] | None = None,
         started: float | None = None,
     ) -> None:
@@ -66,6 +69,7 @@ class Call(LiveTransport):
             engine,
             voice,
             settings,
+            scheduler=scheduler,
             io_rate=OPUS_RATE,
             frame_samples=_FRAME_SAMPLES,
             name=name,
@@ -83,11 +87,22 @@ class Call(LiveTransport):
         events: CallEvents,
         peer_config: PeerConfig,
         *,
+        scheduler: BlockScheduler,
         on_block: Callable[[float], None] | None = None,
         started: float | None = None,
     ) -> Call:
         """Open the engine session and the peer (blocking)."""
-        call = cls(name, engine, voice, settings, to_loop, events, on_block=on_block, started=started)
+        call = cls(
+            name,
+            engine,
+            voice,
+            settings,
+            to_loop,
+            events,
+            scheduler=scheduler,
+            on_block=on_block,
+            started=started,
+        )
         try:
             call.peer = WebRtcPeer(call, peer_config, name=name)
         except BaseException:
@@ -121,7 +136,7 @@ class Call(LiveTransport):
     def on_error(self, kind: str, message: str) -> None:
         self._to_loop(self._events.on_peer_error, kind, message)
 
-    # -- LiveSession output (its worker thread) ---------------------------------------------------
+    # -- LiveSession output (a scheduler worker) ---------------------------------------------------
 
     def _deliver(self, samples: Audio) -> None:
         peer = self.peer
@@ -137,7 +152,7 @@ class Call(LiveTransport):
         return live, stats, peer.stats(stats_timeout_s) if peer is not None else PeerStats()
 
     def close(self) -> None:
-        """Stop media first (no more input), then the worker and engine session."""
+        """Stop media first (no more input), then the live session and engine session."""
         with self._lock:
             self._closed = True  # no reopen from here on
             peer, self.peer = self.peer, None

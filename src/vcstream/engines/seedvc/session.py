@@ -300,10 +300,6 @@ class SeedVCEngine(Engine):
     def torch_device(self) -> torch.device:
         return self.models.device
 
-    def default_max_sessions(self) -> int:
-        # a GPU carries a few batched streams; on a CPU one stream is already slower than real time
-        return 4 if self.on_gpu else 1
-
     # -- voices ---------------------------------------------------------------------------------
 
     def prepare_voice(self, reference: Audio, sample_rate: int) -> VoiceProfile:

@@ -19,9 +19,16 @@ from vcstream.engines.base import VoiceProfile
 from vcstream.engines.settings import SessionSettings
 from vcstream.errors import VcstreamError
 from vcstream.media.webrtc import InvalidSdpError, opus_payload_type
-from vcstream.service.health import STATE_KEY, session_refusal
+from vcstream.service.admission import EngineSlot
+from vcstream.service.health import session_refusal
 from vcstream.service.ice import ice_servers
-from vcstream.service.keys import DEFAULTS_KEY, ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, VOICES_KEY
+from vcstream.service.keys import (
+    ADMISSION_KEY,
+    DEFAULTS_KEY,
+    METRICS_KEY,
+    SETTINGS_KEY,
+    VOICES_KEY,
+)
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.service.signalling.protocol import (
     MAX_MESSAGE_BYTES,
@@ -55,6 +62,8 @@ CONNECT_TIMEOUT_S = 20.0
 DISCONNECTED_GRACE_S = 8.0
 #: messages waiting for a client that does not read; beyond this it is disconnected
 OUTBOX_LIMIT = 256
+#: the retry hint sent with server_full: about the time it takes a call to end somewhere
+RETRY_FULL_S = 15.0
 #: message rate allowed per connection: a steady rate and a burst (token bucket)
 RATE_PER_S, RATE_BURST = 50.0, 200.0
 
@@ -79,12 +88,16 @@ class Connection:
         self._opening: asyncio.Future[Call] | None = None
         self.voice_id: str | None = None
         self.settings: SessionSettings = app[DEFAULTS_KEY]
+        #: the engine this connection's call runs on, chosen at hello (the overflow engine when the
+        #: primary is full); its place is taken at the offer
+        self.slot: EngineSlot | None = None
         self._outbox: asyncio.Queue[dict[str, Any] | _Close] = asyncio.Queue()
         self._closing = False
         self._tokens = RATE_BURST
         self._tokens_at = time.monotonic()
         self._remote_candidates = 0
-        self._started_session = False
+        #: the slot whose place this connection's call holds (given back when the call ends)
+        self._held: EngineSlot | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._disconnected: asyncio.TimerHandle | None = None
         self._connect_timer: asyncio.TimerHandle | None = None
@@ -114,8 +127,11 @@ class Connection:
             return
         self._outbox.put_nowait({"v": PROTOCOL_VERSION, "type": kind, **fields})
 
-    def send_error(self, code: str, message: str, *, fatal: bool = False) -> None:
-        self.send("error", code=code, message=message, fatal=fatal)
+    def send_error(
+        self, code: str, message: str, *, fatal: bool = False, retry_after_s: float | None = None
+    ) -> None:
+        hint = {} if retry_after_s is None else {"retry_after_s": retry_after_s}
+        self.send("error", code=code, message=message, fatal=fatal, **hint)
         if fatal:
             self.close(1008 if code not in ("internal_error", "media_error") else 1011, code)
 
@@ -204,12 +220,21 @@ class Connection:
             kind, data = parse_message(text)
             await self._handlers[kind](data)
         except SignallingError as exc:
-            self.send_error(exc.code, exc.message, fatal=exc.fatal)
+            self.send_error(exc.code, exc.message, fatal=exc.fatal, retry_after_s=exc.retry_after_s)
         except Exception:
             log.exception("connection %s: handling %r failed", self.id, kind)
             self.send_error("internal_error", "the server could not handle this message (logged)", fatal=True)
 
     # -- handlers ---------------------------------------------------------------------------------
+
+    def _full(self) -> SignallingError:
+        self.metrics.session_failed("full")
+        return SignallingError(
+            "server_full",
+            f"all {self.app[ADMISSION_KEY].places} session places are taken; try again later",
+            fatal=True,
+            retry_after_s=RETRY_FULL_S,
+        )
 
     def _refusal(self) -> SignallingError | None:
         if self.registry.closing:
@@ -220,7 +245,8 @@ class Connection:
         reason, message = refused
         self.metrics.session_failed(reason)
         code = {"full": "server_full", "draining": "server_draining"}.get(reason, "server_not_ready")
-        return SignallingError(code, message, fatal=True)
+        retry = RETRY_FULL_S if reason == "full" else None
+        return SignallingError(code, message, fatal=True, retry_after_s=retry)
 
     async def _hello(self, data: dict[str, Any]) -> None:
         if self.state != "new":
@@ -229,8 +255,12 @@ class Connection:
         if refusal is not None:
             raise refusal
         app = self.app
-        settings, state, engine = app[SETTINGS_KEY], app[STATE_KEY], app[ENGINE_KEY]
+        slot = app[ADMISSION_KEY].choose()
+        if slot is None:  # taken since the refusal check
+            raise self._full()
+        settings, engine = app[SETTINGS_KEY], slot.engine
         voices = await app[VOICES_KEY].list()
+        self.slot, self.settings = slot, slot.defaults
         self.state = "ready"
         self.send(
             "ready",
@@ -238,8 +268,9 @@ class Connection:
             ice_servers=ice_servers(settings, f"vcstream-{self.id}").for_browser(),
             engine={
                 "name": engine.name,
-                "note": state.engine_note,
-                "cpu_fallback": state.cpu_fallback,
+                "note": slot.note,
+                "cpu_fallback": slot.cpu_fallback,
+                "overflow": slot.role == "overflow",
                 "device": str(engine.describe().get("device", "cpu")),
                 "sample_rate": engine.sample_rate,
             },
@@ -256,7 +287,8 @@ class Connection:
         library = self.app[VOICES_KEY]
         try:
             info = await library.get(voice_id)
-            return info.name, await library.profile(voice_id)
+            engine = self.slot.engine if self.slot is not None else None
+            return info.name, await library.profile(voice_id, engine)
         except VoiceNotFoundError as exc:
             raise SignallingError("voice_not_found", str(exc)) from exc
         except VcstreamError as exc:
@@ -283,12 +315,15 @@ class Connection:
         refusal = self._refusal()
         if refusal is not None:
             raise refusal
-        # no await between the admission check and counting the session (health.session_refusal)
+        slot = self.slot
+        assert slot is not None  # set by hello
+        if not self.app[ADMISSION_KEY].take(slot):
+            raise self._full()
+        self._held = slot
         self.metrics.session_started()
-        self._started_session = True
         self.state = "calling"
         self.voice_id, self.settings = str(voice_id), settings
-        registry, app = self.registry, self.app
+        registry = self.registry
         config = registry.peer_config(self.id)
         try:
             self._opening = asyncio.ensure_future(
@@ -296,12 +331,13 @@ class Connection:
                     partial(
                         Call.open,
                         f"session-{self.id}",
-                        app[ENGINE_KEY],
+                        slot.engine,
                         profile,
                         settings,
                         registry.to_loop,
                         self,
                         config,
+                        scheduler=slot.scheduler,
                         on_block=self.metrics.observe_inference,
                         started=offered_at,
                     )
@@ -460,7 +496,7 @@ class Connection:
         """Hand the call (or the one being opened) to the registry to close; None if there is none."""
         target: Call | asyncio.Future[Call] | None = self.call or self._opening
         self.call, self._opening = None, None
-        started, self._started_session = self._started_session, False
-        if target is None and not started:
+        held, self._held = self._held, None
+        if target is None and held is None:
             return None
-        return self.registry.retire(self.id, target, started)
+        return self.registry.retire(self.id, target, held)

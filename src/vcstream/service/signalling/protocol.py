@@ -99,9 +99,13 @@ CLIENT_MESSAGE_TYPES = frozenset({"hello", "offer", "ice", "voice", "settings", 
 class SignallingError(VcstreamError):
     """A message that cannot be acted on; becomes an ``error`` reply (and a close when fatal)."""
 
-    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+    def __init__(
+        self, code: str, message: str, *, fatal: bool = False, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.message, self.fatal = code, message, fatal
+        #: when to try again (sent with the error): a full server's places free up as calls end
+        self.retry_after_s = retry_after_s
 
 
 # -- messages ---------------------------------------------------------------------------------------

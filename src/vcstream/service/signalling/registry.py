@@ -21,8 +21,16 @@ from aiohttp import web
 from vcstream.errors import VcstreamError
 from vcstream.media.mainloop import RuntimeClosedError
 from vcstream.media.webrtc import PeerConfig, prepare
+from vcstream.service.admission import EngineSlot
 from vcstream.service.ice import ice_servers
-from vcstream.service.keys import MEDIA_POOL, METRICS_KEY, RUNTIME_KEY, SESSIONS_KEY, SETTINGS_KEY
+from vcstream.service.keys import (
+    ADMISSION_KEY,
+    MEDIA_POOL,
+    METRICS_KEY,
+    RUNTIME_KEY,
+    SESSIONS_KEY,
+    SETTINGS_KEY,
+)
 from vcstream.service.openapi import error, operation, reply
 from vcstream.service.signalling.connection import Connection
 from vcstream.service.signalling.protocol import FRAME_LIMIT, PROTOCOL_DESCRIPTION, SignallingError
@@ -86,17 +94,18 @@ class SessionRegistry:
             await asyncio.wait(list(self._retiring), timeout=_SHUTDOWN_WAIT_S)
 
     def retire(
-        self, connection_id: str, target: Call | asyncio.Future[Call] | None, started: bool
+        self, connection_id: str, target: Call | asyncio.Future[Call] | None, held: EngineSlot | None
     ) -> asyncio.Task[None]:
-        """Close a call on a task of the registry's own (a cancelled handler cannot interrupt it) and
-        count the session as ended."""
-        task = asyncio.get_running_loop().create_task(self._close_call(connection_id, target, started))
+        """Close a call on a task of the registry's own (a cancelled handler cannot interrupt it),
+        count the session as ended and give its place back on ``held`` (after the call is closed,
+        so the engine never runs more sessions than its places)."""
+        task = asyncio.get_running_loop().create_task(self._close_call(connection_id, target, held))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return task
 
     async def _close_call(
-        self, connection_id: str, target: Call | asyncio.Future[Call] | None, started: bool
+        self, connection_id: str, target: Call | asyncio.Future[Call] | None, held: EngineSlot | None
     ) -> None:
         try:
             call = target
@@ -110,7 +119,8 @@ class SessionRegistry:
         except Exception:
             log.exception("connection %s: closing the session failed", connection_id)
         finally:
-            if started:
+            if held is not None:
+                self._app[ADMISSION_KEY].release(held)
                 self._app[METRICS_KEY].session_ended()
                 log.info("connection %s: session ended", connection_id)
 

@@ -422,10 +422,12 @@ async function resumeCallWhenReady() {
 function showEngine(engine) {
   if (!engine) return;
   ui.banner.hidden = !engine.cpu_fallback && engine.name !== "passthrough";
-  ui.banner.dataset.kind = engine.cpu_fallback ? "cpu" : engine.name;
-  ui.banner.textContent = engine.cpu_fallback
-    ? `Running on the CPU: ${engine.note}. Conversion works, with lower quality than on a GPU.`
-    : engine.note;
+  ui.banner.dataset.kind = engine.overflow ? "overflow" : engine.cpu_fallback ? "cpu" : engine.name;
+  ui.banner.textContent = engine.overflow
+    ? `The GPU is busy, so this call runs on the CPU: ${engine.note}.`
+    : engine.cpu_fallback
+      ? `Running on the CPU: ${engine.note}. Conversion works, with lower quality than on a GPU.`
+      : engine.note;
 }
 
 // -- the call --------------------------------------------------------------------------------------
