@@ -19,6 +19,6 @@ class Registrar(Protocol):
 
 def registrars() -> list[Registrar]:
     # One import per feature module; add yours here.
-    from vcstream.commands import db, rtp, serve
+    from vcstream.commands import capacity, db, rtp, serve
 
-    return [serve.register, db.register, rtp.register]
+    return [serve.register, db.register, rtp.register, capacity.register]

@@ -210,6 +210,7 @@ class LiveSession:
             deadline=self._held_arrival + self._due_s,
             audio_s=self._block_s,
             must_run=self._skipped_last,
+            ready_at=self._held_arrival,
         )
         self._in_flight = job
         return job

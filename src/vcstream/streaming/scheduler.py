@@ -17,6 +17,7 @@ session's failure reaches only that session: a failed batch is re-run request by
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -24,6 +25,8 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from vcstream.engines.base import Engine, EngineSession
 
@@ -92,6 +95,8 @@ class BlockJob:
     audio_s: float
     #: run even if late: the session's previous block was skipped
     must_run: bool = False
+    #: when the block's last input sample arrived (``time.monotonic()``; default: when queued)
+    ready_at: float | None = None
     key: Hashable = None
     queued: float = field(default_factory=time.monotonic)
 
@@ -110,6 +115,8 @@ class SchedulerCounters:
     busy_s: float = 0.0
     audio_s: float = 0.0
     largest_batch: int = 0
+    #: the latest run blocks' response times (input complete -> result), seconds
+    response_s: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=4096))
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,9 @@ class SchedulerStats:
     audio_s: float
     mean_batch: float
     largest_batch: int
+    #: response time of recent run blocks (input complete -> result): median, 95th percentile (ms)
+    response_ms_p50: float | None
+    response_ms_p95: float | None
     #: in an overload episode: blocks were skipped within the last ``_RECOVERY_S`` seconds
     overloaded: bool
 
@@ -185,6 +195,7 @@ class BlockScheduler:
             c = self.counters
             queued = len(self._queue)
             overloaded = self._overload_since is not None
+            response = np.array(c.response_s) * 1000
             return SchedulerStats(
                 name=self.config.name,
                 workers=self.config.workers,
@@ -200,6 +211,8 @@ class BlockScheduler:
                 audio_s=c.audio_s,
                 mean_batch=c.blocks / c.batches if c.batches else 0.0,
                 largest_batch=c.largest_batch,
+                response_ms_p50=float(np.percentile(response, 50)) if response.size else None,
+                response_ms_p95=float(np.percentile(response, 95)) if response.size else None,
                 overloaded=overloaded,
             )
 
@@ -271,6 +284,7 @@ class BlockScheduler:
             c.busy_s += seconds
             c.audio_s += sum(j.audio_s for j in batch)
             c.largest_batch = max(c.largest_batch, len(batch))
+            c.response_s.extend(done - (j.queued if j.ready_at is None else j.ready_at) for j in batch)
             self._end_overload(done)
         for job, (result, error) in zip(batch, outcomes, strict=True):
             try:
