@@ -5,7 +5,9 @@ and /api/info, and a call on it converts. Real servers, real WebRTC calls."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +16,14 @@ import pytest
 from conftest import Speech
 from slow_engine import BatchedEngine
 from vcstream.engines.passthrough import PassthroughEngine
+from vcstream.engines.settings import SettingsError
 from vcstream.engines.world import WorldEngine
 from vcstream.errors import ConfigurationError
+from vcstream.service.call_choices import FREE, CallChoices
 from vcstream.service.keys import ADMISSION_KEY
 from vcstream.streaming.capacity import MEDIA_CORES_PER_SESSION, UTILISATION, Capacity, batch_sizes, probe
 from vcstream.streaming.scheduler import SchedulerConfig
-from webrtc_harness import client, reference_wav, serving, settled, speech_48k
+from webrtc_harness import client, receive_json, reference_wav, serving, settled, speech_48k
 
 
 def test_probe_of_a_batched_device_is_bounded_by_its_batches() -> None:
@@ -106,5 +110,40 @@ def test_a_full_engine_hands_new_calls_to_the_overflow_engine(tmp_path: Path, fl
                     assert info["capacity"][1]["source"] == "probe"
             await settled(server)
             assert [s.active for s in admission.slots] == [0, 0]
+
+    asyncio.run(main())
+
+
+def test_call_choices_come_from_the_operator_and_always_offer_the_default() -> None:
+    engine = WorldEngine()
+    defaults = engine.settings(block_time=0.1)
+    choices = CallChoices.for_engine(engine, defaults, ("block_time=0.2|0.3",))
+    assert choices.choices == {"block_time": (0.1, 0.2, 0.3)} and choices.shapes() == 3
+    assert choices.check(engine.settings(block_time=0.3)).block_time == 0.3
+    with pytest.raises(SettingsError, match=re.escape("not offered on this server: choose 0.1, 0.2, 0.3")):
+        choices.check(engine.settings(block_time=0.15))
+    with pytest.raises(SettingsError, match="not allowed"):  # the engine's own rules still hold
+        CallChoices.for_engine(engine, defaults, ("block_time=0.123",))
+    with pytest.raises(SettingsError, match="per-call settings"):
+        CallChoices.for_engine(engine, defaults, ("pitch_shift=1|2",))
+    # on a CPU engine without a batched forward pass callers choose freely unless told otherwise
+    assert CallChoices.for_engine(engine, defaults, ()).choices == {}
+    assert CallChoices.for_engine(engine, defaults, (FREE,)).choices == {}
+
+
+def test_a_caller_picks_among_the_servers_choices(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with (
+            serving(tmp_path / "data", call_choices=("block_time=0.2",)) as server,
+            server.http.ws_connect(server.ws_url) as ws,
+        ):
+            await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
+            ready = await receive_json(ws)
+            assert ready["settings_schema"]["block_time"]["choices"] == [0.1, 0.2]
+            await ws.send_str(json.dumps({"v": 1, "type": "settings", "settings": {"block_time": 0.15}}))
+            refused = await receive_json(ws)
+            assert refused["code"] == "bad_settings" and "choose 0.1, 0.2" in refused["message"]
+            await ws.send_str(json.dumps({"v": 1, "type": "settings", "settings": {"block_time": 0.2}}))
+            assert (await receive_json(ws))["settings"]["block_time"] == 0.2
 
     asyncio.run(main())

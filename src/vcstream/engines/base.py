@@ -115,6 +115,9 @@ class Engine(ABC):
 
     #: the model runs many sessions' requests in one forward pass (``run_batch`` is not a loop)
     batched_forward: ClassVar[bool] = False
+    #: per-call values a server offers callers on a GPU, so calls share batch shapes (the default
+    #: value is always offered too; see ``vcstream.service.call_choices``)
+    call_presets: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
     def batch_key(self, request: Any) -> Hashable:
         """Prepared requests with equal keys may share one ``run_batch`` call."""

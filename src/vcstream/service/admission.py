@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from vcstream.engines.base import Engine
 from vcstream.engines.settings import SessionSettings
+from vcstream.service.call_choices import CallChoices
 from vcstream.streaming.capacity import Capacity
 from vcstream.streaming.scheduler import BlockScheduler
 
@@ -35,6 +36,8 @@ class EngineSlot:
     note: str
     #: the CPU engine stands in for Seed-VC here (no GPU, no weights, or the GPU is full)
     cpu_fallback: bool
+    #: the per-call values callers may pick on this engine
+    choices: CallChoices = field(default_factory=CallChoices)
     #: None until measured (the server is not ready before)
     capacity: Capacity | None = None
     active: int = field(default=0)

@@ -34,6 +34,7 @@ from vcstream.engines.base import Engine
 from vcstream.media.mainloop import Runtime
 from vcstream.service import api, health
 from vcstream.service.admission import Admission, EngineSlot
+from vcstream.service.call_choices import CallChoices
 from vcstream.service.config import ServiceSettings
 from vcstream.service.engine_loader import (
     LoadedEngine,
@@ -128,7 +129,9 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
         app[METRICS_KEY].engine_loaded(result.engine.name, result.device, result.cpu_fallback)
         log.info("engine %s loaded", result.engine.name)
         app[DEFAULTS_KEY] = result.defaults
-        slots = [_slot("primary", result)] + ([_slot("overflow", overflow)] if overflow else [])
+        slots = [_slot("primary", result, settings)]
+        if overflow is not None:
+            slots.append(_slot("overflow", overflow, settings))
         admission = Admission(*slots)
         app[ADMISSION_KEY] = admission
         app[SCHEDULER_KEY] = admission.primary.scheduler
@@ -146,8 +149,10 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
     return engine_context
 
 
-def _slot(role: str, loaded_engine: LoadedEngine) -> EngineSlot:
-    engine = loaded_engine.engine
+def _slot(role: str, loaded_engine: LoadedEngine, settings: ServiceSettings) -> EngineSlot:
+    engine, defaults = loaded_engine.engine, loaded_engine.defaults
+    # the operator's call choices name the primary engine's settings
+    configured = settings.call_choices if role == "primary" else ()
     return EngineSlot(
         role=role,
         engine=engine,
@@ -155,6 +160,7 @@ def _slot(role: str, loaded_engine: LoadedEngine) -> EngineSlot:
         defaults=loaded_engine.defaults,
         note=loaded_engine.engine_note,
         cpu_fallback=loaded_engine.cpu_fallback,
+        choices=CallChoices.for_engine(engine, defaults, configured),
     )
 
 

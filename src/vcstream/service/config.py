@@ -90,6 +90,10 @@ class ServiceSettings:
       ``max_sessions`` (VCSTREAM_MAX_SESSIONS; unset = measured: the capacity file's figure when
       ``capacity_file`` (VCSTREAM_CAPACITY_FILE, written by ``vcstream bench capacity --write``) was
       measured for this engine and device, else a probe of the engine at start-up).
+      ``call_choices`` (VCSTREAM_CALL_CHOICES, ``NAME=V|V,...``, e.g. ``block_time=0.18|0.3``): the
+      values a caller may pick for a per-call setting, so calls share batch shapes; unset = Seed-VC's
+      presets on a GPU (block 0.18/0.3 s, 4/10 steps) and any allowed value elsewhere; ``free`` =
+      any allowed value everywhere.
       ``overflow_engine`` (VCSTREAM_OVERFLOW_ENGINE, world or passthrough; unset = none): once the
       engine is full, new sessions run on this CPU engine instead of being refused (the page and
       /api/info say so).
@@ -155,6 +159,14 @@ class ServiceSettings:
         default=None,
         metadata=_meta(
             "VCSTREAM_MAX_SESSIONS", optional_int, "concurrent sessions (default: measured at start-up)"
+        ),
+    )
+    call_choices: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "VCSTREAM_CALL_CHOICES",
+            comma_list,
+            "per-call values callers may pick, NAME=V|V,... (default: the engine's presets on a GPU; free)",
         ),
     )
     capacity_file: Path | None = field(

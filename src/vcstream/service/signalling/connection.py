@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from vcstream.engines.base import VoiceProfile
-from vcstream.engines.settings import SessionSettings
+from vcstream.engines.settings import SessionSettings, SettingsError
 from vcstream.errors import VcstreamError
 from vcstream.media.webrtc import InvalidSdpError, opus_payload_type
 from vcstream.service.admission import EngineSlot
@@ -276,7 +276,7 @@ class Connection:
             },
             voices=[{"id": v.id, "name": v.name, "duration_s": round(v.duration_s, 2)} for v in voices],
             settings=self.settings.values(per_call_only=True),
-            settings_schema=settings_schema(self.settings),
+            settings_schema=slot.choices.schema(settings_schema(self.settings)),
             max_message_bytes=MAX_MESSAGE_BYTES,
             stats_interval_s=STATS_INTERVAL_S,
         )
@@ -294,6 +294,16 @@ class Connection:
         except VcstreamError as exc:
             raise SignallingError("voice_unusable", f"the voice cannot be used: {exc}") from exc
 
+    def _validated(self, raw: object) -> SessionSettings:
+        """The connection's settings with the client's changes, within this server's call choices."""
+        merged = validate_settings(raw, self.settings)
+        if self.slot is not None:
+            try:
+                self.slot.choices.check(merged)
+            except SettingsError as exc:
+                raise SignallingError("bad_settings", str(exc)) from exc
+        return merged
+
     async def _offer(self, data: dict[str, Any]) -> None:
         if self.state == "new":
             raise SignallingError("unexpected", "send hello before the offer")
@@ -307,7 +317,7 @@ class Connection:
             opus_payload_type(sdp)
         except InvalidSdpError as exc:
             raise SignallingError("bad_sdp", str(exc)) from exc
-        settings = validate_settings(data.get("settings"), self.settings)
+        settings = self._validated(data.get("settings"))
         voice_id = data.get("voice", self.voice_id)
         _, profile = await self._profile(voice_id)
         if self._closing:
@@ -395,7 +405,7 @@ class Connection:
         raw = data.get("settings")
         if raw is None:
             raise SignallingError("bad_settings", "'settings' is missing")
-        merged = validate_settings(raw, self.settings)
+        merged = self._validated(raw)
         call = self.call
         if call is not None and merged != call.settings:
             try:
