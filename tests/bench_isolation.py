@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,42 +33,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import write_wav  # noqa: E402
-from vcstream.audio.types import Audio  # noqa: E402
-from vcstream.media.webrtc import OPUS_RATE  # noqa: E402
-from waiting import wait_until_async  # noqa: E402
-from webrtc_harness import PyClient, _Events  # noqa: E402
+from conftest import write_wav
+from vcstream.audio.types import Audio
+from vcstream.media.webrtc import OPUS_RATE
+from waiting import wait_until_async
+from webrtc_harness import PyClient
 
 LOAD_SCRIPT = Path(__file__).with_name("isolation_load.py")
 GAP_S = 0.06
-
-
-class TimedEvents(_Events):
-    """The client's events, with the arrival time of every received packet."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.arrivals: list[tuple[float, int]] = []
-        self._arrivals_lock = threading.Lock()
-
-    def on_audio(self, samples: Audio) -> None:
-        super().on_audio(samples)
-        with self._arrivals_lock:
-            self.arrivals.append((time.perf_counter(), samples.shape[0]))
-
-    def window(self, start: float, end: float) -> tuple[float, float]:
-        """Seconds of audio received in [start, end) and the longest gap between packets there."""
-        with self._arrivals_lock:
-            inside = [(t, n) for t, n in self.arrivals if start <= t < end]
-        if not inside:
-            return 0.0, end - start
-        times = [start] + [t for t, _ in inside] + [end]
-        return sum(n for _, n in inside) / OPUS_RATE, max(np.diff(times))
-
-    def gaps(self, start: float, end: float) -> list[float]:
-        with self._arrivals_lock:
-            times = [t for t, _ in self.arrivals if start <= t < end]
-        return [float(g) for g in np.diff(times) if g > GAP_S]
 
 
 def tone(seconds: float, rate: int = OPUS_RATE) -> Audio:
@@ -99,78 +70,87 @@ class Outcome:
     flood_closes: dict[str, int]
 
 
-async def one_call(src: str, label: str, quiet_s: float, load_s: float, data: Path) -> Outcome:
+def one_call(src: str, label: str, quiet_s: float, load_s: float, data: Path) -> Outcome:
+    """A server from ``src`` in its own process, one call beside the load, the server stopped."""
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
     command = [sys.executable, "-c", "import sys; from vcstream.cli import main; sys.exit(main())"]
-    server = subprocess.Popen(
-        [*command, "serve", "--engine", "passthrough", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--data-dir", str(data), "--webrtc-latency-ms", "20", "--log-level", "warning"],
-        env=env,
-    )
+    command += ["serve", "--engine", "passthrough", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--data-dir", str(data), "--webrtc-latency-ms", "20", "--log-level", "warning"]
+    server = subprocess.Popen(command, env=env)
     try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                try:
-                    async with http.get(f"{base}/readyz") as response:
-                        return response.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            await wait_until_async(ready, 30, f"the {label} server became ready")
-            form = aiohttp.FormData()
-            form.add_field("name", "tone")
-            form.add_field("file", (data / "ref.wav").read_bytes(), filename="ref.wav")
-            async with http.post(f"{base}/api/voices", data=form) as response:
-                voice = (await response.json())["id"]
-            async with http.ws_connect(f"ws://127.0.0.1:{port}/ws") as ws:
-                call = PyClient(ws)
-                call.events = events = TimedEvents(asyncio.get_running_loop())
-                try:
-                    await call.hello()
-                    await call.start(voice, settings={"block_time": 0.1})
-                    samples = tone(4.0)
-                    await call.talk(samples, lambda: events.first_audio is not None, 15)
-                    await call.talk(samples, lambda: False, quiet_s)
-                    before = call.of_type("stats")[-1]
-                    load = await asyncio.create_subprocess_exec(
-                        sys.executable, str(LOAD_SCRIPT), base, "--seconds", str(load_s),
-                        stdout=asyncio.subprocess.PIPE,
-                    )
-                    started = time.perf_counter()
-                    await call.talk(samples, lambda: False, load_s)
-                    ended = time.perf_counter()
-                    out, _ = await load.communicate()
-                    await call.talk(samples, lambda: False, 1.5)  # a stats message after the load
-                    after = call.of_type("stats")[-1]
-                finally:
-                    await call.close()
-        report: dict[str, Any] = json.loads(out)
-        received, max_gap = events.window(started + 0.3, ended)  # 0.3 s: the path's own delay
-        healthz = report["healthz_ms"] or [float("nan")]
-        return Outcome(
-            server=label,
-            sent_s=ended - started - 0.3,
-            received_s=received,
-            max_gap_ms=1000 * max_gap,
-            gaps_over_60ms=len(events.gaps(started + 0.3, ended)),
-            late_blocks=after["late_blocks"] - before["late_blocks"],
-            dropped_ms=after["dropped_ms"] - before["dropped_ms"],
-            healthz_p50_ms=statistics.median(healthz),
-            healthz_p95_ms=float(np.percentile(healthz, 95)),
-            upload_s=statistics.median(report["upload_seconds"] or [float("nan")]),
-            uploads=report["upload_statuses"],
-            flood_closes=report["flood_closes"],
-        )
+        return asyncio.run(measure(port, label, quiet_s, load_s, data))
     finally:
         server.terminate()
         server.wait(15)
 
 
+async def measure(port: int, label: str, quiet_s: float, load_s: float, data: Path) -> Outcome:
+    base = f"http://127.0.0.1:{port}"
+    reference = await asyncio.to_thread((data / "ref.wav").read_bytes)
+    async with aiohttp.ClientSession() as http:
+
+        async def ready() -> bool:
+            try:
+                async with http.get(f"{base}/readyz") as response:
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_until_async(ready, 30, f"the {label} server became ready")
+        form = aiohttp.FormData()
+        form.add_field("name", "tone")
+        form.add_field("file", reference, filename="ref.wav")
+        async with http.post(f"{base}/api/voices", data=form) as response:
+            voice = (await response.json())["id"]
+        async with http.ws_connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            call = PyClient(ws)
+            events = call.events
+            try:
+                await call.hello()
+                await call.start(voice, settings={"block_time": 0.1})
+                samples = tone(4.0)
+                await call.talk(samples, lambda: events.first_audio is not None, 15)
+                await call.talk(samples, lambda: False, quiet_s)
+                before = call.of_type("stats")[-1]
+                load = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(LOAD_SCRIPT),
+                    base,
+                    "--seconds",
+                    str(load_s),
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                started = time.perf_counter()
+                await call.talk(samples, lambda: False, load_s)
+                ended = time.perf_counter()
+                out, _ = await load.communicate()
+                await call.talk(samples, lambda: False, 1.5)  # a stats message after the load
+                after = call.of_type("stats")[-1]
+            finally:
+                await call.close()
+    report: dict[str, Any] = json.loads(out)
+    received, gaps = events.continuity(started + 0.3, ended)  # 0.3 s: the path's own delay
+    healthz = report["healthz_ms"] or [float("nan")]
+    return Outcome(
+        server=label,
+        sent_s=ended - started - 0.3,
+        received_s=received,
+        max_gap_ms=1000 * max(gaps),
+        gaps_over_60ms=sum(gap > GAP_S for gap in gaps),
+        late_blocks=after["late_blocks"] - before["late_blocks"],
+        dropped_ms=after["dropped_ms"] - before["dropped_ms"],
+        healthz_p50_ms=statistics.median(healthz),
+        healthz_p95_ms=float(np.percentile(healthz, 95)),
+        upload_s=statistics.median(report["upload_seconds"] or [float("nan")]),
+        uploads=report["upload_statuses"],
+        flood_closes=report["flood_closes"],
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--baseline", help="src folder of the baseline server (e.g. /work/main/src)")
     parser.add_argument("--candidate", default=str(Path(__file__).parents[1] / "src"))
     parser.add_argument("--rounds", type=int, default=2)
@@ -186,7 +166,7 @@ def main() -> None:
                 data = Path(folder) / f"{label}-{round_index}"
                 data.mkdir()
                 write_wav(data / "ref.wav", tone(3.0, 16000), 16000)
-                outcome = asyncio.run(one_call(src, label, args.quiet_s, args.load_s, data))
+                outcome = one_call(src, label, args.quiet_s, args.load_s, data)
                 results[label].append(outcome)
                 print(json.dumps(outcome.__dict__, default=float), flush=True)
     print("\nmedian over rounds:")

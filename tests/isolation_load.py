@@ -80,10 +80,20 @@ async def upload_many_parts(
         report.upload_seconds.append(time.monotonic() - started)
 
 
-async def flood_signalling(http: aiohttp.ClientSession, ws_url: str, report: LoadReport, until: float) -> None:
-    """One socket sending as fast as it can, reconnecting whenever the server closes it."""
+async def flood_signalling(
+    http: aiohttp.ClientSession, ws_url: str, report: LoadReport, until: float
+) -> None:
+    """One socket sending as fast as it can, reconnecting at once whenever the server closes it."""
     while time.monotonic() < until:
-        async with http.ws_connect(ws_url) as ws:
+        try:
+            ws = await http.ws_connect(ws_url)
+        except aiohttp.WSServerHandshakeError as exc:  # refused before the upgrade
+            report.flood_closes[f"refused {exc.status}"] += 1
+            # as a client library would: a flood of bare HTTP requests is a proxy's to stop, not the app's
+            retry = (exc.headers or {}).get("Retry-After", "1")
+            await asyncio.sleep(min(float(retry), max(0.0, until - time.monotonic())))
+            continue
+        async with ws:
             drain = asyncio.create_task(_drain(ws))
             index = 0
             try:

@@ -87,8 +87,9 @@ PROTOCOL_DESCRIPTION = (__doc__ or "").partition(_HEADING)[2].strip()
 PROTOCOL_VERSION = 1
 #: largest message accepted (an SDP offer is 3-6 KB); larger ones get an error and a close
 MAX_MESSAGE_BYTES = 64 * 1024
-#: aiohttp's own cap, above ours so that we can answer with an error before closing
-FRAME_LIMIT = 1 << 20
+#: aiohttp's own cap, above ours so that we can answer with an error before closing (and low enough
+#: that aiohttp does not buffer megabytes of a frame it will refuse)
+FRAME_LIMIT = 2 * MAX_MESSAGE_BYTES
 STATS_INTERVAL_S = 1.0
 MAX_REMOTE_CANDIDATES = 100
 MAX_CANDIDATE_CHARS = 1024
