@@ -1,13 +1,13 @@
 """Benchmark: does abusive request traffic take audio from a running call?
 
 For each server source tree given (e.g. the main checkout's ``src`` as the baseline and this one's),
-interleaved over ``--rounds``: start ``vcstream serve --engine passthrough`` from that tree in its own
-process, make one real WebRTC call from this process (``PyClient``, a steady tone, 0.1 s blocks), let
-it run quietly, then run ``isolation_load.py`` in a third process beside it (multipart uploads of
-10,000 tiny parts, 20 sockets flooding signalling, /healthz probes). Prints, per server, what the call
-received during the load against what was sent, the gaps > 60 ms between received packets, the
-server's late blocks and dropped audio (its ``stats``), /healthz p50/p95 and upload times; then the
-ratio of the candidate's figures to the baseline's.
+interleaved over ``--rounds``: start ``vcstream serve --engine passthrough`` (``--engine``) from that
+tree in its own process, make one real WebRTC call from this process (``PyClient``, a steady tone,
+0.1 s blocks), let it run quietly, then run ``isolation_load.py`` in a third process beside it
+(multipart uploads of 10,000 tiny parts, 20 sockets flooding signalling, /healthz probes). Prints,
+per server, what the call received during the load against what was sent, the gaps > 60 ms between
+received packets, the server's late blocks and dropped audio (its ``stats``), /healthz p50/p95 and
+upload times; then the ratio of the candidate's figures to the baseline's.
 
     PYTHONPATH=src python tests/bench_isolation.py --baseline /work/main/src --candidate src
 """
@@ -70,12 +70,12 @@ class Outcome:
     flood_closes: dict[str, int]
 
 
-def one_call(src: str, label: str, quiet_s: float, load_s: float, data: Path) -> Outcome:
+def one_call(src: str, label: str, quiet_s: float, load_s: float, data: Path, engine: str) -> Outcome:
     """A server from ``src`` in its own process, one call beside the load, the server stopped."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
     command = [sys.executable, "-c", "import sys; from vcstream.cli import main; sys.exit(main())"]
-    command += ["serve", "--engine", "passthrough", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["serve", "--engine", engine, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--data-dir", str(data), "--webrtc-latency-ms", "20", "--log-level", "warning"]
     server = subprocess.Popen(command, env=env)
     try:
@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quiet-s", type=float, default=3.0)
     parser.add_argument("--load-s", type=float, default=6.0)
+    parser.add_argument(
+        "--engine", default="passthrough", help="the server's engine (world: more Python per block)"
+    )
     args = parser.parse_args()
     servers = [("baseline", args.baseline)] if args.baseline else []
     servers.append(("candidate", args.candidate))
@@ -166,7 +169,7 @@ def main() -> None:
                 data = Path(folder) / f"{label}-{round_index}"
                 data.mkdir()
                 write_wav(data / "ref.wav", tone(3.0, 16000), 16000)
-                outcome = one_call(src, label, args.quiet_s, args.load_s, data)
+                outcome = one_call(src, label, args.quiet_s, args.load_s, data, args.engine)
                 results[label].append(outcome)
                 print(json.dumps(outcome.__dict__, default=float), flush=True)
     print("\nmedian over rounds:")
