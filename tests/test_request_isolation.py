@@ -18,12 +18,13 @@ import aiohttp
 import numpy as np
 
 from conftest import Speech
-from isolation_load import MULTIPART_TYPE, many_parts_body
+from isolation_load import BOUNDARY, MULTIPART_TYPE, many_parts_body
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.api import MAX_UPLOAD_PARTS
-from vcstream.service.signalling.connection import ERROR_COST, RATE_BURST
-from vcstream.service.signalling.registry import CONNECT_BURST
+from vcstream.service.signalling.connection import ERROR_COST, RATE_BURST, RATE_PER_S
+from vcstream.service.signalling.protocol import PROTOCOL_DESCRIPTION
+from vcstream.service.signalling.registry import CONNECT_BURST, CONNECTS_PER_S
 from webrtc_harness import _Events, client, receive_json, reference_wav, serving, speech_48k
 
 LOAD_SCRIPT = Path(__file__).with_name("isolation_load.py")
@@ -104,6 +105,12 @@ def test_upload_limits_answer_clearly_and_good_uploads_still_work(
                     assert f"at most {MAX_UPLOAD_PARTS} form fields" in body["message"], body
                 # refused after a few parts, not after parsing them all (that took 2-4 s)
                 assert time.perf_counter() - started < 1.0
+            # one part with 10,000 header lines: aiohttp's own bound, answered as a client error
+            padded = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="x"\r\n' + "X-Pad: y\r\n" * 10_000
+            body = f"{padded}\r\n1\r\n--{BOUNDARY}--\r\n".encode()
+            async with server.http.post(f"{server.base}/api/voices", data=body, headers=headers) as response:
+                answer = await response.json()
+                assert (response.status, answer["error"]) == (400, "bad_multipart"), answer
             async with server.http.get(f"{server.base}/healthz") as response:
                 assert response.status == 200
             voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
@@ -177,3 +184,10 @@ def test_received_audio_measure_counts_gaps() -> None:
     received_s, gaps = events.continuity(0.0, 2.0)
     assert abs(received_s - 1.5) < 1e-6
     assert abs(max(gaps) - 0.52) < 1e-6
+
+
+def test_the_protocol_description_states_the_budgets_in_force() -> None:
+    described = " ".join(PROTOCOL_DESCRIPTION.split())
+    assert f"may send {RATE_BURST:g} messages at once and {RATE_PER_S:g} a second" in described
+    assert f"counts {ERROR_COST:g}" in described
+    assert f"may open {CONNECT_BURST:g} connections at once and {CONNECTS_PER_S:g} a second" in described

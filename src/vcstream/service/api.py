@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 from pydantic import ValidationError
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S
@@ -173,7 +174,7 @@ async def _read_upload(request: web.Request, limit: int) -> _Upload:
                     raise ApiError(400, "invalid_name", "the voice name is not valid UTF-8") from exc
             else:  # unknown fields are read and ignored, within the same overall bound
                 await _read_capped(part, MULTIPART_OVERHEAD, _too_large(limit))
-    except ValueError as exc:  # malformed multipart (boundary, headers)
+    except (ValueError, BadHttpMessage) as exc:  # malformed multipart (boundary, headers, too many headers)
         raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {exc}") from exc
     return upload
 

@@ -7,6 +7,12 @@ Every message is one JSON object in one text frame, with ``"v": 1`` and a ``"typ
 makes the offer; ICE candidates trickle both ways. Frames above 64 KiB, binary frames, invalid JSON,
 unknown types and out-of-order messages each get an ``error`` and never affect other connections.
 
+Budgets: a connection may send 200 messages at once and 50 a second after that; a message answered
+with an ``error`` counts 4. Past the budget it gets ``error`` ``rate_limited`` and is closed (1008)
+at once, without the server reading any more of it. One client address may open 20 connections at
+once and 2 a second after that; beyond, the upgrade is answered ``429`` ``too_many_connections`` with
+``Retry-After``. A browser making calls never comes near either.
+
 Client -> server
   ``hello``     ``{}``, within 10 s of connecting. The server answers ``ready`` (or ``error``
                 ``server_full``/``server_draining``/``server_not_ready`` and closes). A connection
