@@ -24,6 +24,7 @@ from vcstream.engines.world import WorldEngine
 from vcstream.service.app import create_app, drain
 from vcstream.service.openapi import UndocumentedRouteError, operation, reply
 from vcstream.service.schemas import VoicePath
+from vcstream.service.signalling.registry import CONNECT_BURST
 
 Client = TestClient[web.Request, web.Application]
 #: documented answers this test cannot provoke, and why
@@ -173,6 +174,12 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
             key = base64.b64encode(os.urandom(16)).decode()
             upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
             await check("get", "/ws", await client.get("/ws", headers={**upgrade, "Sec-WebSocket-Key": key}))
+            for _ in range(int(CONNECT_BURST) + 5):  # one address asking again and again: refused
+                response = await client.get("/ws", headers={**upgrade, "Sec-WebSocket-Key": key})
+                if response.status == 429:
+                    break
+                response.close()
+            assert (await check("get", "/ws", response))["error"] == "too_many_connections"
 
             await drain(client.app, grace_s=0)
             assert (await check("get", "/readyz", await client.get("/readyz")))["error"] == "not_ready"

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,8 @@ class _Events:
     first_audio: float | None = None
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: when each packet of audio came (time.perf_counter) and its samples
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
 
     def on_description(self, kind: str, sdp: str) -> None:
         self.loop.call_soon_threadsafe(self.outgoing.put_nowait, {"type": kind, "sdp": sdp})
@@ -164,6 +167,7 @@ class _Events:
             if self.first_audio is None and np.max(np.abs(samples), initial=0.0) > 1e-3:
                 self.first_audio = time.perf_counter()
             self.received.append(samples)
+            self.arrivals.append((time.perf_counter(), samples.shape[0]))
 
     def on_error(self, kind: str, message: str) -> None:
         self.errors.append(f"{kind}: {message}")
@@ -171,6 +175,14 @@ class _Events:
     def audio(self) -> Audio:
         with self.lock:
             return np.concatenate(self.received) if self.received else np.zeros(0, np.float32)
+
+    def continuity(self, start: float, end: float) -> tuple[float, list[float]]:
+        """Seconds of audio that arrived in [start, end), and every gap (s) between arrivals there,
+        counting from ``start`` and up to ``end``."""
+        with self.lock:
+            inside = [(t, n) for t, n in self.arrivals if start <= t < end]
+        times = [start, *(t for t, _ in inside), end]
+        return sum(n for _, n in inside) / OPUS_RATE, [b - a for a, b in pairwise(times)]
 
 
 class PyClient:

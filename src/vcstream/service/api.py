@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 from pydantic import ValidationError
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 64 * 1024
 _CHUNK = 64 * 1024
 _NAME_FIELD_LIMIT = 4 * MAX_NAME_CHARS + 64  # UTF-8 takes at most 4 bytes a character
+#: parts a voice upload may have: 'name' and 'file', and room for a few fields a form adds. Parsing a
+#: part costs the event loop ~0.3 ms of Python (headers, Content-Disposition) whatever its size: a
+#: body of 10,000 one-byte parts kept the loop busy for seconds, so the count is refused early
+MAX_UPLOAD_PARTS = 8
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -149,9 +154,17 @@ async def _read_capped(part: BodyPartReader, limit: int, too_large: ApiError) ->
 
 async def _read_upload(request: web.Request, limit: int) -> _Upload:
     upload = _Upload()
+    parts = 0
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
+            parts += 1
+            if parts > MAX_UPLOAD_PARTS:
+                raise ApiError(
+                    400,
+                    "too_many_parts",
+                    f"a voice upload has at most {MAX_UPLOAD_PARTS} form fields ('name' and 'file' needed)",
+                )
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "bad_multipart", "nested multipart bodies are not supported")
             if part.name == "file":
@@ -169,7 +182,7 @@ async def _read_upload(request: web.Request, limit: int) -> _Upload:
                     raise ApiError(400, "invalid_name", "the voice name is not valid UTF-8") from exc
             else:  # unknown fields are read and ignored, within the same overall bound
                 await _read_capped(part, MULTIPART_OVERHEAD, _too_large(limit))
-    except ValueError as exc:  # malformed multipart (boundary, headers)
+    except (ValueError, BadHttpMessage) as exc:  # malformed multipart (boundary, headers, too many headers)
         raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {exc}") from exc
     return upload
 
@@ -183,7 +196,10 @@ _VOICE_NOT_FOUND = error("no voice with this id (error voice_not_found)")
     f"Upload a reference recording ({MIN_SPEECH_S:g}-{MAX_SPEECH_S:g} s of speech after trimming silence)",
     {
         201: reply("stored (Location: its URL); notices say what was changed (trimmed to 30 s)", Voice),
-        400: error("missing_file, invalid_name, empty_file or bad_multipart"),
+        400: error(
+            "missing_file, invalid_name, empty_file, bad_multipart or "
+            f"too_many_parts (over {MAX_UPLOAD_PARTS} form fields)"
+        ),
         413: error("file_too_large: above the server's upload limit (max_upload_bytes of /api/info)"),
         415: error("unsupported_media_type (not audio) or not_multipart"),
         422: error("invalid_audio: silent, under 1 s of sound, NaN/Inf samples, no audio"),

@@ -4,6 +4,7 @@ limit, message handlers, timers and the periodic ``stats`` message of its call."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -30,6 +31,7 @@ from vcstream.service.keys import (
     VOICES_KEY,
 )
 from vcstream.service.metrics import ServiceMetrics
+from vcstream.service.signalling.budget import TokenBucket
 from vcstream.service.signalling.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_REMOTE_CANDIDATES,
@@ -64,23 +66,40 @@ DISCONNECTED_GRACE_S = 8.0
 OUTBOX_LIMIT = 256
 #: the retry hint sent with server_full: about the time it takes a call to end somewhere
 RETRY_FULL_S = 15.0
-#: message rate allowed per connection: a steady rate and a burst (token bucket)
+#: message rate allowed per connection: a steady rate and a burst (token bucket); a browser sends
+#: hello, offer, a few dozen ICE candidates and now and then a voice or settings change
 RATE_PER_S, RATE_BURST = 50.0, 200.0
+#: what a message answered with a (non-fatal) error costs from that budget: a client that keeps
+#: sending malformed messages is cut off sooner than one that talks a lot
+ERROR_COST = 4.0
+#: errors that mark a client as abusive: the close frame is sent but its answer is not waited for
+#: (waiting means parsing whatever the client still floods in, up to the close timeout)
+ABUSE_CODES = frozenset({"rate_limited", "message_too_large"})
+ABUSE_CLOSE_WAIT_S = 0.1
 
 
 @dataclass(frozen=True)
 class _Close:
     code: int
     reason: str
+    abrupt: bool = False
 
 
 class Connection:
     """The signalling state of one WebSocket: ``new`` -> ``ready`` (hello) -> ``calling`` (offer)."""
 
-    def __init__(self, registry: SessionRegistry, app: web.Application, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        app: web.Application,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.registry = registry
         self.app = app
         self.ws = ws
+        #: the socket under ``ws``: reading stops at once when a client is cut off for abuse
+        self.transport = transport
         self.id = secrets.token_hex(6)
         self.state = "new"
         self.call: Call | None = None
@@ -93,8 +112,7 @@ class Connection:
         self.slot: EngineSlot | None = None
         self._outbox: asyncio.Queue[dict[str, Any] | _Close] = asyncio.Queue()
         self._closing = False
-        self._tokens = RATE_BURST
-        self._tokens_at = time.monotonic()
+        self._budget = TokenBucket(RATE_PER_S, RATE_BURST)
         self._remote_candidates = 0
         #: the slot whose place this connection's call holds (given back when the call ends)
         self._held: EngineSlot | None = None
@@ -133,19 +151,29 @@ class Connection:
         hint = {} if retry_after_s is None else {"retry_after_s": retry_after_s}
         self.send("error", code=code, message=message, fatal=fatal, **hint)
         if fatal:
-            self.close(1008 if code not in ("internal_error", "media_error") else 1011, code)
+            status = 1008 if code not in ("internal_error", "media_error") else 1011
+            self.close(status, code, abrupt=code in ABUSE_CODES)
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close after the messages already queued (idempotent)."""
+    def close(self, code: int = 1000, reason: str = "", *, abrupt: bool = False) -> None:
+        """Close after the messages already queued (idempotent); ``abrupt``: without waiting for the
+        client's close frame."""
         if not self._closing:
             self._closing = True
-            self._outbox.put_nowait(_Close(code, reason))
+            if abrupt and self.transport is not None:
+                # nothing more of what it floods in is parsed (aiohttp reads ahead 128 KiB of messages)
+                self.transport.pause_reading()
+            self._outbox.put_nowait(_Close(code, reason, abrupt))
 
     async def _send_loop(self) -> None:
         while True:
             item = await self._outbox.get()
             if isinstance(item, _Close):
-                await self.ws.close(code=item.code, message=item.reason.encode()[:120])
+                closing = self.ws.close(code=item.code, message=item.reason.encode()[:120])
+                if item.abrupt:  # the close frame goes out at once; then aiohttp drops the socket
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(closing, ABUSE_CLOSE_WAIT_S)
+                else:
+                    await closing
                 return
             try:
                 await self.ws.send_str(json.dumps(item, separators=(",", ":")))
@@ -204,23 +232,29 @@ class Connection:
             finally:
                 self.done.set()
 
-    def _limit_rate(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(RATE_BURST, self._tokens + (now - self._tokens_at) * RATE_PER_S)
-        self._tokens_at = now
-        self._tokens -= 1
-        if self._tokens < 0:
-            raise SignallingError("rate_limited", "too many messages", fatal=True)
+    def _within_budget(self, cost: float) -> bool:
+        """Take ``cost`` from the connection's message budget; past it, say so and close."""
+        if self._budget.take(cost):
+            return True
+        self.send_error(
+            "rate_limited",
+            f"too many messages: at most {RATE_BURST:g} at once and {RATE_PER_S:g} a second "
+            f"(a message answered with an error counts {ERROR_COST:g})",
+            fatal=True,
+        )
+        return False
 
     async def _dispatch(self, text: str | None) -> None:
         """Handle one text frame (None: a binary frame); every failure becomes an ``error``."""
         kind: object = "?"
+        if not self._within_budget(1.0):
+            return
         try:
-            self._limit_rate()
             kind, data = parse_message(text)
             await self._handlers[kind](data)
         except SignallingError as exc:
-            self.send_error(exc.code, exc.message, fatal=exc.fatal, retry_after_s=exc.retry_after_s)
+            if exc.fatal or self._within_budget(ERROR_COST - 1.0):
+                self.send_error(exc.code, exc.message, fatal=exc.fatal, retry_after_s=exc.retry_after_s)
         except Exception:
             log.exception("connection %s: handling %r failed", self.id, kind)
             self.send_error("internal_error", "the server could not handle this message (logged)", fatal=True)

@@ -7,6 +7,12 @@ Every message is one JSON object in one text frame, with ``"v": 1`` and a ``"typ
 makes the offer; ICE candidates trickle both ways. Frames above 64 KiB, binary frames, invalid JSON,
 unknown types and out-of-order messages each get an ``error`` and never affect other connections.
 
+Budgets: a connection may send 200 messages at once and 50 a second after that; a message answered
+with an ``error`` counts 4. Past the budget it gets ``error`` ``rate_limited`` and is closed (1008)
+at once, without the server reading any more of it. One client address may open 20 connections at
+once and 2 a second after that; beyond, the upgrade is answered ``429`` ``too_many_connections`` with
+``Retry-After``. A browser making calls never comes near either.
+
 Client -> server
   ``hello``     ``{}``, within 10 s of connecting. The server answers ``ready`` (or ``error``
                 ``server_full``/``server_draining``/``server_not_ready`` and closes). A connection
@@ -87,8 +93,9 @@ PROTOCOL_DESCRIPTION = (__doc__ or "").partition(_HEADING)[2].strip()
 PROTOCOL_VERSION = 1
 #: largest message accepted (an SDP offer is 3-6 KB); larger ones get an error and a close
 MAX_MESSAGE_BYTES = 64 * 1024
-#: aiohttp's own cap, above ours so that we can answer with an error before closing
-FRAME_LIMIT = 1 << 20
+#: aiohttp's own cap, above ours so that we can answer with an error before closing (and low enough
+#: that aiohttp does not buffer megabytes of a frame it will refuse)
+FRAME_LIMIT = 2 * MAX_MESSAGE_BYTES
 STATS_INTERVAL_S = 1.0
 MAX_REMOTE_CANDIDATES = 100
 MAX_CANDIDATE_CHARS = 1024

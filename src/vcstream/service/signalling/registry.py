@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from vcstream.errors import VcstreamError
 from vcstream.media.mainloop import RuntimeClosedError
 from vcstream.media.webrtc import PeerConfig, prepare
 from vcstream.service.admission import EngineSlot
+from vcstream.service.api import error_response
 from vcstream.service.ice import ice_servers
 from vcstream.service.keys import (
     ADMISSION_KEY,
@@ -32,6 +34,7 @@ from vcstream.service.keys import (
     SETTINGS_KEY,
 )
 from vcstream.service.openapi import error, operation, reply
+from vcstream.service.signalling.budget import AddressBudget
 from vcstream.service.signalling.connection import Connection
 from vcstream.service.signalling.protocol import FRAME_LIMIT, PROTOCOL_DESCRIPTION, SignallingError
 from vcstream.transports.webrtc_call import Call
@@ -44,6 +47,10 @@ T = TypeVar("T")
 
 #: after a shutdown ``bye``, how long connections get to close before they are abandoned
 _SHUTDOWN_WAIT_S = 10.0
+#: WebSockets one client address may open: a burst, then a steady rate (a browser opens one per
+#: call). Beyond it the upgrade is refused with 429 before any WebSocket work. Behind a reverse
+#: proxy every client shares the proxy's address: these bound the whole server's connection rate.
+CONNECTS_PER_S, CONNECT_BURST = 2.0, 20.0
 
 
 class SessionRegistry:
@@ -57,6 +64,7 @@ class SessionRegistry:
         self._connections: set[Connection] = set()
         self._retiring: set[asyncio.Task[None]] = set()
         self.closing = False
+        self._connects = AddressBudget(CONNECTS_PER_S, CONNECT_BURST)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -166,13 +174,26 @@ class SessionRegistry:
         {
             101: reply("Switching Protocols: the WebSocket is open; messages as described above"),
             400: error("bad_request: not a WebSocket upgrade request"),
+            429: error("too_many_connections: this address opens WebSockets too fast (Retry-After)"),
         },
         description=PROTOCOL_DESCRIPTION,
     )
     async def websocket(self, request: web.Request) -> web.StreamResponse:
+        retry_s = self._connects.take(request.remote or "?")
+        if retry_s is not None:
+            return error_response(
+                429,
+                "too_many_connections",
+                f"at most {CONNECT_BURST:g} signalling connections at once and {CONNECTS_PER_S:g} a second "
+                f"from one address; try again in {retry_s:.1f} s",
+                headers={hdrs.RETRY_AFTER: str(max(1, math.ceil(retry_s)))},
+            )
         ws = web.WebSocketResponse(max_msg_size=FRAME_LIMIT, heartbeat=20.0, timeout=2.0)
         await ws.prepare(request)
-        connection = Connection(self, request.app, ws)
+        transport = request.transport
+        connection = Connection(
+            self, request.app, ws, transport if isinstance(transport, asyncio.Transport) else None
+        )
         if self.closing:
             connection.shutdown("shutdown")
         self._connections.add(connection)
