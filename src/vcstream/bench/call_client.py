@@ -143,7 +143,8 @@ class BenchCall:
             window = self.window
             window.measuring = False
         grown = {
-            name: (self.stats.get(name) or 0) - (self.stats_at_start.get(name) or 0) for name in SERVER_COUNTERS
+            name: (self.stats.get(name) or 0) - (self.stats_at_start.get(name) or 0)
+            for name in SERVER_COUNTERS
         }
         return {
             "expected_s": round(window_s, 3),
@@ -220,7 +221,9 @@ async def _command(word: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ws", required=True, help="the server's signalling URL (ws://host:port/ws)")
     parser.add_argument("--voice", required=True, help="voice id to convert to")
     parser.add_argument("--calls", type=int, default=1)

@@ -114,10 +114,14 @@ def _upload_voice(base: str) -> str:
     boundary = "vcstream-bench"
     wav = _wav_bytes(flite_speech("rms", 16000), 16000)
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbench\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ref.wav"\r\n'
-        "Content-Type: audio/wav\r\n\r\n"
-    ).encode() + wav + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbench\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ref.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + wav
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     status, reply = _http(
         f"{base}/api/voices", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
@@ -127,14 +131,18 @@ def _upload_voice(base: str) -> str:
 
 
 @contextmanager
-def _server(engine: str, calls: int, src: Path | None, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def _server(
+    engine: str, calls: int, src: Path | None, data_dir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = _free_port()
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
     command = [sys.executable, "-m", "vcstream.cli", "serve", "--engine", engine, "--host", "127.0.0.1"]
     command += ["--port", str(port), "--data-dir", str(data_dir), "--max-sessions", str(max(1, calls))]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = data_dir / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -143,6 +151,9 @@ def _server(engine: str, calls: int, src: Path | None, data_dir: Path) -> Iterat
                 raise RuntimeError(f"the {engine} server did not become ready (exit {process.poll()})")
             time.sleep(0.2)
         yield process, base
+    except BaseException:
+        sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
+        raise
     finally:
         process.terminate()
         try:
@@ -199,7 +210,13 @@ def _tell(processes: Sequence[subprocess.Popen[str]], word: str) -> None:
 
 
 def measure(
-    engine: str, calls: int, seconds: float, warmup_s: float, *, src: Path | None = None, variant: str = "this"
+    engine: str,
+    calls: int,
+    seconds: float,
+    warmup_s: float,
+    *,
+    src: Path | None = None,
+    variant: str = "this",
 ) -> CallsResult:
     """Run ``calls`` calls against a fresh ``engine`` server (from ``src`` when given) and measure."""
     with tempfile.TemporaryDirectory(prefix="vcstream-bench-calls-") as tmp, ExitStack() as stack:
@@ -207,7 +224,9 @@ def measure(
         voice = _upload_voice(base)
         threads_idle = len(thread_names(server.pid))
         clients = _clients(stack, base, voice, calls)
-        failures = sum(_event(client)["event"] != "ready" for client in clients)
+        events = [_event(client) for client in clients]
+        if any(event["event"] != "ready" for event in events):
+            raise RuntimeError(f"not every call converted: {events}")
         time.sleep(warmup_s)
         _tell(clients, "measure")
         cpu_start, wall_start = cpu_seconds(server.pid), time.perf_counter()
@@ -229,7 +248,7 @@ def measure(
         gaps=sum(r["gaps"] for r in reports),
         late_blocks=sum(int(r["server"]["late_blocks"]) for r in reports),
         dropped_ms=sum(float(r["server"]["dropped_ms"]) for r in reports),
-        failures=failures + sum(bool(r["errors"]) for r in reports) + calls - len(reports),
+        failures=sum(bool(r["errors"]) for r in reports) + calls - len(reports),
     )
 
 
@@ -242,9 +261,7 @@ def _row(result: CallsResult) -> str:
     )
 
 
-HEADER = (
-    "  variant calls  cpu_%  cpu_%/call  thr_0 threads thr/call  recv_%  gaps  late drop_ms  fail"
-)
+HEADER = "  variant calls  cpu_%  cpu_%/call  thr_0 threads thr/call  recv_%  gaps  late drop_ms  fail"
 
 
 def run_calls_bench(
@@ -270,7 +287,9 @@ def run_calls_bench(
                 print(_row(result), flush=True)
         if compare_src is not None:
             mean = {
-                name: float(np.mean([r.cpu_per_call_pct for r in results if r.calls == calls and r.variant == name]))
+                name: float(
+                    np.mean([r.cpu_per_call_pct for r in results if r.calls == calls and r.variant == name])
+                )
                 for name in ("baseline", "this")
             }
             ratio = mean["this"] / mean["baseline"] if mean["baseline"] else float("nan")
