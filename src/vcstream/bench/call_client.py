@@ -64,6 +64,8 @@ class BenchCall:
     stats: dict[str, Any] = field(default_factory=dict)
     stats_at_start: dict[str, Any] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the latest WebRTC states of both ends and the signalling seen, for a report when a call fails
+    states: dict[str, str] = field(default_factory=dict)
 
     # -- PeerListener ---------------------------------------------------------------------------
 
@@ -75,7 +77,7 @@ class BenchCall:
         self.loop.call_soon_threadsafe(self.outgoing.put_nowait, message)
 
     def on_state(self, name: str, value: str) -> None:
-        pass
+        self.states[f"client {name}"] = value
 
     def on_audio(self, samples: Audio) -> None:
         now = time.perf_counter()
@@ -122,8 +124,11 @@ class BenchCall:
                 break
             data = json.loads(message.data)
             peer = self.peer
+            self.states["last message"] = str(data["type"])
             if data["type"] == "stats":
                 self.stats = data
+            elif data["type"] == "state":
+                self.states.update({f"server {k}": str(v) for k, v in data.items() if k not in ("v", "type")})
             elif data["type"] == "error":
                 self.errors.append(f"server: {data.get('code')}: {data.get('message')}")
             elif peer is not None and data["type"] == "answer":
@@ -195,7 +200,10 @@ async def run(ws_url: str, voice: str, count: int, ready_within_s: float) -> Non
             try:
                 await asyncio.gather(*waits)
             except TimeoutError:
-                _say({"event": "failed", "errors": [c.errors for c in calls]})
+                failed = [
+                    {"errors": c.errors, "states": c.states} for c in calls if not c.converting.is_set()
+                ]
+                _say({"event": "failed", "calls": failed})
                 return
             _say({"event": "ready"})
             await _command("measure")
