@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import ssl
+from pathlib import Path
 
 from aiohttp import web
 
@@ -38,6 +39,29 @@ def register(
     )
     add_settings_arguments(parser)
     parser.set_defaults(func=cmd_serve)
+
+    calls = bench_sub.add_parser(
+        "calls", help="server CPU and threads per real WebRTC call (clients in other processes)"
+    )
+    calls.add_argument("--engine", choices=("passthrough", "world"), default="passthrough")
+    calls.add_argument("--calls", default="1,4,8", help="call counts to measure, comma-separated")
+    calls.add_argument("--seconds", type=float, default=10.0, help="measured window per call count")
+    calls.add_argument("--warmup", type=float, default=3.0, help="seconds after every call converts")
+    calls.add_argument("--rounds", type=int, default=1, help="measurements per call count")
+    calls.add_argument(
+        "--compare-src",
+        type=Path,
+        help="also run a server from this source tree (its src/), interleaved: a baseline in the same run",
+    )
+    calls.set_defaults(func=cmd_bench_calls)
+
+
+def cmd_bench_calls(args: argparse.Namespace) -> int:
+    from vcstream.bench.calls import run_calls_bench
+
+    counts = [int(n) for n in args.calls.split(",")]
+    results = run_calls_bench(args.engine, counts, args.seconds, args.warmup, args.compare_src, args.rounds)
+    return 1 if any(result.failures for result in results) else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

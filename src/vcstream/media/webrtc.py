@@ -7,7 +7,7 @@ answering side (the browser offers), tests and tools can use it as the offering 
   starts the pipeline, sets the remote description and creates the answer;
 * ``offer()`` then ``accept_answer(answer_sdp)``: the same from the other end;
 * ``add_ice_candidate`` for the remote end's trickled candidates;
-* ``push(samples)``: 48 kHz mono float32 audio to send (any thread);
+* ``push(samples)``: mono float32 audio at ``PeerConfig.audio_rate`` to send (any thread);
 * ``stats()``: ``PeerStats`` from webrtcbin's ``get-stats`` (round-trip time, jitter, loss, bytes);
 * ``close()``: pipeline to NULL and every reference dropped (blocks until streaming threads stop:
   call it from a worker thread, not from an event loop). Its owner must call it: a peer collected
@@ -15,9 +15,15 @@ answering side (the browser offers), tests and tools can use it as the offering 
 
 Pipeline::
 
-    appsrc (F32 48k mono) ! audioconvert ! opusenc ! rtpopuspay pt=N ! caps ! webrtcbin (sink)
-    webrtcbin (src, added once RTP flows) ! rtpopusdepay ! opusdec ! audioconvert ! audioresample
-        ! appsink (F32 48k mono) -> listener.on_audio
+    appsrc (F32 mono, audio_rate) ! audioconvert ! audioresample ! opusenc ! rtpopuspay pt=N ! caps
+        ! webrtcbin (sink)
+    webrtcbin (src, added once RTP flows) ! rtpopusdepay ! opusdec ! caps (decoding rate)
+        ! audioconvert ! audioresample ! appsink (F32 mono, audio_rate) -> listener.on_audio
+
+Rate conversion happens here, in C and off the GIL (``audioresample``): a caller whose audio is at
+another rate than Opus's 48 kHz (an engine at 22.05 or 16 kHz) sets ``audio_rate`` to its own rate
+instead of resampling in Python on every buffer; the encoder then takes the nearest rate Opus codes
+(22.05 kHz -> 24 kHz, 16 kHz as is), and the decoder decodes at the lowest Opus rate at or above it.
 
 Events reach a ``PeerListener`` on GStreamer's threads (webrtcbin's own thread, libnice's, the bus
 watch on the shared ``GLibLoop``); the listener hands them on (the server: to asyncio through the
@@ -80,6 +86,8 @@ _ELEMENTS = (
     "opusenc", "opusdec", "rtpopuspay", "rtpopusdepay", "audioconvert", "audioresample", "appsrc",
     "appsink", "capsfilter", "fakesink",
 )  # fmt: skip
+#: the rates Opus codes at natively
+_OPUS_CODING_RATES = (8000, 12000, 16000, 24000, 48000)
 _RTPMAP = re.compile(r"^\s*(\d{1,3})\s+opus/48000(?:/\d+)?\s*$", re.IGNORECASE)
 _peer_ids = itertools.count(1)
 
@@ -102,7 +110,7 @@ class PeerListener(Protocol):
         (``connecting``, ``connected``, ``failed``, ``complete``...)."""
 
     def on_audio(self, samples: Audio) -> None:
-        """Decoded received audio, 48 kHz mono float32, on the streaming thread."""
+        """Decoded received audio, mono float32 at ``PeerConfig.audio_rate``, on the streaming thread."""
 
     def on_error(self, kind: str, message: str) -> None:
         """A failure that leaves the peer unusable (close it): ``kind`` is ``negotiation`` (webrtcbin
@@ -119,6 +127,11 @@ class PeerConfig:
     turn_servers: tuple[str, ...] = ()
     #: Opus bitrate of the audio sent, bits/s
     bitrate: int = 48000
+    #: Opus encoder complexity 0-10: 5 (libwebrtc's mobile default) costs about half of 10 per call
+    #: (measured: 0.9% vs 1.8% of a core) for little loss at this bitrate
+    complexity: int = 5
+    #: the rate of the audio ``push`` takes and ``on_audio`` delivers; the pipeline converts to Opus's
+    audio_rate: int = OPUS_RATE
     #: the send queue keeps at most this much audio; older audio is dropped rather than delayed
     max_send_queue_s: float = 0.5
     #: also gather ICE-TCP candidates (a listening socket per call; UDP and TURN cover real clients)
@@ -161,6 +174,12 @@ def _track(pipeline: Any) -> None:
         _alive += 1
     # called from GObject's finalize, whichever thread drops the last reference
     pipeline.weak_ref(_pipeline_finalised)
+
+
+def decoding_rate(audio_rate: int) -> int:
+    """The rate to decode Opus at for audio wanted at ``audio_rate``: the lowest Opus codes at that
+    loses nothing of it (decoding at 16 kHz for a 16 kHz engine skips resampling altogether)."""
+    return next((rate for rate in _OPUS_CODING_RATES if rate >= audio_rate), OPUS_RATE)
 
 
 def live_pipelines() -> int:
@@ -437,11 +456,14 @@ class WebRtcPeer:
 
     def _add_sender(self, payload_type: int) -> None:
         self._source = AudioSource(
-            OPUS_RATE, 1, name="send", live=True, max_queue_s=self.config.max_send_queue_s
+            self.config.audio_rate, 1, name="send", live=True, max_queue_s=self.config.max_send_queue_s
         )
         convert = make_element("audioconvert")
+        resample = make_element("audioresample")
         # voice, 20 ms frames: what browsers send too
-        encoder = make_element("opusenc", bitrate=self.config.bitrate, frame_size=20)
+        encoder = make_element(
+            "opusenc", bitrate=self.config.bitrate, frame_size=20, complexity=self.config.complexity
+        )
         encoder.set_property("audio-type", "voice")
         payloader = make_element("rtpopuspay", pt=payload_type)
         caps = make_element(
@@ -450,9 +472,10 @@ class WebRtcPeer:
                 f"application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload={payload_type}"
             ),
         )
-        for element in (self._source.element, convert, encoder, payloader, caps):
+        chain = (self._source.element, convert, resample, encoder, payloader, caps)
+        for element in chain:
             self._pipeline.add(element)
-        link_many(self._source.element, convert, encoder, payloader, caps)
+        link_many(*chain)
         sink_pad = self._webrtc.request_pad_simple("sink_%u")
         if caps.get_static_pad("src").link(sink_pad) != Gst.PadLinkReturn.OK:
             raise MediaError(f"{self.name}: could not link the Opus sender to webrtcbin")
@@ -477,13 +500,20 @@ class WebRtcPeer:
             log.info("%s: discarding an incoming %s stream", self.name, encoding or "unknown")
             return
         self._sink = AudioSink(
-            OPUS_RATE, 1, name="receive", on_audio=functools.partial(_deliver_audio, weakref.ref(self))
+            self.config.audio_rate,
+            1,
+            name="receive",
+            on_audio=functools.partial(_deliver_audio, weakref.ref(self)),
         )
         depay = make_element("rtpopusdepay")
         decoder = make_element("opusdec", plc=True, use_inband_fec=True)
+        decoded = make_element(
+            "capsfilter",
+            caps=Gst.Caps.from_string(f"audio/x-raw,rate={decoding_rate(self.config.audio_rate)}"),
+        )
         convert = make_element("audioconvert")
         resample = make_element("audioresample")
-        chain = (depay, decoder, convert, resample, self._sink.element)
+        chain = (depay, decoder, decoded, convert, resample, self._sink.element)
         for element in chain:
             self._pipeline.add(element)
         link_many(*chain)
@@ -495,7 +525,8 @@ class WebRtcPeer:
     # -- media ------------------------------------------------------------------------------------
 
     def push(self, samples: Audio) -> bool:
-        """Send 48 kHz mono float32 audio (any thread). False once the peer is closed or not started."""
+        """Send mono float32 audio at ``config.audio_rate`` (any thread). False once the peer is closed
+        or not started."""
         source = self._source
         if source is None or self._closed:
             return False

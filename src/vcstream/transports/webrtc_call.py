@@ -7,10 +7,14 @@ the asyncio loop). Built and closed on a worker thread (``open``/``close`` block
 listener methods run on GStreamer threads: received audio is fed to the live session there, and a
 worker of the engine's block scheduler pushes converted audio into the peer's appsrc; neither waits
 on inference.
+
+The call runs at the engine's sample rate: the peer's pipeline converts between it and Opus's 48 kHz
+(``audioresample``, in C), so no buffer is resampled in Python on its way in or out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -25,8 +29,14 @@ from vcstream.transports.live_transport import LiveTransport
 
 __all__ = ["Call", "CallEvents"]
 
-#: the Opus frame webrtcbin's encoder sends (``WebRtcPeer``: 20 ms)
-_FRAME_SAMPLES = OPUS_RATE // 50
+#: Opus frames per second (``WebRtcPeer`` sends 20 ms frames)
+_FRAMES_PER_S = 50
+
+
+def call_rate(engine: Engine) -> int:
+    """The rate a call hands audio to and from its peer: the engine's own, when whole 20 ms frames
+    exist at it (all engines so far); else Opus's, and the live session resamples."""
+    return engine.sample_rate if engine.sample_rate % _FRAMES_PER_S == 0 else OPUS_RATE
 
 
 class CallEvents(Protocol):
@@ -65,13 +75,14 @@ class Call(LiveTransport):
         self._to_loop = to_loop
         self._events = events
         self.peer: WebRtcPeer | None = None
+        rate = call_rate(engine)
         super().__init__(
             engine,
             voice,
             settings,
             scheduler=scheduler,
-            io_rate=OPUS_RATE,
-            frame_samples=_FRAME_SAMPLES,
+            io_rate=rate,
+            frame_samples=rate // _FRAMES_PER_S,
             name=name,
             on_block=on_block,
         )
@@ -104,7 +115,8 @@ class Call(LiveTransport):
             started=started,
         )
         try:
-            call.peer = WebRtcPeer(call, peer_config, name=name)
+            config = dataclasses.replace(peer_config, audio_rate=call.io_rate)
+            call.peer = WebRtcPeer(call, config, name=name)
         except BaseException:
             call.close_session()
             raise

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vcstream.media.webrtc import OPUS_RATE, PeerStats
+from vcstream.media.webrtc import PeerStats
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.streaming.live import LiveSession, LiveStats
 from vcstream.transports.webrtc_call import Call
@@ -58,7 +58,7 @@ class CallStatistics:
         reported, metrics, now = self._reported, self.metrics, time.monotonic()
         if reported.live is not live:  # settings re-opened the session: its counters start at 0
             reported.live, reported.late, reported.dropped_blocks = live, 0, 0
-        block = max(1, round(stats.block_ms * OPUS_RATE / 1000))
+        block = max(1, round(stats.block_ms * call.io_rate / 1000))
         dropped_blocks = stats.dropped_samples // block
         metrics.blocks_late(stats.late_blocks - reported.late)
         metrics.blocks_dropped(dropped_blocks - reported.dropped_blocks)
@@ -95,7 +95,7 @@ class CallStatistics:
             "block_ms": r(stats.block_ms),
             "backlog_ms": r(stats.backlog_ms),
             "blocks": stats.blocks,
-            "output_ms": r(1000 * stats.samples_out / OPUS_RATE),
+            "output_ms": r(1000 * stats.samples_out / call.io_rate),
             "late_blocks": stats.late_blocks,
             "dropped_ms": r(stats.dropped_ms),
             "drop_events": stats.drop_events,

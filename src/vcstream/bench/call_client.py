@@ -1,0 +1,244 @@
+"""The client side of ``vcstream bench calls``: one process holding several real WebRTC calls.
+
+Run as ``python -m vcstream.bench.call_client --ws URL --voice ID --calls K``. Each call is a
+``WebRtcPeer`` that offers over the signalling WebSocket, like a browser would. All calls of the
+process are fed the same speech in real time (20 ms per push, paced on the clock). The process
+talks to the benchmark over its standard streams, one JSON object or word per line:
+
+* it prints ``{"event": "ready"}`` once every call receives converted audio (or ``{"event":
+  "failed", ...}``);
+* ``measure`` on stdin starts the measured window, ``stop`` ends it: it then prints ``{"event":
+  "result", "calls": [...]}`` with each call's audio health over the window, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from vcstream.audio.types import Audio
+from vcstream.bench.signals import flite_speech
+from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer
+
+#: 20 ms, one Opus frame
+CHUNK = OPUS_RATE // 50
+#: an arrival gap longer than this is heard as a drop-out
+GAP_S = 0.06
+#: server ``stats`` counters whose growth over the window is reported
+SERVER_COUNTERS = ("late_blocks", "dropped_ms", "drop_events")
+
+
+@dataclass
+class Window:
+    """Received audio over the measured window."""
+
+    measuring: bool = False
+    samples: int = 0
+    gaps: int = 0
+    longest_gap_s: float = 0.0
+    last_arrival: float | None = None
+
+
+@dataclass
+class BenchCall:
+    """One call: its WebSocket, its peer, and the ``PeerListener`` side (GStreamer threads)."""
+
+    loop: asyncio.AbstractEventLoop
+    ws: aiohttp.ClientWebSocketResponse
+    peer: WebRtcPeer | None = None
+    outgoing: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    converting: asyncio.Event = field(default_factory=asyncio.Event)
+    window: Window = field(default_factory=Window)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    errors: list[str] = field(default_factory=list)
+    #: the server's latest ``stats`` message, and the one when the window opened
+    stats: dict[str, Any] = field(default_factory=dict)
+    stats_at_start: dict[str, Any] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the latest WebRTC states of both ends and the signalling seen, for a report when a call fails
+    states: dict[str, str] = field(default_factory=dict)
+
+    # -- PeerListener ---------------------------------------------------------------------------
+
+    def on_description(self, kind: str, sdp: str) -> None:
+        self.loop.call_soon_threadsafe(self.outgoing.put_nowait, {"type": kind, "sdp": sdp})
+
+    def on_ice_candidate(self, mline_index: int, candidate: str) -> None:
+        message = {"type": "ice", "candidate": candidate, "sdpMLineIndex": mline_index}
+        self.loop.call_soon_threadsafe(self.outgoing.put_nowait, message)
+
+    def on_state(self, name: str, value: str) -> None:
+        self.states[f"client {name}"] = value
+
+    def on_audio(self, samples: Audio) -> None:
+        now = time.perf_counter()
+        if not self.converting.is_set() and np.max(np.abs(samples), initial=0.0) > 1e-3:
+            self.loop.call_soon_threadsafe(self.converting.set)
+        with self.lock:
+            window = self.window
+            if not window.measuring:
+                return
+            window.samples += samples.shape[0]
+            if window.last_arrival is not None:
+                gap = now - window.last_arrival
+                window.gaps += gap > GAP_S
+                window.longest_gap_s = max(window.longest_gap_s, gap)
+            window.last_arrival = now
+
+    def on_error(self, kind: str, message: str) -> None:
+        self.errors.append(f"{kind}: {message}")
+
+    # -- signalling -----------------------------------------------------------------------------
+
+    async def send(self, kind: str, **fields: Any) -> None:
+        await self.ws.send_str(json.dumps({"v": 1, "type": kind, **fields}))
+
+    async def dial(self, voice: str) -> None:
+        await self.send("hello")
+        ready = json.loads((await self.ws.receive(timeout=10)).data)
+        if ready.get("type") != "ready":
+            raise RuntimeError(f"the server did not accept the call: {ready}")
+        self.peer = WebRtcPeer(self)
+        await asyncio.to_thread(self.peer.offer)
+        offer = await asyncio.wait_for(self.outgoing.get(), 10)
+        await self.send("offer", sdp=offer["sdp"], voice=voice)
+        self.tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._read())]
+
+    async def _pump(self) -> None:
+        while True:
+            message = await self.outgoing.get()
+            await self.send(message.pop("type"), **message)
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            data = json.loads(message.data)
+            peer = self.peer
+            self.states["last message"] = str(data["type"])
+            if data["type"] == "stats":
+                self.stats = data
+            elif data["type"] == "state":
+                self.states.update({f"server {k}": str(v) for k, v in data.items() if k not in ("v", "type")})
+            elif data["type"] == "error":
+                self.errors.append(f"server: {data.get('code')}: {data.get('message')}")
+            elif peer is not None and data["type"] == "answer":
+                await asyncio.to_thread(peer.accept_answer, data["sdp"])
+            elif peer is not None and data["type"] == "ice" and data["candidate"] is not None:
+                peer.add_ice_candidate(data["sdpMLineIndex"], data["candidate"])
+
+    # -- the window -----------------------------------------------------------------------------
+
+    def start_window(self) -> None:
+        with self.lock:
+            self.window = Window(measuring=True)
+        self.stats_at_start = dict(self.stats)
+
+    def result(self, window_s: float) -> dict[str, Any]:
+        with self.lock:
+            window = self.window
+            window.measuring = False
+        grown = {
+            name: (self.stats.get(name) or 0) - (self.stats_at_start.get(name) or 0)
+            for name in SERVER_COUNTERS
+        }
+        return {
+            "expected_s": round(window_s, 3),
+            "received_s": round(window.samples / OPUS_RATE, 3),
+            "gaps": window.gaps,
+            "longest_gap_ms": round(1000 * window.longest_gap_s, 1),
+            "server": grown,
+            "stats_seen": bool(self.stats),
+            "errors": self.errors,
+        }
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.ws.close()
+        if self.peer is not None:
+            await asyncio.to_thread(self.peer.close)
+
+
+async def _talk(calls: list[BenchCall], speech: Audio) -> None:
+    """Feed every call the same speech, looped, 20 ms at a time on the clock."""
+    started = time.perf_counter()
+    index = 0
+    while True:
+        start = (index * CHUNK) % (speech.shape[0] - CHUNK)
+        chunk = speech[start : start + CHUNK]
+        for call in calls:
+            if call.peer is not None:
+                call.peer.push(chunk)
+        index += 1
+        await asyncio.sleep(max(0.0, started + index / 50 - time.perf_counter()))
+
+
+def _say(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+async def run(ws_url: str, voice: str, count: int, ready_within_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    speech = flite_speech("slt", OPUS_RATE)
+    async with aiohttp.ClientSession() as http:
+        calls = [BenchCall(loop, await http.ws_connect(ws_url)) for _ in range(count)]
+        talking = asyncio.create_task(_talk(calls, speech))
+        try:
+            for call in calls:
+                await call.dial(voice)
+            waits = [asyncio.wait_for(call.converting.wait(), ready_within_s) for call in calls]
+            try:
+                await asyncio.gather(*waits)
+            except TimeoutError:
+                failed = [
+                    {"errors": c.errors, "states": c.states} for c in calls if not c.converting.is_set()
+                ]
+                _say({"event": "failed", "calls": failed})
+                return
+            _say({"event": "ready"})
+            await _command("measure")
+            opened = time.perf_counter()
+            for call in calls:
+                call.start_window()
+            await _command("stop")
+            window_s = time.perf_counter() - opened
+            _say({"event": "result", "calls": [call.result(window_s) for call in calls]})
+        finally:
+            talking.cancel()
+            for call in calls:
+                await call.close()
+
+
+async def _command(word: str) -> None:
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            raise SystemExit("the benchmark went away")
+        if line.strip() == word:
+            return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ws", required=True, help="the server's signalling URL (ws://host:port/ws)")
+    parser.add_argument("--voice", required=True, help="voice id to convert to")
+    parser.add_argument("--calls", type=int, default=1)
+    parser.add_argument("--ready-within", type=float, default=30.0, help="seconds for every call to convert")
+    args = parser.parse_args()
+    asyncio.run(run(args.ws, args.voice, args.calls, args.ready_within))
+
+
+if __name__ == "__main__":
+    main()
