@@ -40,7 +40,8 @@ Server -> client
   ``state``     ``{"connection"|"ice"|"gathering": "<state>"}``: the server side's WebRTC states.
   ``stats``     every ``stats_interval_s``: ``latency_ms`` (estimate, below), ``algorithmic_ms``,
                 ``inference_ms`` (median) and ``inference_ms_p95``, ``block_ms``, ``backlog_ms``,
-                ``blocks``, ``output_ms`` (converted audio sent), ``late_blocks``, ``dropped_ms``,
+                ``blocks``, ``output_ms`` (converted audio sent), ``late_blocks``, ``skipped_blocks``
+                (concealed: the device could not convert them in time), ``dropped_ms``,
                 ``drop_events``, ``engine_errors``, ``rtt_ms``, ``jitter_ms`` (of the audio the server
                 receives), ``remote_jitter_ms`` and ``remote_packets_lost`` (the client's reports on the
                 audio it receives),

@@ -97,6 +97,7 @@ class CallStatistics:
             "blocks": stats.blocks,
             "output_ms": r(1000 * stats.samples_out / call.io_rate),
             "late_blocks": stats.late_blocks,
+            "skipped_blocks": stats.skipped_blocks,
             "dropped_ms": r(stats.dropped_ms),
             "drop_events": stats.drop_events,
             "engine_errors": stats.errors,

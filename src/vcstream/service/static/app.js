@@ -572,7 +572,7 @@ function renderStats() {
     server.inference_ms !== undefined && server.inference_ms !== null
       ? `${server.inference_ms.toFixed(1)} ms of ${server.block_ms.toFixed(0)} ms`
       : "–";
-  $("stat-drops").textContent = server.blocks !== undefined ? `${server.late_blocks} blocks / ${fmt(server.dropped_ms, "ms")}` : "–";
+  $("stat-drops").textContent = server.blocks !== undefined ? `${server.late_blocks} late, ${server.skipped_blocks ?? 0} skipped / ${fmt(server.dropped_ms, "ms")}` : "–";
   $("stat-backlog").textContent = fmt(server.backlog_ms, "ms");
 }
 
