@@ -2,8 +2,8 @@
 # The GPU figures in one go, on a CUDA host with the project set up (scripts/setup.sh): Seed-VC ms per
 # block in fp32 and bf16, sessions per GPU batched and unbatched, and how far bf16/fp16 move the output
 # from fp32. Installs the CUDA build of torch into .venv first if the venv has a CPU-only build. Each
-# step has a time limit (the whole run stays under 8 minutes); a summary table comes at the end and
-# every step's full output is kept under $GPU_CHECK_LOGS (default: a fresh folder in /tmp).
+# step has a time limit (together 450 s, so the whole run stays under 8 minutes); a summary table comes
+# at the end and every step's full output is kept under $GPU_CHECK_LOGS (default: a new folder in /tmp).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -48,7 +48,7 @@ cuda_ready() { "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_availabl
 if ! cuda_ready; then
   # PyPI's Linux x86_64 wheel of torch is the CUDA build; the installed CPU build (+cpu) would
   # satisfy the pin, so it goes first.
-  step install-torch 180 bash -c "$PY -m pip uninstall -q -y torch && $PY -m pip install -q '$TORCH_PIN'"
+  step install-torch 140 bash -c "$PY -m pip uninstall -q -y torch && $PY -m pip install -q '$TORCH_PIN'"
   if ! cuda_ready; then
     echo "gpu-check: torch still sees no CUDA device after installing $TORCH_PIN" >&2
     exit 1
@@ -57,12 +57,12 @@ fi
 "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))'
 
 VC=("$PY" -m vcstream.cli)
-step engines 90 "${VC[@]}" bench engines --engines seedvc --device cuda --dtypes fp32,bf16
-step capacity-batched 110 "${VC[@]}" bench capacity --engine seedvc --device cuda --dtype bf16 \
+step engines 70 "${VC[@]}" bench engines --engines seedvc --device cuda --dtypes fp32,bf16
+step capacity-batched 105 "${VC[@]}" bench capacity --engine seedvc --device cuda --dtype bf16 \
   --random-weights --sessions 1,8,32,64,100,128 --seconds 10
 step capacity-unbatched 80 "${VC[@]}" bench capacity --engine seedvc --device cuda --dtype bf16 \
   --random-weights --no-batching --sessions 1,4,8,12,16 --seconds 10
-step precision 70 "${VC[@]}" bench precision --device cuda
+step precision 55 "${VC[@]}" bench precision --device cuda
 
 echo
 echo "== summary (total ${SECONDS}s; logs in $LOGS)"
