@@ -69,6 +69,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dtypes=args.dtypes.split(","),
         model_cache=args.model_cache,
         threads=args.threads,
+        seedvc_size=args.seedvc_size,
+        compile_mode=args.compile,
+    )
+    return 0
+
+
+def cmd_bench_precision(args: argparse.Namespace) -> int:
+    from vcstream.bench.precision import run_precision_bench
+
+    run_precision_bench(
+        device=args.device,
+        dtypes=args.dtypes.split(","),
+        size=args.size,
+        blocks=args.blocks,
+        steps=args.steps,
+        seed=args.seed,
     )
     return 0
 
@@ -105,7 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--dtypes", default="fp32,bf16,fp16", help="seedvc dtypes to try on GPU")
     engines.add_argument("--model-cache", type=Path, default=os.environ.get("VCSTREAM_MODEL_CACHE"))
     engines.add_argument("--threads", type=int, default=1, help="CPU threads (1 = per-core figures)")
+    engines.add_argument(
+        "--seedvc-size",
+        choices=("full", "reduced"),
+        default="full",
+        help="seedvc: reduced = a smaller model with random weights (CPU benchmarks)",
+    )
+    engines.add_argument(
+        "--compile",
+        choices=("off", "compile", "cudagraphs"),
+        default="off",
+        help="seedvc: torch.compile the DiT (cudagraphs: with CUDA graphs, CUDA only)",
+    )
     engines.set_defaults(func=cmd_bench)
+    precision = bench_sub.add_parser(
+        "precision", help="seedvc output difference of bf16/fp16 against fp32 (random weights; CUDA)"
+    )
+    precision.add_argument("--device", default="auto")
+    precision.add_argument("--dtypes", default="fp32,bf16,fp16")
+    precision.add_argument("--size", choices=("full", "reduced"), default="full", help="model size")
+    precision.add_argument("--blocks", type=int, default=4, help="blocks compared (after one warm-up)")
+    precision.add_argument("--steps", type=int, default=10, help="diffusion steps")
+    precision.add_argument("--seed", type=int, default=0, help="weights and noise seed")
+    precision.set_defaults(func=cmd_bench_precision)
 
     from vcstream.commands import registrars
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +93,19 @@ def summarise(
     )
 
 
-def load_seedvc(device: str, model_cache: Path | None) -> tuple[Engine, str]:
-    """Real weights when present, else the full-size model with random weights (same compute)."""
-    try:
-        return create_engine("seedvc", EngineOptions(device=device, model_cache=model_cache)), "weights"
-    except ModelUnavailableError:
-        log.warning("Seed-VC weights not found: timing the full-size model with RANDOM weights")
-        options = EngineOptions(device=device, model_cache=model_cache, random_weights=True)
-        return create_engine("seedvc", options), "random-weights"
+def load_seedvc(
+    device: str, model_cache: Path | None, size: str = "full", compile_mode: str = "off"
+) -> tuple[Engine, str]:
+    """Real weights when present, else the full-size model with random weights (same compute); the
+    reduced model (random weights) when ``size`` says so."""
+    options = EngineOptions(device=device, model_cache=model_cache, compile_mode=compile_mode)
+    if size == "full":
+        try:
+            return create_engine("seedvc", options), "weights"
+        except ModelUnavailableError:
+            log.warning("Seed-VC weights not found: timing the full-size model with RANDOM weights")
+    options = replace(options, random_weights=True, model_size=size)
+    return create_engine("seedvc", options), "random-weights" if size == "full" else f"random {size}"
 
 
 def run_engine_bench(
@@ -112,6 +117,8 @@ def run_engine_bench(
     dtypes: Sequence[str] = ("fp32", "bf16", "fp16"),
     model_cache: Path | None = None,
     threads: int = 1,
+    seedvc_size: str = "full",
+    compile_mode: str = "off",
 ) -> list[BlockTiming]:
     if "seedvc" in engines:
         import torch
@@ -121,7 +128,7 @@ def run_engine_bench(
     order = ["passthrough", *[e for e in engines if e != "passthrough"]]  # baseline always first
     for name in order:
         if name == "seedvc":
-            engine, weights = load_seedvc(device, model_cache)
+            engine, weights = load_seedvc(device, model_cache, seedvc_size, compile_mode)
             on_gpu = str(engine.describe().get("device", "cpu")).startswith("cuda")
             for dtype in dtypes if on_gpu else ("fp32",):
                 for bt in block_times:

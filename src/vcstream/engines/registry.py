@@ -26,6 +26,10 @@ class EngineOptions:
     seed: int = 0
     #: seedvc: local weight files by component (dit, dit_config, campplus, hift, xlsr folder)
     local_paths: dict[str, Path] | None = None
+    #: seedvc with random weights: "full", or "reduced" (a smaller model for CPU benchmarks and tests)
+    model_size: str = "full"
+    #: seedvc: "off", "compile" or "cudagraphs" (torch.compile of the DiT for its fixed shapes)
+    compile_mode: str = "off"
 
 
 def create_engine(name: str, options: EngineOptions | None = None) -> Engine:
@@ -48,6 +52,8 @@ def create_engine(name: str, options: EngineOptions | None = None) -> Engine:
             allow_download=options.allow_download,
             random_weights=options.random_weights,
             seed=options.seed,
+            size=options.model_size,
+            compile_mode=options.compile_mode,
         )
     raise ConfigurationError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
 

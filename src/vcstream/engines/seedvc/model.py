@@ -1,11 +1,16 @@
 """Seed-VC's real-time model as plain PyTorch modules: XLS-R content features (first 12 layers), the
 CAM++ speaker encoder, the length regulator and DiT flow-matching decoder, and the HiFT vocoder
-(22.05 kHz, 256-sample hop). Built either from published weights or, for tests and benchmarks, full
-size with random weights (same compute, meaningless output, always flagged ``random_weights``).
+(22.05 kHz, 256-sample hop). Built either from published weights or, for tests and benchmarks, with
+random weights (meaningless output, always flagged ``random_weights``): full size (the published
+model's compute), or ``reduced`` for CPU tests and benchmarks: the same modules, code paths and
+streaming layout with fewer and narrower layers (DiT 3 of 9 layers, 192 wide instead of 384, with the
+length regulator to match; XLS-R 2 of 12 layers, 256 wide with a 128-channel feature encoder; HiFT 128
+base channels instead of 512).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import pickle
 import threading
@@ -41,6 +46,11 @@ MAX_SEQUENCE = 8192
 _NORM_EPS = 1e-7
 #: share of a module's tensors a checkpoint may lack before we call it the wrong file
 _MAX_ABSENT_SHARE = 0.05
+MODEL_SIZES = ("full", "reduced")
+#: the reduced model: DiT layers (of 9) and width (of 384, 64 per head as in the full model), XLS-R
+#: layers (of 12) and width (of 1024), HiFT base channels (of 512)
+_REDUCED_DIT_DEPTH, _REDUCED_DIT_WIDTH = 3, 192
+_REDUCED_XLSR_LAYERS, _REDUCED_XLSR_WIDTH, _REDUCED_HIFT_CHANNELS = 2, 256, 128
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,8 @@ class SeedVCModels:
     random_weights: bool
     #: where the weights came from, for logs and describe()
     origin: str
+    #: "full" (the published model's shapes) or "reduced" (random weights, CPU tests and benchmarks)
+    size: str = "full"
     dtype: torch.dtype = torch.float32
     mel: MelSpectrogram = field(init=False, repr=False)
     #: the vocoder's seeded use of the global RNG, one thread at a time (sessions share the models)
@@ -229,21 +241,23 @@ def xlsr_layers(config: Mapping[str, Any]) -> int:
     return int(config["model_params"]["speech_tokenizer"]["output_layer"])
 
 
-def xlsr_config(layers: int = 12) -> Any:
-    """Wav2Vec2Config with the shape of facebook/wav2vec2-xls-r-300m, cut to ``layers`` layers."""
+def xlsr_config(layers: int = 12, width: int = 1024) -> Any:
+    """Wav2Vec2Config with the shape of facebook/wav2vec2-xls-r-300m, cut to ``layers`` layers
+    (``width`` < 1024: the reduced model, with a feature encoder of width / 2 channels)."""
     from transformers import Wav2Vec2Config
 
+    conv = 512 if width == 1024 else width // 2
     return Wav2Vec2Config(
-        hidden_size=1024,
+        hidden_size=width,
         num_hidden_layers=layers,
-        num_attention_heads=16,
-        intermediate_size=4096,
+        num_attention_heads=16 if width == 1024 else 4,
+        intermediate_size=4 * width,
         hidden_act="gelu",
         layer_norm_eps=1e-5,
         do_stable_layer_norm=True,
         feat_extract_norm="layer",
         feat_extract_activation="gelu",
-        conv_dim=(512,) * 7,
+        conv_dim=(conv,) * 7,
         conv_kernel=(10, 3, 3, 3, 3, 2, 2),
         conv_stride=(5, 2, 2, 2, 2, 2, 2),
         conv_bias=True,
@@ -252,13 +266,30 @@ def xlsr_config(layers: int = 12) -> Any:
     )
 
 
-def _build_modules(config: Mapping[str, Any]) -> dict[str, torch.nn.Module]:
-    """The DiT, length regulator, HiFT and CAM++ modules with freshly initialised weights (CPU)."""
+def reduced_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The DiT config of the reduced model: fewer DiT layers, XLS-R cut and narrowed to match."""
+    reduced: dict[str, Any] = copy.deepcopy(dict(config))
+    params = reduced["model_params"]
+    params["DiT"]["depth"] = _REDUCED_DIT_DEPTH
+    params["DiT"]["hidden_dim"] = params["DiT"]["content_dim"] = _REDUCED_DIT_WIDTH
+    params["DiT"]["num_heads"] = _REDUCED_DIT_WIDTH // 64
+    params["length_regulator"]["channels"] = _REDUCED_DIT_WIDTH
+    params["speech_tokenizer"]["output_layer"] = _REDUCED_XLSR_LAYERS
+    params["length_regulator"]["in_channels"] = _REDUCED_XLSR_WIDTH
+    return reduced
+
+
+def _build_modules(config: Mapping[str, Any], hift_channels: int | None = None) -> dict[str, torch.nn.Module]:
+    """The DiT, length regulator, HiFT and CAM++ modules with freshly initialised weights (CPU);
+    ``hift_channels`` narrows HiFT (the reduced model)."""
     import yaml
 
     prepare_seed_vc_imports()
     with open(seed_vc_root() / "configs" / "hifigan.yml", encoding="utf-8") as f:
         hift_config = yaml.safe_load(f)
+    if hift_channels is not None:
+        hift_config["hift"]["base_channels"] = hift_channels
+        hift_config["f0_predictor"]["cond_channels"] = hift_channels
     with warnings.catch_warnings():
         # Seed-VC's modules use torch.jit.script (at import) and torch.nn.utils.weight_norm, both
         # deprecated; their checkpoints are laid out for them, so keep them and stay quiet.
@@ -291,6 +322,7 @@ def _assemble(
     device: torch.device,
     random_weights: bool,
     origin: str,
+    size: str = "full",
 ) -> SeedVCModels:
     for module in (*modules.values(), xlsr):
         module.to(device).eval().requires_grad_(False)
@@ -304,24 +336,33 @@ def _assemble(
         device=device,
         random_weights=random_weights,
         origin=origin,
+        size=size,
     )
     models.estimator.setup_caches(max_batch_size=1, max_seq_length=MAX_SEQUENCE)
     return models
 
 
-def build_random(device: str | torch.device = "cpu", seed: int = 0) -> SeedVCModels:
-    """Full-size model with RANDOM weights (reproducible for a seed): for tests and benchmarks only,
-    its output is noise. The result is flagged ``random_weights``."""
+def build_random(device: str | torch.device = "cpu", seed: int = 0, size: str = "full") -> SeedVCModels:
+    """The model with RANDOM weights (reproducible for a seed): for tests and benchmarks only, its
+    output is noise. ``size`` "full" has the published model's compute; "reduced" is a smaller model
+    for CPU tests and benchmarks (see the module's docstring). Flagged ``random_weights``."""
     from transformers import Wav2Vec2Model
 
+    if size not in MODEL_SIZES:
+        raise ConfigurationError(f"model size {size!r}: choose one of {', '.join(MODEL_SIZES)}")
     resolved = resolve_device(device)
     config = read_config(seed_vc_root() / "configs" / "presets" / DIT_CONFIG_FILE)
-    log.warning("building Seed-VC with RANDOM weights (seed %d): output is noise, not a voice", seed)
+    reduced = size == "reduced"
+    if reduced:
+        config = reduced_config(config)
+    log.warning("building Seed-VC with RANDOM weights (seed %d, %s): output is noise", seed, size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        modules = _build_modules(config)
-        xlsr = Wav2Vec2Model(xlsr_config(xlsr_layers(config)))
-    return _assemble(modules, xlsr, config, resolved, True, f"random weights (seed {seed})")
+        modules = _build_modules(config, _REDUCED_HIFT_CHANNELS if reduced else None)
+        width = _REDUCED_XLSR_WIDTH if reduced else 1024
+        xlsr = Wav2Vec2Model(xlsr_config(xlsr_layers(config), width))
+    origin = f"random weights (seed {seed}{', reduced' if reduced else ''})"
+    return _assemble(modules, xlsr, config, resolved, True, origin, size)
 
 
 def _torch_load(path: Path) -> Any:

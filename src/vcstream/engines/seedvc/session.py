@@ -16,6 +16,11 @@ Per block (all lengths multiples of 20 ms = 441 samples at 22.05 kHz):
 Each block is split into ``prepare`` (numpy, per session), ``SeedVCEngine.run_batch`` (torch, any number
 of sessions with equal settings in one batch) and ``finish`` (SOLA), so the block scheduler
 (``vcstream.streaming.scheduler``) stacks many sessions into one forward pass.
+
+Shapes (see ``shapes``): a batch's XLS-R input and generated frames are fixed by its settings (the
+batch key), its DiT length by the largest prompt bucket in it; a session's prompt is cut to a bucket.
+``compile_mode`` wraps the DiT estimator with ``torch.compile`` for those shapes ("compile"), or with CUDA
+graphs on top ("cudagraphs", mode reduce-overhead, CUDA only); off by default.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, EngineSession, VoiceProfile, check_block
 from vcstream.engines.seedvc.model import CONTENT_FRAME_RATE, CONTENT_RATE, SeedVCModels
 from vcstream.engines.seedvc.settings import MAX_REFERENCE_S, MIN_PROMPT_S, SeedVCSettings
+from vcstream.engines.seedvc.shapes import prompt_bucket
 from vcstream.engines.settings import SessionSettings, SettingsError
 from vcstream.errors import ConfigurationError, InvalidAudioError
 
@@ -47,6 +53,8 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: the GUI caps the SOLA crossfade buffer at four 20 ms units
 MAX_SOLA_UNITS = 4
+#: how the DiT estimator runs: eager, torch.compile (inductor), or torch.compile with CUDA graphs
+COMPILE_MODES = ("off", "compile", "cudagraphs")
 
 
 def _units(seconds: float, what: str, zc: int, sample_rate: int, minimum: int = 0) -> int:
@@ -133,7 +141,7 @@ class StreamLayout:
 class PromptFeatures:
     """What the DiT needs of a voice, for one prompt length (all on the model's device)."""
 
-    condition: torch.Tensor  # (1, frames, 384) length-regulated XLS-R features of the prompt
+    condition: torch.Tensor  # (1, frames, 384; 192 reduced) length-regulated XLS-R features of the prompt
     mel: torch.Tensor  # (1, 80, frames)
     style: torch.Tensor  # (1, 192) CAM++ embedding
 
@@ -223,7 +231,7 @@ class SeedVCSession(EngineSession):
         # streams, so a seed reproduces a session whatever other sessions do.
         self._noise = torch.Generator(device=engine.torch_device).manual_seed(settings.seed)
         self._vocoder_seeds = np.random.default_rng(settings.seed)
-        self._prompt = engine.prompt_features(voice, settings.max_prompt_length)
+        self._prompt = engine.session_prompt(voice, settings.max_prompt_length)
         self.voice = voice
 
     @property
@@ -239,7 +247,7 @@ class SeedVCSession(EngineSession):
 
     def set_voice(self, voice: VoiceProfile) -> None:
         """Switch the target voice from the next block on (the SOLA crossfade smooths the change)."""
-        self._prompt = self.engine.prompt_features(voice, self.settings.max_prompt_length)
+        self._prompt = self.engine.session_prompt(voice, self.settings.max_prompt_length)
         self.voice = voice
 
     def prepare(self, block: Audio) -> BlockRequest:
@@ -285,10 +293,14 @@ class SeedVCEngine(Engine):
     label = "Seed-VC"
     needs_gpu = True
 
-    def __init__(self, models: SeedVCModels, defaults: SeedVCSettings | None = None) -> None:
+    def __init__(
+        self, models: SeedVCModels, defaults: SeedVCSettings | None = None, compile_mode: str = "off"
+    ) -> None:
         self.models = models
         self.sample_rate = models.sample_rate
         self._defaults = defaults or SeedVCSettings()
+        self.compile_mode = compile_mode
+        self._estimator = compiled_estimator(models, compile_mode)
         if models.random_weights:
             log.warning("Seed-VC engine runs with RANDOM weights (%s): output is noise", models.origin)
 
@@ -313,14 +325,26 @@ class SeedVCEngine(Engine):
         profile = VoiceProfile(
             self.name, self.sample_rate, kept.shape[0] / self.sample_rate, SeedVCVoice(kept)
         )
-        self.prompt_features(profile, self.defaults.max_prompt_length)  # the common case, done now
+        self.session_prompt(profile, self.defaults.max_prompt_length)  # the common case, done now
         return profile
 
-    def prompt_features(self, voice: VoiceProfile, seconds: float) -> PromptFeatures:
-        """Prompt features of a voice for a prompt of ``seconds`` (its first seconds), memoised."""
+    def session_prompt(self, voice: VoiceProfile, max_prompt_s: float) -> PromptFeatures:
+        """The prompt a streaming session uses: the voice's reference cut to a prompt bucket (so a
+        batch's shapes come from a small set whatever the voices' lengths; see ``shapes``)."""
+        reference = self._voice_features(voice).reference
+        length = prompt_bucket(max_prompt_s, reference.shape[0], self.sample_rate)
+        return self.prompt_features(voice, length / self.sample_rate)
+
+    def _voice_features(self, voice: VoiceProfile) -> SeedVCVoice:
         features = voice.features
         if voice.engine != self.name or not isinstance(features, SeedVCVoice):
             raise ConfigurationError(f"voice profile was prepared by engine {voice.engine!r}, not seedvc")
+        return features
+
+    def prompt_features(self, voice: VoiceProfile, seconds: float) -> PromptFeatures:
+        """Prompt features of a voice for a prompt of exactly ``seconds`` (its first seconds, as
+        offline conversion asks), memoised."""
+        features = self._voice_features(voice)
         length = min(features.reference.shape[0], round(seconds * self.sample_rate))
         with features.lock:
             cached = features.prompts.get(length)
@@ -363,7 +387,7 @@ class SeedVCEngine(Engine):
         diffusion_steps: int,
         cfg_rate: float,
     ) -> torch.Tensor:
-        """Mel frames for ``condition`` (batch, frames, 384), each item after its own prompt.
+        """Mel frames for ``condition`` (batch, frames, width), each item after its own prompt.
 
         Items are laid out as ``[prompt_i, condition_i]`` and padded at the end to the longest; the
         DiT masks attention to padding and positions are absolute from the sequence start, so an item
@@ -402,7 +426,7 @@ class SeedVCEngine(Engine):
         """Fixed-step Euler integration of the flow from noise (t=0) to mel (t=1), as Seed-VC's CFM
         does: the prompt region of x is held at zero, the prompt mel enters as a condition; with
         guidance the conditioned and unconditioned velocities come from one doubled batch."""
-        estimator = self.models.estimator
+        estimator = self._estimator
         batch = x.shape[0]
         t_span = torch.linspace(0.0, 1.0, steps + 1, device=x.device)
         x = x.masked_fill(in_prompt, 0.0)
@@ -474,7 +498,7 @@ class SeedVCEngine(Engine):
         return self.infer(batch)
 
     def warm_voice(self, voice: VoiceProfile, settings: SessionSettings | None) -> None:
-        self.prompt_features(voice, self.own_settings(settings, SeedVCSettings).max_prompt_length)
+        self.session_prompt(voice, self.own_settings(settings, SeedVCSettings).max_prompt_length)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -482,6 +506,8 @@ class SeedVCEngine(Engine):
             "device": str(self.torch_device),
             "dtype": self.defaults.dtype,
             "random_weights": self.models.random_weights,
+            "size": self.models.size,
+            "compile": self.compile_mode,
             "weights": self.models.origin,
             "defaults": self.defaults.values(),
         }
@@ -495,16 +521,35 @@ def create_seedvc_engine(
     random_weights: bool = False,
     seed: int = 0,
     defaults: SeedVCSettings | None = None,
+    size: str = "full",
+    compile_mode: str = "off",
 ) -> SeedVCEngine:
     """The engine with published weights (from the cache, local paths, or the hub when allowed), or
     with random weights only when asked explicitly: missing weights raise ModelUnavailableError and
-    never fall back to random ones."""
+    never fall back to random ones. ``size`` "reduced" (random weights only) is the small model for
+    CPU tests and benchmarks; ``compile_mode`` is one of ``COMPILE_MODES``."""
     from vcstream.engines.seedvc.model import build_random, load_pretrained
     from vcstream.engines.seedvc.weights import resolve_weights
 
+    if size != "full" and not random_weights:
+        raise ConfigurationError(f"model size {size!r} exists only with random weights (benchmarks, tests)")
     if random_weights:
-        models = build_random(device, seed)
+        models = build_random(device, seed, size)
     else:
         models = load_pretrained(resolve_weights(cache_dir, local_paths, allow_download), device)
     log.info("Seed-VC loaded on %s from %s", models.device, models.origin)
-    return SeedVCEngine(models, defaults)
+    return SeedVCEngine(models, defaults, compile_mode)
+
+
+def compiled_estimator(models: SeedVCModels, mode: str) -> Any:
+    """The DiT estimator as the Euler loop calls it: itself ("off"), or wrapped by torch.compile.
+    The wrapper compiles on first call per input shape (buckets keep those few); the DiT's mask from
+    ``x_lens`` is data-dependent, so dynamo splits the graph there and compiles the rest. The wrapper
+    shares the module's weights and leaves the module itself unchanged."""
+    if mode not in COMPILE_MODES:
+        raise ConfigurationError(f"compile mode {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+    if mode == "off":
+        return models.estimator
+    if mode == "cudagraphs" and models.device.type != "cuda":
+        raise ConfigurationError(f"compile mode cudagraphs needs a CUDA device, not {models.device}")
+    return torch.compile(models.estimator, mode="reduce-overhead" if mode == "cudagraphs" else None)
