@@ -17,6 +17,10 @@ from vcstream.engines.seedvc.model import SeedVCModels, build_random
 from vcstream.engines.seedvc.session import BlockRequest, compiled_estimator
 from vcstream.engines.seedvc.shapes import PROMPT_BUCKETS_S, prompt_bucket
 from vcstream.errors import ConfigurationError
+from vcstream.streaming.converter import StreamConverter
+from vcstream.streaming.live import LiveSession
+from vcstream.streaming.scheduler import BlockScheduler, SchedulerConfig
+from waiting import wait_until
 
 SR = 22050
 Speech = Callable[..., tuple[np.ndarray, int]]
@@ -247,3 +251,68 @@ def test_compiled_dit_matches_eager(models: SeedVCModels) -> None:
     actual = compiled.generate([prompt], condition, [noise], 1, 0.0)
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
     assert compiled.describe()["compile"] == "compile"
+
+
+@pytest.mark.slow
+def test_live_sessions_through_the_scheduler_equal_the_file_path(
+    engine: SeedVCEngine, voices: dict[str, VoiceProfile], source: np.ndarray
+) -> None:
+    """The live path end to end: three sessions (two presets, two buckets) fed through LiveSession and
+    one scheduler, one leaving early and one joining late, give what each gives alone through the
+    synchronous converter; and they shared forward passes on the way."""
+    chosen = {"A": STREAMS["A"], "B": STREAMS["B"], "D": STREAMS["D"]}
+    block = engine.open_session(voices["slt"], engine.settings()).block_size
+    half = block // 2
+    fed = {"A": 2 * block, "B": 3 * block, "D": 3 * block}  # A leaves after two blocks
+    feeds = {name: source[s.seed * 2000 : s.seed * 2000 + fed[name]] for name, s in chosen.items()}
+
+    def converter(name: str) -> StreamConverter:
+        stream = chosen[name]
+        settings = engine.settings(seed=stream.seed, **PRESETS[stream.preset])
+        return StreamConverter(engine, voices[stream.voice], SR, settings)
+
+    expected = {}
+    for name in chosen:
+        alone_converter = converter(name)
+        expected[name] = alone_converter.push(feeds[name])
+        alone_converter.close()
+    scheduler = BlockScheduler(engine, SchedulerConfig(workers=1, max_batch=4, max_wait_s=0.05))
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
+
+    def live(name: str) -> LiveSession:
+        # deadlines far off: this test is about equal output, not about this CPU keeping up
+        return LiveSession(converter(name), outputs[name].append, scheduler, max_backlog_s=60, due_blocks=1e4)
+
+    def feed(session: LiveSession, name: str, at: int) -> None:
+        session.feed(feeds[name][at : at + half])
+
+    def delivered(name: str) -> int:
+        return sum(o.shape[0] for o in outputs[name])
+
+    sessions = {"A": live("A"), "B": live("B")}
+    try:
+        for at in range(0, 2 * block, half):  # A and B, chunk by chunk
+            feed(sessions["A"], "A", at)
+            feed(sessions["B"], "B", at)
+        sessions["D"] = live("D")  # D joins as A has sent its last chunk
+        for at in range(0, 3 * block, half):
+            feed(sessions["D"], "D", at)
+            if at >= 2 * block:
+                feed(sessions["B"], "B", at)
+        wait_until(
+            lambda: all(delivered(n) == expected[n].shape[0] for n in chosen),
+            120,
+            "every session's blocks came back",
+            state=lambda: {n: (delivered(n), expected[n].shape[0]) for n in chosen},
+        )
+    finally:
+        for session in sessions.values():
+            session.stop()
+        scheduler.close()
+    for name in chosen:
+        np.testing.assert_allclose(
+            np.concatenate(outputs[name]), expected[name], atol=BATCH_ATOL, err_msg=name
+        )
+    stats = scheduler.snapshot()
+    assert stats.skipped == 0 and stats.failed == 0
+    assert stats.largest_batch >= 2  # sessions shared forward passes

@@ -23,14 +23,19 @@ def _sessions(text: str) -> list[int]:
 def cmd_capacity(args: argparse.Namespace) -> int:
     from vcstream.bench.capacity import run_capacity_bench
     from vcstream.engines.registry import EngineOptions, create_engine
+    from vcstream.engines.settings import parse_pairs
 
     options = EngineOptions(
-        device=args.device, model_cache=args.model_cache, random_weights=args.random_weights
+        device=args.device,
+        model_cache=args.model_cache,
+        random_weights=args.random_weights,
+        model_size=args.seedvc_size,
+        compile_mode=args.compile,
     )
     if args.engine == "seedvc" and not args.random_weights and args.model_cache is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the cache only: never a download from here
     engine = create_engine(args.engine, options)
-    values: dict[str, object] = {}
+    values: dict[str, object] = dict(parse_pairs(args.set))
     if args.block_time is not None:
         values["block_time"] = args.block_time
     if args.engine == "seedvc":
@@ -40,7 +45,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     settings = engine.settings(**values)
     notes = []
     if args.engine == "seedvc" and not engine.on_gpu:
-        notes.append("Seed-VC on the CPU: far slower than real time; figures for the code path, not a GPU")
+        size = "the reduced model" if args.seedvc_size == "reduced" else "the full model"
+        notes.append(f"Seed-VC on the CPU ({size}): figures for the code path and batching, not a GPU's")
     if getattr(engine, "models", None) is not None and engine.describe().get("random_weights"):
         notes.append("random weights: same compute as the published model, meaningless output")
     run_capacity_bench(
@@ -74,9 +80,24 @@ def register(
         "--random-weights", action="store_true", help="seedvc with random weights (same compute)"
     )
     capacity.add_argument("--model-cache", type=Path, default=os.environ.get("VCSTREAM_MODEL_CACHE"))
+    capacity.add_argument(
+        "--seedvc-size",
+        choices=("full", "reduced"),
+        default="full",
+        help="reduced: a smaller Seed-VC with random weights, same code paths (CPU runs)",
+    )
+    capacity.add_argument(
+        "--compile",
+        choices=("off", "compile", "cudagraphs"),
+        default="off",
+        help="seedvc: torch.compile the DiT",
+    )
     capacity.add_argument("--sessions", type=_sessions, default=[1, 2, 4, 8], metavar="N,N,...")
     capacity.add_argument("--seconds", type=float, default=5.0, help="seconds per point")
     capacity.add_argument("--block-time", type=float, default=None, help="default: the engine's")
+    capacity.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="another session setting (repeat)"
+    )
     capacity.add_argument("--max-batch", type=int, default=None, help="default: 64 on a GPU, 8 on the CPU")
     capacity.add_argument("--no-batching", action="store_true", help="the unbatched path only")
     capacity.add_argument("--write", type=Path, default=None, help="save the batched figure for the server")
