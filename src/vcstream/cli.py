@@ -10,7 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vcstream.commands.options import add_engine_options, engine_from_args, session_settings
+from vcstream.commands.options import (
+    add_engine_options,
+    add_seedvc_build_options,
+    engine_from_args,
+    session_settings,
+)
 from vcstream.errors import InvalidAudioError, ModelUnavailableError, VcstreamError
 
 log = logging.getLogger("vcstream")
@@ -121,18 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--dtypes", default="fp32,bf16,fp16", help="seedvc dtypes to try on GPU")
     engines.add_argument("--model-cache", type=Path, default=os.environ.get("VCSTREAM_MODEL_CACHE"))
     engines.add_argument("--threads", type=int, default=1, help="CPU threads (1 = per-core figures)")
-    engines.add_argument(
-        "--seedvc-size",
-        choices=("full", "reduced"),
-        default="full",
-        help="seedvc: reduced = a smaller model with random weights (CPU benchmarks)",
-    )
-    engines.add_argument(
-        "--compile",
-        choices=("off", "compile", "cudagraphs"),
-        default="off",
-        help="seedvc: torch.compile the DiT (cudagraphs: with CUDA graphs, CUDA only)",
-    )
+    add_seedvc_build_options(engines)
     engines.set_defaults(func=cmd_bench)
     precision = bench_sub.add_parser(
         "precision", help="seedvc output difference of bf16/fp16 against fp32 (random weights; CUDA)"

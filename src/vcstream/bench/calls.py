@@ -155,12 +155,7 @@ def _server(
         sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
         raise
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _end(process)
 
 
 # -- the client processes ---------------------------------------------------------------------------
@@ -180,7 +175,8 @@ def _clients(stack: ExitStack, base: str, voice: str, calls: int) -> list[subpro
     return processes
 
 
-def _end(process: subprocess.Popen[str]) -> None:
+def _end(process: subprocess.Popen[Any]) -> None:
+    """Terminate a child process, killing it after 15 s."""
     if process.poll() is None:
         process.terminate()
         try:

@@ -7,6 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
+from vcstream.commands.options import add_seedvc_build_options
 from vcstream.errors import ConfigurationError
 
 
@@ -80,18 +81,7 @@ def register(
         "--random-weights", action="store_true", help="seedvc with random weights (same compute)"
     )
     capacity.add_argument("--model-cache", type=Path, default=os.environ.get("VCSTREAM_MODEL_CACHE"))
-    capacity.add_argument(
-        "--seedvc-size",
-        choices=("full", "reduced"),
-        default="full",
-        help="reduced: a smaller Seed-VC with random weights, same code paths (CPU runs)",
-    )
-    capacity.add_argument(
-        "--compile",
-        choices=("off", "compile", "cudagraphs"),
-        default="off",
-        help="seedvc: torch.compile the DiT",
-    )
+    add_seedvc_build_options(capacity)
     capacity.add_argument("--sessions", type=_sessions, default=[1, 2, 4, 8], metavar="N,N,...")
     capacity.add_argument("--seconds", type=float, default=5.0, help="seconds per point")
     capacity.add_argument("--block-time", type=float, default=None, help="default: the engine's")

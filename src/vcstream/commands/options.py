@@ -48,6 +48,22 @@ def add_engine_options(parser: argparse.ArgumentParser, default_engine: str = AU
     add_session_flags(parser)
 
 
+def add_seedvc_build_options(parser: argparse.ArgumentParser) -> None:
+    """How a benchmark builds Seed-VC: full size or the reduced model, and the DiT's compile mode."""
+    parser.add_argument(
+        "--seedvc-size",
+        choices=("full", "reduced"),
+        default="full",
+        help="seedvc: reduced = a smaller model with random weights, same code paths (CPU benchmarks)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("off", "compile", "cudagraphs"),
+        default="off",
+        help="seedvc: torch.compile the DiT (cudagraphs: with CUDA graphs, CUDA only)",
+    )
+
+
 def add_session_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """One flag per engine session setting (``--block-time`` for ``block_time``); values stay text
     and are checked by the chosen engine's settings."""
