@@ -316,3 +316,18 @@ def test_live_sessions_through_the_scheduler_equal_the_file_path(
     stats = scheduler.snapshot()
     assert stats.skipped == 0 and stats.failed == 0
     assert stats.largest_batch >= 2  # sessions shared forward passes
+
+
+def test_the_vocoder_runs_a_batch_with_each_items_own_noise(models: SeedVCModels) -> None:
+    """HiFT in one pass for the batch, and still each item's excitation noise from its own seed."""
+    import torch
+
+    mel = torch.randn(3, 80, 40, generator=torch.Generator().manual_seed(3))
+    alone = torch.cat([models.vocode(mel[i : i + 1], 7 + i) for i in range(3)])
+    batched = models.vocode_batch(mel, [7, 8, 9])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=BATCH_ATOL)
+    reseeded = models.vocode_batch(mel, [7, 8, 10])
+    torch.testing.assert_close(reseeded[:2], batched[:2], rtol=0, atol=BATCH_ATOL)
+    assert float((reseeded[2] - batched[2]).abs().max()) > 100 * BATCH_ATOL  # the seed is heard
+    with pytest.raises(RuntimeError, match="2 vocoder seeds for a batch of 3"):
+        models.vocode_batch(mel, [1, 2])

@@ -220,11 +220,16 @@ class LiveSession:
             return
         try:
             self._scheduler.submit(job)
-        except SchedulerClosed as exc:
+        except SchedulerClosed as exc:  # the server is shutting down: no more blocks
             with self._lock:
                 self._stopping = True
                 self._in_flight = None
                 self.error = exc
+                self._idle.notify_all()
+        except Exception as exc:  # the engine refused the request: this block is lost, not the session
+            with self._lock:
+                self._count_error(exc)
+                self._in_flight = None
                 self._idle.notify_all()
 
     def _count_error(self, exc: BaseException) -> None:

@@ -15,7 +15,7 @@ import logging
 import pickle
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +148,30 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+class PerItemSeededSource:
+    """HiFT's source module (``m_source``) with each batch item's noise drawn as if it ran alone.
+
+    The module draws the excitation's random phases and noise from torch's global RNG, the only
+    randomness in HiFT. Installed as the module's ``forward`` (its weights and state dict stay as
+    they are), it runs the (cheap) source once per item with the RNG seeded by that item's seed, so
+    the (costly) convolution stack can take the whole batch while every session keeps its own,
+    reproducible noise. ``seeds`` is set for each call, under ``SeedVCModels``' vocoder lock."""
+
+    def __init__(self, forward: Any, device: torch.device) -> None:
+        self._forward = forward
+        self._device = device
+        self.seeds: list[int] = []
+
+    def __call__(self, f0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(self.seeds) != f0.shape[0]:
+            raise RuntimeError(f"{len(self.seeds)} vocoder seeds for a batch of {f0.shape[0]}")
+        parts = []
+        for i, seed in enumerate(self.seeds):
+            with seeded_global_rng(seed, self._device):
+                parts.append(self._forward(f0[i : i + 1]))
+        return tuple(torch.cat(items) for items in zip(*parts, strict=True))
+
+
 @dataclass(eq=False)
 class SeedVCModels:
     """Every module of the v1 real-time model on one device, in eval mode, weights in float32
@@ -167,11 +191,16 @@ class SeedVCModels:
     size: str = "full"
     dtype: torch.dtype = torch.float32
     mel: MelSpectrogram = field(init=False, repr=False)
+    #: the vocoder's source module's forward, per batch item under its own seed (``vocode_batch``)
+    _source: PerItemSeededSource = field(init=False, repr=False)
     #: the vocoder's seeded use of the global RNG, one thread at a time (sessions share the models)
     _vocoder_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.mel = MelSpectrogram(self.mel_settings, self.device)
+        source = self.vocoder.get_submodule("m_source")
+        self._source = PerItemSeededSource(source.forward, self.device)
+        setattr(source, "forward", self._source)  # noqa: B010 - an instance attribute over the method
 
     @property
     def sample_rate(self) -> int:
@@ -204,9 +233,18 @@ class SeedVCModels:
         return style.float()
 
     def vocode(self, mel: torch.Tensor, seed: int) -> torch.Tensor:
-        """(batch, 80, frames) -> (batch, frames * hop) waveform, with the vocoder's noise seeded."""
-        with self._vocoder_lock, seeded_global_rng(seed, self.device):
-            wave: torch.Tensor = self.vocoder(mel.float())
+        """(1, 80, frames) -> (1, frames * hop) waveform, with the vocoder's noise seeded."""
+        return self.vocode_batch(mel, [seed])
+
+    def vocode_batch(self, mel: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """(batch, 80, frames) -> (batch, frames * hop) waveforms in one pass, item i's noise drawn
+        from ``seeds[i]`` (what it would get vocoded alone)."""
+        with self._vocoder_lock:
+            self._source.seeds = list(seeds)
+            try:
+                wave: torch.Tensor = self.vocoder(mel.float())
+            finally:
+                self._source.seeds = []
         return wave
 
 
