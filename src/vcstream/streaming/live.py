@@ -35,8 +35,8 @@ class LiveCounters:
     chunks_in: int = 0
     samples_in: int = 0
     samples_out: int = 0
-    #: blocks converted; counted with their output under one lock, so a snapshot never sees a block
-    #: whose audio is not counted yet
+    #: blocks converted (not the concealed ones); counted with their output under one lock, so a
+    #: snapshot never sees a block whose audio is not counted yet
     blocks: int = 0
     dropped_samples: int = 0
     drop_events: int = 0
@@ -263,7 +263,7 @@ class LiveSession:
         block goes out only after this one's output did)."""
         out = self.converter.deliver(block, seconds)
         with self._lock:
-            self.counters.blocks += 1
+            self.counters.blocks += seconds is not None  # converted (a concealed block is not)
             self.counters.samples_out += out.shape[0]
             self.counters.late_blocks += late
             self.counters.skipped_blocks += skipped
