@@ -187,20 +187,20 @@ class LiveSession:
         if self._in_flight is not None or self._stopping:
             return None
         converter = self.converter
-        block = converter.take_block()
-        while block is None and self._backlog:
-            chunk, self._held_arrival = self._backlog.popleft()
-            self._backlog_samples -= chunk.shape[0]
-            converter.accept(chunk)
-            block = converter.take_block()
-        if block is None:
-            return None
         try:
+            block = converter.take_block()
+            while block is None and self._backlog:
+                chunk, self._held_arrival = self._backlog.popleft()
+                self._backlog_samples -= chunk.shape[0]
+                converter.accept(chunk)
+                block = converter.take_block()
+            if block is None:
+                return None
             if self._pending_voice is not None:
                 converter.set_voice(self._pending_voice)
                 self._pending_voice = None
             request = converter.session.prepare(block)
-        except Exception as exc:  # a broken engine must not take the media pipeline down
+        except Exception as exc:  # a broken engine or chunk must not take the media pipeline down
             self._count_error(exc)
             return None
         job = BlockJob(
