@@ -157,7 +157,7 @@ def _slot(role: str, loaded_engine: LoadedEngine, settings: ServiceSettings) -> 
         role=role,
         engine=engine,
         scheduler=BlockScheduler(engine, SchedulerConfig.for_engine(engine)),
-        defaults=loaded_engine.defaults,
+        defaults=defaults,
         note=loaded_engine.engine_note,
         cpu_fallback=loaded_engine.cpu_fallback,
         choices=CallChoices.for_engine(engine, defaults, configured),

@@ -109,7 +109,7 @@ def probe(
     Otherwise: ``workers * block / t(1)`` sessions keep the pool busy. Either way the CPU's share
     for the media path bounds it too; never below one session (the engine is then slower than real
     time, and the log says so)."""
-    cores = cores or available_cores()
+    cores = available_cores() if cores is None else cores
     voice = engine.prepare_voice(reference, engine.sample_rate)
     sizes = batch_sizes(config.max_batch) if engine.batched_forward else [1]
     sessions: list[EngineSession] = []
@@ -152,7 +152,7 @@ def probe(
         f"bounded by {limit}; {UTILISATION:.0%} planned"
     )
     if planned < 1:
-        detail += "; slower than real time even for one session"
+        detail += "; not even one session in real time (one is admitted anyway)"
     return Capacity(sessions_n, "probe", engine.name, engine.device, block_s, timings, detail)
 
 
