@@ -432,7 +432,7 @@ function showEngine(engine) {
   ui.banner.hidden = !engine.cpu_fallback && engine.name !== "passthrough";
   ui.banner.dataset.kind = engine.overflow ? "overflow" : engine.cpu_fallback ? "cpu" : engine.name;
   ui.banner.textContent = engine.overflow
-    ? `The GPU is busy, so this call runs on the CPU: ${engine.note}.`
+    ? `${engine.note}.` // the server's own words: its main engine is full, this call runs on the CPU
     : engine.cpu_fallback
       ? `Running on the CPU: ${engine.note}. Conversion works, with lower quality than on a GPU.`
       : engine.note;
