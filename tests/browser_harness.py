@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from conftest import write_wav
+from vcstream.audio.types import Audio
+from vcstream.media.webrtc import OPUS_RATE
 from waiting import wait_until_async
 
 #: flags from STACK-NOTES: no sandbox (containers), no GPU, and none of Chromium's background traffic
@@ -122,3 +125,10 @@ async def open_client_page(context: Any, base_url: str) -> Any:
     await page.goto(base_url + "/")
     await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
     return page
+
+
+def looping_microphone(folder: Path, speech: Audio) -> Path:
+    """A wav for Chromium's fake microphone: the sentence twice with short pauses (Chromium loops
+    the file, so speech keeps coming)."""
+    pause = np.zeros(OPUS_RATE // 4, dtype=np.float32)
+    return write_wav(folder / "microphone.wav", np.concatenate([speech, pause, speech, pause]), OPUS_RATE)

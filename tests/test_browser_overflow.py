@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from browser_harness import CAPTURE_JS, captured, launch_chromium, open_client_page, take, wait_for
+from browser_harness import (
+    CAPTURE_JS,
+    captured,
+    launch_chromium,
+    looping_microphone,
+    open_client_page,
+    take,
+    wait_for,
+)
 from conftest import Speech, median_f0, write_wav
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.media.webrtc import OPUS_RATE
@@ -40,10 +48,7 @@ def test_passthrough_in_chromium_and_an_overflow_call_on_the_cpu_engine(
     tmp_path: Path, flite_speech: Speech, chromium: str
 ) -> None:
     microphone, _ = flite_speech("rms", None, OPUS_RATE)
-    pause = np.zeros(OPUS_RATE // 4, dtype=np.float32)
-    mic_wav = write_wav(
-        tmp_path / "microphone.wav", np.concatenate([microphone, pause, microphone, pause]), OPUS_RATE
-    )
+    mic_wav = looping_microphone(tmp_path, microphone)
     reference = write_wav(tmp_path / "slt.wav", *flite_speech("slt", None, 16000))
     f0_mic = median_f0(microphone, OPUS_RATE)
     f0_reference = median_f0(flite_speech("slt", None, 16000)[0], 16000)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from browser_harness import (
@@ -25,6 +24,7 @@ from browser_harness import (
     CAPTURE_S,
     captured,
     launch_chromium,
+    looping_microphone,
     open_client_page,
     take,
     voiced_fraction,
@@ -54,11 +54,7 @@ def test_browser_converts_switches_recovers_and_reports_states(
     tmp_path: Path, flite_speech: Speech, chromium: str
 ) -> None:
     microphone, _ = flite_speech("rms", None, OPUS_RATE)
-    # twice the sentence with a short pause: Chromium loops the file, speech keeps coming
-    pause = np.zeros(OPUS_RATE // 4, dtype=np.float32)
-    mic_wav = write_wav(
-        tmp_path / "microphone.wav", np.concatenate([microphone, pause, microphone, pause]), OPUS_RATE
-    )
+    mic_wav = looping_microphone(tmp_path, microphone)
     high_ref = write_wav(tmp_path / "slt.wav", *flite_speech("slt", None, 16000))
     low_ref = write_wav(tmp_path / "kal16.wav", *flite_speech("kal16", None, 16000))
     f0_mic = median_f0(microphone, OPUS_RATE)
