@@ -32,8 +32,7 @@ from browser_harness import (
 )
 from conftest import Speech, median_f0, write_wav
 from vcstream.media.webrtc import OPUS_RATE
-from vcstream.service.health import STATE_KEY
-from vcstream.service.keys import SESSIONS_KEY
+from vcstream.service.keys import ADMISSION_KEY, SESSIONS_KEY
 from webrtc_harness import Server, serving
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -150,8 +149,8 @@ def test_browser_converts_switches_recovers_and_reports_states(
         # -- a second page while the only place is taken: told the server is full -----------------
         # (and the server now reports the CPU engine standing in for Seed-VC, as `auto` does
         # without a GPU: the page must say so)
-        service = server.app[STATE_KEY]
-        service.cpu_fallback, service.engine_note = True, "CPU engine (WORLD): no CUDA GPU found"
+        primary = server.app[ADMISSION_KEY].primary
+        primary.cpu_fallback, primary.note = True, "CPU engine (WORLD): no CUDA GPU found"
         second = await granted.new_page()
         await second.goto(server.base + "/")
         await second.wait_for_selector("#server-state[data-state='full']", timeout=10000)

@@ -86,7 +86,7 @@ def _ssl_context(settings: ServiceSettings) -> ssl.SSLContext | None:
 async def serve(settings: ServiceSettings) -> None:
     """Run until SIGINT/SIGTERM, then drain and stop."""
     from vcstream.service.app import create_app, drain
-    from vcstream.service.health import STATE_KEY
+    from vcstream.service.keys import ADMISSION_KEY
 
     loop = asyncio.get_running_loop()
     stop, hurry = asyncio.Event(), asyncio.Event()
@@ -116,8 +116,8 @@ async def serve(settings: ServiceSettings) -> None:
             host, port = address[0], address[1]
             shown = "localhost" if host in ("0.0.0.0", "::") else host
             log.info("listening on %s://%s:%d/ (open %s://%s:%d/)", scheme, host, port, scheme, shown, port)
-        state = app[STATE_KEY]
-        (log.warning if state.cpu_fallback else log.info)("engine: %s", state.engine_note)
+        primary = app[ADMISSION_KEY].primary
+        (log.warning if primary.cpu_fallback else log.info)("engine: %s", primary.note)
         await stop.wait()
         draining = asyncio.create_task(drain(app))
         hurrying = asyncio.create_task(hurry.wait())

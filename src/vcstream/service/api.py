@@ -299,8 +299,8 @@ async def info(request: web.Request) -> web.Response:
     return json_reply(
         ServerInfo(
             engine=engine.name,
-            engine_note=state.engine_note,
-            cpu_fallback=state.cpu_fallback,
+            engine_note=admission.primary.note,
+            cpu_fallback=admission.primary.cpu_fallback,
             device=str(described.get("device", "cpu")),
             sample_rate=engine.sample_rate,
             block_time_s=app[DEFAULTS_KEY].block_time,

@@ -53,7 +53,6 @@ from vcstream.service.keys import (
     MEDIA_POOL,
     METRICS_KEY,
     RUNTIME_KEY,
-    SCHEDULER_KEY,
     SETTINGS_KEY,
     VOICES_DB_POOL,
     VOICES_KEY,
@@ -124,8 +123,6 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
             result = loaded(given, settings)
         overflow = await runtime.run_blocking(ENGINE_POOL, load_overflow_engine, settings, result.engine)
         app[ENGINE_KEY] = result.engine
-        state.engine_note = result.engine_note
-        state.cpu_fallback = result.cpu_fallback
         app[METRICS_KEY].engine_loaded(result.engine.name, result.device, result.cpu_fallback)
         log.info("engine %s loaded", result.engine.name)
         app[DEFAULTS_KEY] = result.defaults
@@ -134,7 +131,6 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
             slots.append(_slot("overflow", overflow, settings))
         admission = Admission(*slots)
         app[ADMISSION_KEY] = admission
-        app[SCHEDULER_KEY] = admission.primary.scheduler
         app[METRICS_KEY].watch_schedulers(lambda: [slot.scheduler.snapshot() for slot in admission.slots])
         warming = asyncio.create_task(_warm(runtime, state, admission, settings), name="engine-warm-up")
         try:

@@ -21,10 +21,6 @@ from vcstream.service.schemas import Alive, ErrorBody, Ready, json_reply
 class ServiceState:
     """What /readyz and session admission look at. Written on the event loop thread only."""
 
-    #: human-readable sentence about the engine in use (fallbacks say so), for logs, /api/info, the page
-    engine_note: str = ""
-    #: the CPU engine runs because Seed-VC could not (no GPU or no weights)
-    cpu_fallback: bool = False
     #: one block went through a session of the loaded engine
     warm: bool = False
     #: why warm-up failed, if it did (the server then stays unready)

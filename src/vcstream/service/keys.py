@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from vcstream.service.metrics import ServiceMetrics
     from vcstream.service.signalling import SessionRegistry
     from vcstream.service.voices import VoiceLibrary
-    from vcstream.streaming.scheduler import BlockScheduler
 
 #: the loops and thread pools every thread crossing goes through (built first, closed last)
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime")
@@ -24,8 +23,6 @@ SETTINGS_KEY: web.AppKey[ServiceSettings] = web.AppKey("settings")
 ENGINE_KEY: web.AppKey[Engine] = web.AppKey("engine", Engine)
 #: the engines sessions run on (the primary and, if configured, an overflow CPU engine) and their places
 ADMISSION_KEY: web.AppKey[Admission] = web.AppKey("admission")
-#: runs every session's blocks on the primary engine's device (closed after the sessions)
-SCHEDULER_KEY: web.AppKey[BlockScheduler] = web.AppKey("scheduler")
 #: the engine's session settings with the operator's defaults applied
 DEFAULTS_KEY: web.AppKey[SessionSettings] = web.AppKey("session_defaults", SessionSettings)
 VOICES_KEY: web.AppKey[VoiceLibrary] = web.AppKey("voices")

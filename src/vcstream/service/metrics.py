@@ -55,7 +55,7 @@ class ServiceMetrics:
             registry=r,
         )
         self._late = Counter(
-            "vcstream_blocks_late", "Blocks whose inference took longer than their duration", registry=r
+            "vcstream_blocks_late", "Blocks whose output came after their deadline", registry=r
         )
         self._dropped = Counter(
             "vcstream_blocks_dropped", "Blocks of input dropped because inference fell behind", registry=r

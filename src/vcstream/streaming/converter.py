@@ -19,7 +19,6 @@ from vcstream.engines.settings import SessionSettings
 
 @dataclass
 class StreamStats:
-    blocks: int = 0
     #: the most recent per-block inference times (bounded, for percentiles)
     inference_s: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=500))
 
@@ -96,7 +95,6 @@ class StreamConverter:
             self.stats.inference_s.append(inference_s)
             if self._on_block is not None:
                 self._on_block(inference_s)
-        self.stats.blocks += 1
         return self._from_engine.process(block)
 
     # -- all at once, on the caller's thread (file conversion, benchmarks) -------------------------
