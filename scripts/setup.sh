@@ -14,6 +14,7 @@ APT_PACKAGES=(
   chromium                                          # real-browser tests of the WebRTC client
   postgresql                                        # the voice library's cluster database, in tests
   coturn                                            # a real TURN server for the relayed-call test
+  haproxy prometheus                                # the local cluster test's balancer and scraper
 )
 
 missing=()

@@ -6,12 +6,7 @@ the credentials the server issued, and that it refuses credentials signed with a
 from __future__ import annotations
 
 import asyncio
-import re
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +25,15 @@ from browser_harness import (
     wait_for,
 )
 from conftest import Speech, write_wav
+from turn_harness import Coturn, running_coturn
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.ice import turn_credentials
-from waiting import wait_until
 from webrtc_harness import serving
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
 SECRET = "vcstream-test-turn-secret"
 REALM = "vcstream.test"
-ALLOCATED = re.compile(r"user <\d+:([^>]+)>.*ALLOCATE processed, success")
 
 # every RTCPeerConnection the page makes may gather relay candidates only: no host path exists
 RELAY_ONLY_JS = """
@@ -75,69 +69,10 @@ async () => {
 """
 
 
-@dataclass
-class Coturn:
-    address: str
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"turn:{self.address}:{self.port}?transport=udp"
-
-    def allocations(self) -> list[str]:
-        """The user part of the (``<expiry>:<user>``) credentials of every relay coturn allocated."""
-        return ALLOCATED.findall(self.log.read_text(errors="replace"))
-
-
-def _free_udp_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
-
-
-def _interface_address() -> str:
-    """This machine's address on its network interface. Chromium and libnice gather candidates
-    there, not on loopback, and a relay on 127.0.0.1 cannot send to it (the kernel drops loopback-
-    sourced packets to other addresses). Connecting a UDP socket sends nothing."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("203.0.113.1", 9))  # TEST-NET-3: only the route is looked up
-        except OSError:
-            return "127.0.0.1"
-        return str(probe.getsockname()[0])
-
-
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[Coturn]:
-    if shutil.which("turnserver") is None:
-        pytest.fail("coturn is missing: apt-get install coturn (scripts/setup.sh does)")
-    address = _interface_address()
-    port, log = _free_udp_port(address), tmp_path / "turnserver.log"
-    command = [
-        "turnserver", "-n", "--simple-log", "--verbose", f"--log-file={log}",
-        f"--listening-ip={address}", f"--listening-port={port}", f"--relay-ip={address}",
-        "--min-port=50000", "--max-port=50999", "--no-tls", "--no-dtls", "--no-cli",
-        "--use-auth-secret", f"--static-auth-secret={SECRET}", f"--realm={REALM}",
-        f"--pidfile={tmp_path / 'turnserver.pid'}", f"--userdb={tmp_path / 'turndb'}",
-        "--allow-loopback-peers",  # the browser and the server are on this machine
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-    def log_text() -> str:
-        return log.read_text(errors="replace") if log.exists() else ""
-
-    def listening() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"turnserver exited with {process.returncode}: {log_text()}")
-        return "UDP listener opened" in log_text()
-
-    try:
-        wait_until(listening, 10, "turnserver opened its UDP listener", state=log_text)
-        yield Coturn(address, port, log)
-    finally:
-        process.terminate()
-        process.wait(10)
+    with running_coturn(tmp_path, SECRET, REALM) as server:
+        yield server
 
 
 def test_call_through_turn_with_the_servers_credentials(

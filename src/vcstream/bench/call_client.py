@@ -19,15 +19,18 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import numpy as np
 
 from vcstream.audio.types import Audio
 from vcstream.bench.signals import flite_speech
-from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer
+from vcstream.errors import VcstreamError
+from vcstream.media.webrtc import OPUS_RATE, PeerConfig, WebRtcPeer
 
 #: 20 ms, one Opus frame
 CHUNK = OPUS_RATE // 50
@@ -35,6 +38,36 @@ CHUNK = OPUS_RATE // 50
 GAP_S = 0.06
 #: server ``stats`` counters whose growth over the window is reported
 SERVER_COUNTERS = ("late_blocks", "dropped_ms", "drop_events")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call did not start: ``code`` is the server's error code (``server_full``,
+    ``server_draining``...), ``http_<status>`` when the upgrade itself was refused (a balancer with no
+    free replica) or ``unreachable``; ``retry_after_s`` is the hint that came with it, if any."""
+
+    code: str
+    message: str
+    retry_after_s: float | None = None
+
+
+class CallRefused(VcstreamError):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(f"call refused: {refusal.code}: {refusal.message}")
+        self.refusal = refusal
+
+
+def gst_turn_servers(ice_servers: Iterable[dict[str, Any]]) -> tuple[str, ...]:
+    """The ``turn:`` entries of a ``ready`` message's ``ice_servers`` in webrtcbin's form
+    (``turn://user:password@host:port``, the credentials percent-encoded)."""
+    found: list[str] = []
+    for server in ice_servers:
+        user, password = server.get("username"), server.get("credential")
+        for url in server.get("urls", []):
+            if url.startswith("turn:") and user and password:
+                address = urlsplit("turn://" + url.removeprefix("turn:")).netloc
+                found.append(f"turn://{quote(user, safe='')}:{quote(password, safe='')}@{address}")
+    return tuple(found)
 
 
 @dataclass
@@ -66,6 +99,17 @@ class BenchCall:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: the latest WebRTC states of both ends and the signalling seen, for a report when a call fails
     states: dict[str, str] = field(default_factory=dict)
+    #: make the call through the TURN server the ``ready`` message names, relay candidates only
+    relay_only: bool = False
+    #: the server's ``ready`` message, and its ``draining`` message once one came
+    ready: dict[str, Any] = field(default_factory=dict)
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    draining_message: dict[str, Any] = field(default_factory=dict)
+    #: set when the signalling WebSocket is gone; ``end_reason`` says how it went
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    end_reason: str = ""
+    #: when converted audio last arrived (time.perf_counter)
+    last_audio: float | None = None
 
     # -- PeerListener ---------------------------------------------------------------------------
 
@@ -81,6 +125,7 @@ class BenchCall:
 
     def on_audio(self, samples: Audio) -> None:
         now = time.perf_counter()
+        self.last_audio = now
         if not self.converting.is_set() and np.max(np.abs(samples), initial=0.0) > 1e-3:
             self.loop.call_soon_threadsafe(self.converting.set)
         with self.lock:
@@ -103,11 +148,24 @@ class BenchCall:
         await self.ws.send_str(json.dumps({"v": 1, "type": kind, **fields}))
 
     async def dial(self, voice: str) -> None:
+        """Hello, then the offer; ``CallRefused`` when the server answers hello with an error."""
         await self.send("hello")
-        ready = json.loads((await self.ws.receive(timeout=10)).data)
+        message = await self.ws.receive(timeout=10)
+        if message.type != aiohttp.WSMsgType.TEXT:
+            raise CallRefused(Refusal("closed", f"the server closed the connection at hello: {message}"))
+        ready = json.loads(message.data)
         if ready.get("type") != "ready":
-            raise RuntimeError(f"the server did not accept the call: {ready}")
-        self.peer = WebRtcPeer(self)
+            hint = ready.get("retry_after_s")
+            seconds = None if hint is None else float(hint)
+            raise CallRefused(Refusal(str(ready.get("code")), str(ready.get("message")), seconds))
+        self.ready = ready
+        config = None
+        if self.relay_only:
+            turn = gst_turn_servers(ready.get("ice_servers", []))
+            if not turn:
+                raise CallRefused(Refusal("no_turn", "relay_only, but the server names no TURN server"))
+            config = PeerConfig(turn_servers=turn, relay_only=True)
+        self.peer = WebRtcPeer(self, config)
         await asyncio.to_thread(self.peer.offer)
         offer = await asyncio.wait_for(self.outgoing.get(), 10)
         await self.send("offer", sdp=offer["sdp"], voice=voice)
@@ -119,6 +177,14 @@ class BenchCall:
             await self.send(message.pop("type"), **message)
 
     async def _read(self) -> None:
+        try:
+            await self._read_messages()
+        finally:
+            if not self.end_reason:
+                self.end_reason = f"connection closed (code {self.ws.close_code})"
+            self.ended.set()
+
+    async def _read_messages(self) -> None:
         async for message in self.ws:
             if message.type != aiohttp.WSMsgType.TEXT:
                 break
@@ -127,10 +193,17 @@ class BenchCall:
             self.states["last message"] = str(data["type"])
             if data["type"] == "stats":
                 self.stats = data
+            elif data["type"] == "draining":
+                self.draining_message = data
+                self.draining.set()
+            elif data["type"] == "bye":
+                self.end_reason = f"bye: {data.get('reason')}"
             elif data["type"] == "state":
                 self.states.update({f"server {k}": str(v) for k, v in data.items() if k not in ("v", "type")})
             elif data["type"] == "error":
                 self.errors.append(f"server: {data.get('code')}: {data.get('message')}")
+                if data.get("fatal"):
+                    self.end_reason = f"error {data.get('code')}: {data.get('message')}"
             elif peer is not None and data["type"] == "answer":
                 await asyncio.to_thread(peer.accept_answer, data["sdp"])
             elif peer is not None and data["type"] == "ice" and data["candidate"] is not None:
@@ -162,22 +235,26 @@ class BenchCall:
         }
 
     async def close(self) -> None:
+        """Hang up (idempotent): the signalling tasks stop, the socket and the peer close."""
+        if not self.end_reason:
+            self.end_reason = "hung up"
         for task in self.tasks:
             task.cancel()
         await self.ws.close()
-        if self.peer is not None:
+        if self.peer is not None and not self.peer.closed:
             await asyncio.to_thread(self.peer.close)
 
 
-async def _talk(calls: list[BenchCall], speech: Audio) -> None:
-    """Feed every call the same speech, looped, 20 ms at a time on the clock."""
+async def talk(calls: Callable[[], Iterable[BenchCall]], speech: Audio) -> None:
+    """Feed every call ``calls()`` names (read again at each step: calls come and go) the same
+    speech, looped, 20 ms at a time on the clock."""
     started = time.perf_counter()
     index = 0
     while True:
         start = (index * CHUNK) % (speech.shape[0] - CHUNK)
         chunk = speech[start : start + CHUNK]
-        for call in calls:
-            if call.peer is not None:
+        for call in calls():
+            if call.peer is not None and not call.peer.closed:
                 call.peer.push(chunk)
         index += 1
         await asyncio.sleep(max(0.0, started + index / 50 - time.perf_counter()))
@@ -192,7 +269,7 @@ async def run(ws_url: str, voice: str, count: int, ready_within_s: float) -> Non
     speech = flite_speech("slt", OPUS_RATE)
     async with aiohttp.ClientSession() as http:
         calls = [BenchCall(loop, await http.ws_connect(ws_url)) for _ in range(count)]
-        talking = asyncio.create_task(_talk(calls, speech))
+        talking = asyncio.create_task(talk(lambda: calls, speech))
         try:
             for call in calls:
                 await call.dial(voice)

@@ -136,6 +136,8 @@ class PeerConfig:
     max_send_queue_s: float = 0.5
     #: also gather ICE-TCP candidates (a listening socket per call; UDP and TURN cover real clients)
     ice_tcp: bool = False
+    #: use relay (TURN) candidates only, like a browser's ``iceTransportPolicy: "relay"``
+    relay_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,8 @@ class WebRtcPeer:
         )
         if self.config.stun_server:
             self._webrtc.set_property("stun-server", self.config.stun_server)
+        if self.config.relay_only:
+            self._webrtc.set_property("ice-transport-policy", GstWebRTC.WebRTCICETransportPolicy.RELAY)
         for turn in self.config.turn_servers:
             if not self._webrtc.emit("add-turn-server", turn):
                 self._closed = True
