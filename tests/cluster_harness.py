@@ -331,17 +331,23 @@ def running_cluster(
         ]
         scraper = _started(stack, prometheus_command, prometheus.log)
 
-        def answering(process: subprocess.Popen[bytes], log: Path, url: str) -> bool:
+        def running(process: subprocess.Popen[bytes], log: Path) -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"{process.args[0]} exited ({process.returncode}): {_log_tail(log)}")
-            return http_get(url)[0] == 200
+            return True
 
+        scraping = f"{prometheus.base}/-/ready"
         wait_until(
-            lambda: answering(scraper, prometheus.log, f"{prometheus.base}/-/ready"), 30, "Prometheus up"
+            lambda: running(scraper, prometheus.log) and http_get(scraping)[0] == 200, 30, "Prometheus up"
         )
-        wait_until(lambda: answering(haproxy, balancer.log, f"{balancer.base}/healthz"), 30, "HAProxy up")
+        opened = balancer.socket_path.exists
+        wait_until(lambda: running(haproxy, balancer.log) and opened(), 30, "HAProxy's runtime API open")
         cluster = Cluster(members, balancer, prometheus, coturn, capacity, grace_s, [haproxy, scraper])
-        cluster.ensure_all_up()
+        cluster.ensure_all_up()  # replicas ready, and UP in the balancer
+        pages = f"{balancer.base}/healthz"
+        wait_until(
+            lambda: http_get(pages)[0] == 200, 15, "HAProxy serves pages", state=lambda: http_get(pages)
+        )
         yield cluster
 
 

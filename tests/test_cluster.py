@@ -267,6 +267,16 @@ def test_e_prometheus_scrapes_every_replica_and_every_dashboard_query_has_data(
         async with calls_talking(calls) as http:
             for index in range(len(healthy.replicas)):  # one call per replica, one of them relayed
                 await open_on(healthy, http, voice, calls, policy=ONE_TRY, relay_only=index == 0)
+            # one replica filled up, straight to it, and one call more: a replica's own refusal
+            # (server_full, with its retry hint) for the refusals panel
+            full = healthy.replicas[0]
+            for _ in range(CAPACITY - full.active_sessions()):
+                calls.append(await open_call(http, full.ws_url, voice, policy=ONE_TRY))
+                await converting(calls[-1], f"a call straight to {full.name}")
+            with pytest.raises(CallRefused) as refused:
+                calls.append(await open_call(http, full.ws_url, voice, policy=ONE_TRY))
+            assert refused.value.refusal.code == "server_full", refused.value.refusal
+            assert refused.value.refusal.retry_after_s, refused.value.refusal
             await asyncio.to_thread(
                 wait_until,
                 every_query_has_data,
