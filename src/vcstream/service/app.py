@@ -207,6 +207,7 @@ async def _voices_context(app: web.Application) -> AsyncIterator[None]:
         app[ENGINE_KEY],
         app[RUNTIME_KEY],
         max_upload_bytes=settings.max_upload_bytes,
+        profile_cache_size=settings.voice_cache_size,
     )
     try:
         await library.open()
