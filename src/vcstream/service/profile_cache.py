@@ -45,7 +45,7 @@ class ProfileCache:
     def clear(self) -> None:
         self._entries.clear()
 
-    def keys(self) -> list[ProfileKey]:
+    def ordered_keys(self) -> list[ProfileKey]:
         """The cached keys, least recently used first."""
         return list(self._entries)
 

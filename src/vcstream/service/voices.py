@@ -199,7 +199,16 @@ class VoiceLibrary:
         return await self._in(VOICES_DB_POOL, query)
 
     async def get(self, voice_id: str) -> VoiceInfo:
-        return VoiceInfo.of(await self._in(VOICES_DB_POOL, self._record, voice_id))
+        return VoiceInfo.of(await self._current_record(voice_id))
+
+    async def _current_record(self, voice_id: str) -> VoiceRecord:
+        """The voice's row; a voice gone from the database (deleted through any replica) is also
+        dropped from this replica's cache."""
+        try:
+            return await self._in(VOICES_DB_POOL, self._record, voice_id)
+        except VoiceNotFoundError:
+            self._forget(voice_id)
+            raise
 
     def _record(self, voice_id: str) -> VoiceRecord:
         record = None
@@ -212,7 +221,11 @@ class VoiceLibrary:
 
     async def audio(self, voice_id: str) -> bytes:
         """The stored 16-bit 48 kHz WAV of a voice."""
-        return await self._in(VOICES_DB_POOL, self._wav, voice_id)
+        try:
+            return await self._in(VOICES_DB_POOL, self._wav, voice_id)
+        except VoiceNotFoundError:
+            self._forget(voice_id)
+            raise
 
     def _wav(self, voice_id: str) -> bytes:
         wav = None
@@ -340,11 +353,7 @@ class VoiceLibrary:
         one voice share one computation. Raises VoiceNotFoundError if the voice is not (or no longer)
         in the database, and then drops it from this replica's cache."""
         # the row is checked on every use: another replica sharing the database may have deleted it
-        try:
-            await self._in(VOICES_DB_POOL, self._record, voice_id)
-        except VoiceNotFoundError:
-            self._forget(voice_id)
-            raise
+        await self._current_record(voice_id)
         engine = engine or self.engine
         key = (voice_id, engine.name)
         cached = self._profiles.get(key)
