@@ -7,7 +7,7 @@ Start-up (``cleanup_ctx``, in this order, before the server accepts connections)
 2. the engine is chosen and loaded on the runtime's engine pool (the loop stays responsive), then
    stored under ``ENGINE_KEY``; warm-up (one voice and two blocks through a session) continues in the
    background after start-up, and /readyz answers 503 until it is done;
-3. the voice library opens its database and folder (``VOICES_KEY``);
+3. the voice library opens its database (``VOICES_KEY``);
 4. whatever ``vcstream.service.signalling.setup`` registered (it sees the keys above).
 
 Shutdown: ``drain`` marks the server draining (/readyz 503; ``health.session_refusal`` refuses new

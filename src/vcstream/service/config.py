@@ -185,7 +185,8 @@ class ServiceSettings:
         ),
     )
     data_dir: Path = field(
-        default=Path("var"), metadata=_meta("VCSTREAM_DATA_DIR", path, "folder for the database and voices")
+        default=Path("var"),
+        metadata=_meta("VCSTREAM_DATA_DIR", path, "folder of the default SQLite database"),
     )
     database_url: str | None = field(
         default=None,
