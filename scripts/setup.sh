@@ -14,7 +14,8 @@ APT_PACKAGES=(
   chromium                                          # real-browser tests of the WebRTC client
   postgresql                                        # the voice library's cluster database, in tests
   coturn                                            # a real TURN server for the relayed-call test
-  haproxy prometheus                                # the local cluster test's balancer and scraper
+  prometheus                                        # promtool: alert rules, their tests, dashboard queries
+  haproxy                                           # the local cluster test's balancer
 )
 
 missing=()
