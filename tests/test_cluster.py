@@ -88,22 +88,7 @@ def upload(base: str, path: Path, name: str) -> str:
 @pytest.fixture(scope="module")
 def voice(cluster: Cluster, reference: Path) -> str:
     """A voice every replica can use, uploaded once through the balancer."""
-    voice_id = upload(cluster.balancer.base, reference, "cluster voice")
-    _copy_recording_to_every_replica(cluster, voice_id)
-    return voice_id
-
-
-def _copy_recording_to_every_replica(cluster: Cluster, voice_id: str) -> None:
-    """STAND-IN, to be removed once the voice library keeps recordings in the database (issue 9 item
-    3): the record is shared through PostgreSQL but the recording is on the uploading replica's disk,
-    so the calls of the other tests would fail for a reason test_a checks on its own. Copies nothing
-    once recordings no longer live in the replicas' folders."""
-    found = [r.folder / "voices" / f"{voice_id}.wav" for r in cluster.replicas]
-    source = next((path for path in found if path.exists()), None)
-    for path in found:
-        if source is not None and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(source.read_bytes())
+    return upload(cluster.balancer.base, reference, "cluster voice")
 
 
 @pytest.fixture
