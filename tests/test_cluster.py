@@ -101,16 +101,12 @@ def healthy(cluster: Cluster) -> Cluster:
 
 @asynccontextmanager
 async def calls_talking(calls: list[Any]) -> AsyncIterator[aiohttp.ClientSession]:
-    """Real-time speech into every call of ``calls`` (BenchCalls or RedialingCalls, their current
-    call), read again at each step; hangs all of them up at the end."""
+    """Real-time speech into every call of ``calls`` (BenchCalls or RedialingCalls: each of their
+    live calls), read again at each step; hangs all of them up at the end."""
     speech = flite_speech("slt", OPUS_RATE)
 
     def current() -> list[BenchCall]:
-        return [
-            c.current if isinstance(c, RedialingCall) else c
-            for c in calls
-            if not isinstance(c, RedialingCall) or c.calls
-        ]
+        return [live for c in calls for live in (c.live() if isinstance(c, RedialingCall) else [c])]
 
     talking = asyncio.create_task(talk(current, speech))
     async with aiohttp.ClientSession() as http:
@@ -294,33 +290,40 @@ def _dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def test_c_sigterm_drains_a_replica_without_disturbing_calls(healthy: Cluster, voice: str) -> None:
+    """The drained replica carries two calls: one that stays (it flows until the grace runs out) and
+    one whose client moves on ``draining`` (make-before-break: the new call converts before the old
+    one is hung up)."""
+
     async def main() -> None:
-        calls: list[BenchCall] = []
+        calls: list[Any] = []
         async with calls_talking(calls) as http:
             placed: dict[str, BenchCall] = {}
             for _ in healthy.replicas:
                 replica = await open_on(healthy, http, voice, calls, policy=ONE_TRY)
                 placed[replica.name] = calls[-1]
-            victim = healthy.replicas[0]
+            victim = await open_on(healthy, http, voice, calls, redialing=True)
+            mover: RedialingCall = calls[-1]
+            stayer = placed[victim.name]
             others = [placed[r.name] for r in healthy.replicas if r is not victim]
             started_before = victim.sessions_started()
 
             victim.signal(signal.SIGTERM)
             drained_at = time.perf_counter()
-            for call in calls:
+            for call in [*placed.values(), mover.current]:
                 call.start_window()
 
-            # a new call goes elsewhere (the replica may answer server_draining before the balancer
-            # takes it out: the client's policy then tries again)
-            landed = await open_on(healthy, http, voice, calls)
-            assert landed is not victim
+            # a new call goes elsewhere: it converts and the victim started no session (it may
+            # answer server_draining before the balancer takes it out: the client then tries again)
+            calls.append(await open_call(http, healthy.balancer.ws_url, voice))
+            await converting(calls[-1], "a call opened while a replica drains")
             assert victim.sessions_started() == started_before
 
-            # the victim's call keeps flowing until the grace expires; then it ends
-            mine = placed[victim.name]
-            await wait_until_async(mine.ended.is_set, GRACE_S + 10, "the drained call ended after the grace")
+            # the call that stays keeps flowing until the grace expires; then it ends
+            await wait_until_async(
+                stayer.ended.is_set, GRACE_S + 10, "the drained call ended after the grace"
+            )
             ended_after_s = time.perf_counter() - drained_at
-            flowing_until_s = (mine.last_audio or 0) - drained_at
+            flowing_until_s = (stayer.last_audio or 0) - drained_at
             print(f"\ndrained call: audio until {flowing_until_s:.2f} s, ended at {ended_after_s:.2f} s")
             assert flowing_until_s > GRACE_S - 1.0, "the call stopped flowing before the grace ran out"
 
@@ -334,15 +337,23 @@ def test_c_sigterm_drains_a_replica_without_disturbing_calls(healthy: Cluster, v
                 assert not call.ended.is_set(), call.end_reason
 
             # the drained replica is gone once its last call is (the next test starts it again)
-            assert await asyncio.to_thread(victim.wait_exit, 10) == 0, (
-                "the drained replica did not exit cleanly"
-            )
+            exited = await asyncio.to_thread(victim.wait_exit, 10)
+            assert exited == 0, "the drained replica did not exit cleanly"
 
-            # and it was told, at once, to move (make-before-break), and how long it may stay
-            assert mine.draining.is_set(), "no draining message reached the drained call"
-            assert mine.draining_message.get("grace_s") == pytest.approx(GRACE_S, abs=1), (
-                mine.draining_message
-            )
+            # both calls were told at once to move, and how long they may stay
+            for told in (stayer, mover.calls[0]):
+                assert told.draining.is_set(), "no draining message reached a drained call"
+                assert told.draining_message.get("grace_s") == pytest.approx(GRACE_S, abs=1), (
+                    told.draining_message
+                )
+            # the mover's client moved it: the new call converted while the old one still flowed
+            assert mover.handovers and mover.handovers[0].reason == "draining", mover.handovers
+            moved = mover.handovers[0]
+            assert moved.converting_at is not None and moved.converting_at - drained_at < RECONNECTED_WITHIN_S
+            old_until = mover.calls[0].last_audio or 0
+            print(f"moved call: converting elsewhere after {moved.converting_at - drained_at:.2f} s, old "
+                  f"call's audio until {old_until - drained_at:.2f} s")  # fmt: skip
+            assert old_until > moved.converting_at - LONGEST_GAP_S, "a break between the old and the new call"
 
     asyncio.run(main())
 

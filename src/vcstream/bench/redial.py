@@ -129,7 +129,13 @@ class RedialingCall:
 
     @property
     def current(self) -> BenchCall:
+        """The latest call opened (during a move: the new one)."""
         return self.calls[-1]
+
+    def live(self) -> list[BenchCall]:
+        """The calls to feed the microphone to: during a make-before-break move both the old and
+        the new one, so the old one keeps carrying the voice until the new one does."""
+        return [call for call in self.calls if not call.ended.is_set()]
 
     async def start(self) -> None:
         self.calls.append(await self._open())
