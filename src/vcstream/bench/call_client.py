@@ -37,6 +37,14 @@ GAP_S = 0.06
 SERVER_COUNTERS = ("late_blocks", "dropped_ms", "drop_events")
 
 
+class CallRefused(RuntimeError):
+    """The server answered ``hello`` with something other than ``ready`` (``reply``: its message)."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(f"the server did not accept the call: {reply}")
+        self.reply = reply
+
+
 @dataclass
 class Window:
     """Received audio over the measured window."""
@@ -64,6 +72,8 @@ class BenchCall:
     stats: dict[str, Any] = field(default_factory=dict)
     stats_at_start: dict[str, Any] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the server's ``ready`` message (engine, voices, settings)
+    welcome: dict[str, Any] = field(default_factory=dict)
     #: the latest WebRTC states of both ends and the signalling seen, for a report when a call fails
     states: dict[str, str] = field(default_factory=dict)
 
@@ -106,7 +116,8 @@ class BenchCall:
         await self.send("hello")
         ready = json.loads((await self.ws.receive(timeout=10)).data)
         if ready.get("type") != "ready":
-            raise RuntimeError(f"the server did not accept the call: {ready}")
+            raise CallRefused(ready)
+        self.welcome = ready
         self.peer = WebRtcPeer(self)
         await asyncio.to_thread(self.peer.offer)
         offer = await asyncio.wait_for(self.outgoing.get(), 10)
