@@ -68,6 +68,8 @@ class BenchCall:
     window: Window = field(default_factory=Window)
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[str] = field(default_factory=list)
+    #: the server's ``error`` messages as sent (code, fatal, retry_after_s ...)
+    server_errors: list[dict[str, Any]] = field(default_factory=list)
     #: the server's latest ``stats`` message, and the one when the window opened
     stats: dict[str, Any] = field(default_factory=dict)
     stats_at_start: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +143,7 @@ class BenchCall:
             elif data["type"] == "state":
                 self.states.update({f"server {k}": str(v) for k, v in data.items() if k not in ("v", "type")})
             elif data["type"] == "error":
+                self.server_errors.append(data)
                 self.errors.append(f"server: {data.get('code')}: {data.get('message')}")
             elif peer is not None and data["type"] == "answer":
                 await asyncio.to_thread(peer.accept_answer, data["sdp"])
