@@ -40,11 +40,11 @@ def _ready(url: str) -> bool:
 
 
 @pytest.fixture
-def passthrough_server(tmp_path: Path) -> Iterator[Callable[[int], str]]:
-    """Starts ``vcstream serve`` (passthrough) with VCSTREAM_MAX_SESSIONS; yields its URL."""
+def passthrough_server(tmp_path: Path) -> Iterator[Callable[[int], tuple[str, int]]]:
+    """Starts ``vcstream serve`` (passthrough) with VCSTREAM_MAX_SESSIONS; yields its URL and pid."""
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(max_sessions: int) -> str:
+    def start(max_sessions: int) -> tuple[str, int]:
         port = _free_port()
         env = dict(os.environ, VCSTREAM_MAX_SESSIONS=str(max_sessions))
         command = vcstream_argv("serve", "--engine", "passthrough", "--host", "127.0.0.1", "--port", port)
@@ -53,7 +53,7 @@ def passthrough_server(tmp_path: Path) -> Iterator[Callable[[int], str]]:
         processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _ready(url), 60, "the server answers /readyz 200")
-        return url
+        return url, processes[-1].pid
 
     yield start
     for process in processes:
@@ -94,11 +94,12 @@ def test_an_unreachable_url_is_a_clear_error(capsys: pytest.CaptureFixture[str])
 
 
 def test_calls_on_a_passthrough_server_are_plausible_and_written(
-    passthrough_server: Callable[[int], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    passthrough_server: Callable[[int], tuple[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = passthrough_server(3)
+    url, pid = passthrough_server(3)
     report, plot = tmp_path / "load.json", tmp_path / "load.png"
-    argv = ["bench", "load", "--url", url, "--calls", "2", "--seconds", "8", "--json", report, "--plot", plot]
+    argv = ["bench", "load", "--url", url, "--calls", "2", "--seconds", "8", "--server-pid", pid]
+    argv += ["--json", report, "--plot", plot]
     assert main([str(a) for a in argv]) == 0
     printed = capsys.readouterr().out
     assert "lat_p50" in printed and "passthrough" in printed
@@ -115,12 +116,13 @@ def test_calls_on_a_passthrough_server_are_plausible_and_written(
         assert all(0 < lag < 1.0 for lag in latencies)
     assert 0 < step["latency_ms_p50"] <= step["latency_ms_p95"] < 1000
     assert 0 < step["first_audio_ms_p50"] < 10_000
+    assert 0 < step["server_cpu_pct"] < 200  # two calls of a server on two cores
 
 
 def test_a_full_server_refuses_exactly_one_of_two_calls(
-    passthrough_server: Callable[[int], str], capsys: pytest.CaptureFixture[str]
+    passthrough_server: Callable[[int], tuple[str, int]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = passthrough_server(1)
+    url, _ = passthrough_server(1)
     result = run_load_bench(url, LoadPlan(calls=2, ramp_s=0.0, seconds=4.0, step=2))
     (step,) = result.steps
     assert (step.refusals, step.failures, step.converting) == (1, 0, 1)

@@ -6,7 +6,8 @@ each, so that the clients' CPU is spread) talk bursts of flite speech into every
 and time their own converted audio by the machine's monotonic clock. Per step (the calls dialled
 so far) it reports mouth-to-ear latency of the markers pushed during the step (p50/p95), time to
 first audio of the calls dialled in it (from opening the WebSocket to the first audible buffer),
-arrival gaps over 60 ms, refusals (``server_full``, HTTP 503/429) and failures.
+arrival gaps over 60 ms, refusals (``server_full``, HTTP 503/429) and failures; with
+``server_pid`` (a server on this machine) also the server process's CPU over each step.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vcstream.bench.calls import end_process, upload_voice
+from vcstream.bench.calls import cpu_seconds, end_process, upload_voice
 from vcstream.errors import VcstreamError
 
 #: calls one client process holds
@@ -82,6 +84,8 @@ class StepResult:
     refusals: int
     failures: int
     retry_after_s: list[float] = field(default_factory=list)
+    #: the server process's CPU over the step, % of one core (``--server-pid`` only)
+    server_cpu_pct: float | None = None
 
 
 @dataclass
@@ -186,7 +190,45 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def summarise(plan: LoadPlan, go: float, calls: Sequence[dict[str, Any]]) -> list[StepResult]:
+class CpuSampler:
+    """Samples a local server process's CPU time (``/proc``) in a thread while the calls run."""
+
+    def __init__(self, pid: int, every_s: float = 0.25) -> None:
+        self.pid = pid
+        self.every_s = every_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        cpu_seconds(self.pid)  # a clear error now if there is no such process
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), cpu_seconds(self.pid)))
+            except OSError:  # the server ended
+                return
+            self._stop.wait(self.every_s)
+
+    def percent(self, since: float, until: float) -> float | None:
+        """CPU % of one core between two instants (interpolated between samples)."""
+        if len(self.samples) < 2 or until <= since:
+            return None
+        at, cpu = zip(*self.samples, strict=True)
+        spent = float(np.interp(until, at, cpu) - np.interp(since, at, cpu))
+        return round(100 * spent / (until - since), 1)
+
+
+def summarise(
+    plan: LoadPlan, go: float, calls: Sequence[dict[str, Any]], sampler: CpuSampler | None = None
+) -> list[StepResult]:
     steps = []
     for index in range(plan.steps):
         since, until = go + plan.step_start(index), go + plan.step_end(index)
@@ -213,12 +255,15 @@ def summarise(plan: LoadPlan, go: float, calls: Sequence[dict[str, Any]]) -> lis
                 refusals=sum(bool(c["refused"]) for c in mine),
                 failures=sum(bool(c["failure"]) and not c["refused"] for c in mine),
                 retry_after_s=[c["retry_after_s"] for c in mine if c["retry_after_s"] is not None],
+                server_cpu_pct=sampler.percent(since, until) if sampler is not None else None,
             )
         )
     return steps
 
 
-HEADER = "step calls conv  window  lat_p50  lat_p95  markers  ttfa_p50 ttfa_max  gaps  refused  failed"
+HEADER = (
+    "step calls conv  window  lat_p50  lat_p95  markers  ttfa_p50 ttfa_max  gaps  refused  failed  srv_cpu%"
+)
 
 
 def _ms(value: float | None) -> str:
@@ -231,11 +276,13 @@ def row(step: StepResult) -> str:
         f"{_ms(step.latency_ms_p50):>8} {_ms(step.latency_ms_p95):>8} "
         f"{step.markers_found:4d}/{step.markers:<4d} "
         f"{_ms(step.first_audio_ms_p50):>9} {_ms(step.first_audio_ms_max):>8} {step.gaps:5d} "
-        f"{step.refusals:8d} {step.failures:7d}"
+        f"{step.refusals:8d} {step.failures:7d} {_ms(step.server_cpu_pct):>9}"
     )
 
 
-def run_load_bench(url: str, plan: LoadPlan, voice: str | None = None) -> LoadResult:
+def run_load_bench(
+    url: str, plan: LoadPlan, voice: str | None = None, server_pid: int | None = None
+) -> LoadResult:
     base = url.rstrip("/")
     ws = signalling_url(base)
     ready = check_reachable(base)
@@ -251,8 +298,10 @@ def run_load_bench(url: str, plan: LoadPlan, voice: str | None = None) -> LoadRe
         f"voice {voice}",
         flush=True,
     )
-    go, calls, engine = run_clients(ws, voice, plan)
-    steps = summarise(plan, go, calls)
+    with ExitStack() as stack:
+        sampler = stack.enter_context(CpuSampler(server_pid)) if server_pid is not None else None
+        go, calls, engine = run_clients(ws, voice, plan)
+    steps = summarise(plan, go, calls, sampler)
     print(f"engine {engine or '?'}; latency = mouth-to-ear of speech-burst markers, ms")
     print(HEADER)
     for step in steps:

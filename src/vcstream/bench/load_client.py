@@ -37,6 +37,8 @@ SETTLE_S = 0.5
 #: refusals a load test expects: the server or a balancer in front of it is full
 REFUSAL_CODES = frozenset({"server_full"})
 REFUSAL_HTTP = frozenset({503, 429})
+#: figures of the server's last ``stats`` message kept in a call's report
+SERVER_STATS = ("latency_ms", "late_blocks", "skipped_blocks", "dropped_ms", "block_ms")
 
 
 @dataclass
@@ -148,6 +150,8 @@ def report(outcome: Outcome, locator: MarkerLocator, end: float, max_lag_s: floa
         result["failure"] = f"no audio came back (states: {call.states})"
         return result
     result["first_audio_at"] = call.first_audio_at
+    # the server's own view at hang-up: blocks it converted late or concealed, audio it dropped
+    result["server_stats"] = {name: call.stats.get(name) for name in SERVER_STATS}
     arrivals = call.recorder.arrivals()
     since = call.first_audio_at + SETTLE_S
     markers = locator.latencies(call.recorder.audio(), arrivals, since, end - max_lag_s, max_lag_s)

@@ -32,8 +32,9 @@ HOP_S = 0.001
 COARSE_BEFORE_S, COARSE_AFTER_S = 0.2, 1.8
 #: the fine match: the burst and the silence just before it, within this of the coarse position
 FINE_BEFORE_S, FINE_SEARCH_S = 0.05, 0.08
-#: below this normalised envelope correlation a marker counts as not found
-MIN_MATCH = 0.5
+#: below these normalised envelope correlations a marker counts as not found (coarse), or the
+#: coarse position stands (fine); a clean world-converted call scores about 0.8 coarse, 0.5-0.8 fine
+MIN_COARSE_MATCH, MIN_MATCH = 0.6, 0.5
 FADE_S = 0.005
 
 
@@ -171,7 +172,7 @@ class MarkerLocator:
         lo = (int(ends[first - 1]) if first > 0 else 0) // hop
         hi = int(ends[min(last, times.size - 1)]) // hop
         offset, score = _best_match(heard[max(0, lo - round(COARSE_BEFORE_S * ms)) : hi], coarse)
-        if score < MIN_MATCH:
+        if score < MIN_COARSE_MATCH:
             return None
         coarse_at = max(0, lo - round(COARSE_BEFORE_S * ms)) + offset + round(COARSE_BEFORE_S * ms)
         fine = self._looped[start - round(FINE_BEFORE_S * ms) : start + round(BURST_S * ms)]
