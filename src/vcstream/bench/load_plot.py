@@ -35,7 +35,19 @@ def plot_load(steps: Sequence[StepResult], path: Path, title: str) -> None:
     refused.set_xlabel("concurrent calls dialled")
     refused.set_ylabel("count")
     refused.grid(alpha=0.3)
-    refused.legend(fontsize="small")
+    lost = refused.twinx()
+    lost.plot(
+        calls,
+        [100 * (1 - s.markers_found / s.markers) if s.markers else nan for s in steps],
+        "x-",
+        color="tab:purple",
+        label="markers lost (%)",
+    )
+    lost.set_ylabel("markers lost (%)")
+    lost.set_ylim(0, 100)
+    handles, labels = refused.get_legend_handles_labels()
+    more_handles, more_labels = lost.get_legend_handles_labels()
+    refused.legend(handles + more_handles, labels + more_labels, fontsize="small", loc="upper left")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
