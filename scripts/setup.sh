@@ -14,6 +14,7 @@ APT_PACKAGES=(
   chromium                                          # real-browser tests of the WebRTC client
   postgresql                                        # the voice library's cluster database, in tests
   coturn                                            # a real TURN server for the relayed-call test
+  prometheus                                        # promtool: alert rules, their tests, dashboard queries
 )
 
 missing=()

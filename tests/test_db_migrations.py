@@ -1,7 +1,9 @@
 """Schema migrations on real SQLite and PostgreSQL databases: an empty database and one made before
 migrations both end at the models' schema, ``vcstream db`` upgrades and reports, SQLite servers
 upgrade themselves and PostgreSQL servers refuse a database that is behind, and the models cannot
-change without a migration."""
+change without a migration. Revision 0002 moves the recordings from the voices folder into the
+database (byte for byte, then used by a library that has no folder), and refuses, unchanged, when a
+file is missing."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -28,18 +31,21 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from vcstream.cli import main as cli_main
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.errors import ConfigurationError
+from vcstream.media.files import encode_file
 from vcstream.media.mainloop import Runtime
 from vcstream.service.app import POOLS
 from vcstream.service.db.migrate import (
     MIGRATION_LOCK_KEY,
+    MissingRecordingsError,
     SchemaBehindError,
     UnknownSchemaError,
     alembic_config,
     head_revision,
     new_revision,
+    upgrade,
 )
 from vcstream.service.db.models import Base
-from vcstream.service.voices import VoiceLibrary
+from vcstream.service.voices import VoiceLibrary, VoiceNotFoundError
 
 # -- the model as it stood before migrations (a frozen copy: what old deployments' databases hold) -----
 
@@ -78,8 +84,14 @@ OLD_ROWS = [
 ]
 
 
-def make_old_database(url: str) -> None:
-    """A database as the service made it before migrations: create_all, then two voices."""
+#: the rows as they stand after revision 0002 (the recording's file name is gone with the files)
+NEW_ROWS = [{k: v for k, v in row.items() if k != "audio_path"} for row in OLD_ROWS]
+
+
+def make_old_database(url: str, voices_dir: Path) -> dict[str, bytes]:
+    """A database as the service made it before migrations (create_all, then two voices) and the
+    voices folder as it kept the recordings (written by encode_file, as the service did). Returns
+    each voice's file bytes."""
     engine = sa.create_engine(url)
     try:
         _OldBase.metadata.create_all(engine)
@@ -87,6 +99,18 @@ def make_old_database(url: str) -> None:
             session.add_all(_OldVoiceRecord(**row) for row in OLD_ROWS)
     finally:
         engine.dispose()
+    return write_recordings(voices_dir)
+
+
+def write_recordings(voices_dir: Path) -> dict[str, bytes]:
+    """A distinct 48 kHz tone per voice of OLD_ROWS, stored as the service stored references."""
+    voices_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for n, row in enumerate(OLD_ROWS):
+        t = np.arange(int(48000 * row["duration_s"])) / 48000
+        tone = (0.3 * np.sin(2 * np.pi * (220 + 110 * n) * t)).astype(np.float32)
+        files[row["id"]] = encode_file(voices_dir / row["audio_path"], tone, 48000, "wav").read_bytes()
+    return files
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -127,14 +151,20 @@ def differences_from_models(url: str) -> list[Any]:
         return list(compare_metadata(context, Base.metadata))
 
 
-def voice_rows(url: str) -> list[dict[str, Any]]:
+def voice_rows(url: str, table: sa.Table = Base.metadata.tables["voices"]) -> list[dict[str, Any]]:
     with engine_for(url) as engine, engine.connect() as connection:
-        rows = connection.execute(sa.select(_OldVoiceRecord.__table__).order_by("id")).mappings()
+        rows = connection.execute(sa.select(table).order_by("id")).mappings()
         found = [dict(row) for row in rows]
     for row in found:
         if row["created_at"].tzinfo is None:  # SQLite keeps no zone; the rows were written in UTC
             row["created_at"] = row["created_at"].replace(tzinfo=UTC)
     return found
+
+
+def stored_audio(url: str) -> dict[str, bytes]:
+    with engine_for(url) as engine, engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT voice_id, wav FROM voice_audio")).all()
+    return {voice_id: bytes(wav) for voice_id, wav in rows}
 
 
 def open_library(url: str, voices_dir: Path) -> VoiceLibrary:
@@ -165,7 +195,13 @@ def test_upgrade_of_an_empty_database_gives_the_models_schema(
         inspector = sa.inspect(engine)
         indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("voices")}
         nullable = {c["name"]: c["nullable"] for c in inspector.get_columns("voices")}
+        audio_columns = {c["name"]: c["nullable"] for c in inspector.get_columns("voice_audio")}
+        (audio_key,) = inspector.get_foreign_keys("voice_audio")
+        audio_primary_key = inspector.get_pk_constraint("voice_audio")["constrained_columns"]
     assert indexes == {"ix_voices_created_at": ["created_at"]}
+    assert audio_columns == {"voice_id": False, "wav": False} and audio_primary_key == ["voice_id"]
+    assert (audio_key["constrained_columns"], audio_key["referred_table"]) == (["voice_id"], "voices")
+    assert audio_key["options"].get("ondelete") == "CASCADE"
     assert nullable == {
         "id": False,
         "name": False,
@@ -175,33 +211,39 @@ def test_upgrade_of_an_empty_database_gives_the_models_schema(
         "sample_rate": False,
         "created_at": False,
         "notices": False,
-        "audio_path": False,
     }
 
 
 def test_database_made_before_migrations_is_adopted_with_its_rows(
-    database_url: str, capsys: pytest.CaptureFixture[str]
+    database_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    make_old_database(database_url)
+    files = make_old_database(database_url, tmp_path / "voices")
     assert revision_of(database_url) is None
+    assert voice_rows(database_url, _OldVoiceRecord.__table__) == OLD_ROWS
 
-    code, out, err = vcstream_db(capsys, "upgrade", "--database-url", database_url)
+    upgrade_args = ("upgrade", "--database-url", database_url, "--voices-dir", str(tmp_path / "voices"))
+    code, out, err = vcstream_db(capsys, *upgrade_args)
     assert code == 0, err
     assert "made before migrations, adopted" in err and f"revision {head_revision()} (head)" in out
     assert revision_of(database_url) == head_revision()
-    assert voice_rows(database_url) == OLD_ROWS
+    assert voice_rows(database_url) == NEW_ROWS
+    assert stored_audio(database_url) == files
     assert differences_from_models(database_url) == []
 
 
-def test_upgrade_twice_is_a_no_op(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    make_old_database(database_url)
-    assert vcstream_db(capsys, "upgrade", "--database-url", database_url)[0] == 0
+def test_upgrade_twice_is_a_no_op(
+    database_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    files = make_old_database(database_url, tmp_path / "voices")
+    upgrade_args = ("upgrade", "--database-url", database_url, "--voices-dir", str(tmp_path / "voices"))
+    assert vcstream_db(capsys, *upgrade_args)[0] == 0
 
+    # the second one needs no folder: nothing is read from it any more
     code, out, err = vcstream_db(capsys, "upgrade", "--database-url", database_url)
     assert code == 0 and out.strip().endswith(f"already at revision {head_revision()} (head)")
     assert "adopted" not in err
     assert revision_of(database_url) == head_revision()
-    assert voice_rows(database_url) == OLD_ROWS
+    assert voice_rows(database_url) == NEW_ROWS and stored_audio(database_url) == files
 
 
 def test_current_prints_the_revision(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -259,16 +301,16 @@ def test_concurrent_upgrades_on_postgresql_run_one_after_the_other(postgres_url:
 
 def test_sqlite_server_upgrades_an_old_database_at_start_up(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'vcstream.db'}"
-    make_old_database(url)
+    files = make_old_database(url, tmp_path / "voices")
     open_library(url, tmp_path / "voices")
     assert revision_of(url) == head_revision()
-    assert voice_rows(url) == OLD_ROWS
+    assert voice_rows(url) == NEW_ROWS and stored_audio(url) == files
 
 
 def test_postgresql_server_refuses_a_database_that_is_behind(postgres_url: str, tmp_path: Path) -> None:
     # trust authentication ignores the password: it is here to prove it is never shown
     url = sa.make_url(postgres_url).set(password="s3cret-pw").render_as_string(hide_password=False)
-    make_old_database(url)
+    make_old_database(url, tmp_path / "var" / "voices")
     command = [sys.executable, "-m", "vcstream.cli", "serve", "--engine", "passthrough", "--port", "0"]
     serve = [*command, "--host", "127.0.0.1", "--database-url", url, "--data-dir", str(tmp_path / "var")]
     server = subprocess.run(serve, capture_output=True, text=True, timeout=120, check=False)
@@ -277,11 +319,12 @@ def test_postgresql_server_refuses_a_database_that_is_behind(postgres_url: str, 
     assert f"needs revision {head_revision()}" in server.stderr
     assert "Run `vcstream db upgrade`" in server.stderr
     assert "s3cret-pw" not in server.stderr and "***" in server.stderr
-    assert revision_of(url) is None and voice_rows(url) == OLD_ROWS  # it changed nothing
+    assert revision_of(url) is None  # it changed nothing
+    assert voice_rows(url, _OldVoiceRecord.__table__) == OLD_ROWS
 
     with pytest.raises(SchemaBehindError):  # the same check, in process
         open_library(url, tmp_path / "voices")
-    assert cli_main(["db", "upgrade", "--database-url", url]) == 0
+    assert cli_main(["db", "upgrade", "--database-url", url, "--data-dir", str(tmp_path / "var")]) == 0
     open_library(url, tmp_path / "voices")  # at head: it opens
 
 
@@ -337,9 +380,9 @@ def test_a_model_change_gets_a_revision_that_migrates_to_it(tmp_path: Path) -> N
         new_revision("no change", versions_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
     script = new_revision("add tenants", versions_dir=tmp_path, target_metadata=changed)
-    assert script.name == "r0002_add_tenants.py"
+    assert script.name == "r0003_add_tenants.py"
     text = script.read_text()
-    assert "down_revision: str | None = '0001'" in text
+    assert "down_revision: str | None = '0002'" in text
     assert "op.create_table('tenants'" in text and "add_column(sa.Column('tenant_id'" in text
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -351,5 +394,79 @@ def test_a_model_change_gets_a_revision_that_migrates_to_it(tmp_path: Path) -> N
         config.set_main_option("version_locations", os.pathsep.join((str(versions), str(tmp_path))))
         command.upgrade(config, "head")
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
         assert compare_metadata(context, changed) == []
+
+
+# -- revision 0002: the recordings move into the database ---------------------------------------------
+
+
+def make_database_at_0001(url: str, voices_dir: Path) -> dict[str, bytes]:
+    """A database at revision 0001 (the last that kept recordings as files), its voices folder with
+    them, as a deployment of that version left both."""
+    with engine_for(url) as engine, engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+        connection.execute(sa.insert(_OldVoiceRecord.__table__), OLD_ROWS)
+    return write_recordings(voices_dir)
+
+
+def test_revision_0002_moves_the_recordings_into_the_database(database_url: str, tmp_path: Path) -> None:
+    files = make_database_at_0001(database_url, tmp_path / "voices")
+    assert revision_of(database_url) == "0001"
+
+    with engine_for(database_url) as engine:
+        result = upgrade(engine, voices_dir=tmp_path / "voices")
+    assert (result.before, result.after) == ("0001", head_revision())
+    assert stored_audio(database_url) == files  # byte for byte
+    assert voice_rows(database_url) == NEW_ROWS
+    assert differences_from_models(database_url) == []
+    for file in (tmp_path / "voices").iterdir():  # nothing reads the folder any more
+        file.unlink()
+
+    async def used_by_a_library() -> None:
+        runtime = Runtime.start(POOLS)
+        library = VoiceLibrary(database_url, tmp_path / "absent", PassthroughEngine(), runtime)
+        try:
+            await library.open()
+            alice, bob = (row["id"] for row in NEW_ROWS)
+            assert await library.audio(alice) == files[alice]
+            profile = await library.profile(alice)
+            assert profile.duration_s == pytest.approx(NEW_ROWS[0]["duration_s"], abs=1e-3)
+            await library.delete(bob)
+            with pytest.raises(VoiceNotFoundError):
+                await library.audio(bob)
+        finally:
+            await library.close()
+            await runtime.close()
+
+    asyncio.run(used_by_a_library())
+    assert set(stored_audio(database_url)) == {NEW_ROWS[0]["id"]}  # the recording went with its voice
+    assert not (tmp_path / "absent").exists()
+
+
+def test_a_missing_recording_stops_the_upgrade_unchanged(
+    database_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    files = make_database_at_0001(database_url, tmp_path / "voices")
+    lost = OLD_ROWS[1]
+    (tmp_path / "voices" / lost["audio_path"]).unlink()
+    upgrade_args = ("upgrade", "--database-url", database_url, "--voices-dir", str(tmp_path / "voices"))
+
+    code, _, err = vcstream_db(capsys, *upgrade_args)
+    assert code == 1 and "1 voice(s) have no recording file" in err
+    assert lost["id"] in err and str(tmp_path / "voices") in err and "--forget-missing-recordings" in err
+    assert revision_of(database_url) == "0001"
+    assert voice_rows(database_url, _OldVoiceRecord.__table__) == OLD_ROWS
+    with engine_for(database_url) as engine:
+        assert "voice_audio" not in sa.inspect(engine).get_table_names()
+
+    with engine_for(database_url) as engine, pytest.raises(MissingRecordingsError) as refused:
+        upgrade(engine)  # no folder at all: every voice is missing
+    assert refused.value.voice_ids == [row["id"] for row in OLD_ROWS]
+
+    # the operator's choice: the voice that cannot be used goes, the others move in
+    code, _, err = vcstream_db(capsys, *upgrade_args, "--forget-missing-recordings")
+    assert code == 0, err
+    assert revision_of(database_url) == head_revision()
+    assert voice_rows(database_url) == NEW_ROWS[:1]
+    assert stored_audio(database_url) == {OLD_ROWS[0]["id"]: files[OLD_ROWS[0]["id"]]}

@@ -97,9 +97,18 @@ async def expect_error(response: Any, status: int, code: str, message: str) -> N
     assert re.search(message, body["message"]), body
 
 
-def stored_files(settings: ServiceSettings) -> list[str]:
+def stored_recordings(settings: ServiceSettings) -> list[str]:
+    """Every recording the library holds: rows of ``voice_audio``, and files in the voices folder
+    (where versions before schema revision 0002 kept them; nothing may appear there now)."""
     folder = settings.effective_voices_dir
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    files = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    db = sa.create_engine(settings.effective_database_url)
+    try:
+        with db.connect() as connection:
+            rows = connection.execute(sa.text("SELECT voice_id FROM voice_audio")).scalars().all()
+    finally:
+        db.dispose()
+    return [*files, *(f"voice_audio:{voice_id}" for voice_id in sorted(rows))]
 
 
 # -- the files ---------------------------------------------------------------------------------------
@@ -185,7 +194,7 @@ def test_upload_list_get_download_delete(
                 await client.get(f"/api/voices/{voice['id']}"), 404, "voice_not_found", voice["id"]
             )
             assert await (await client.get("/api/voices")).json() == {"voices": []}
-        assert stored_files(settings) == []
+        assert stored_recordings(settings) == []
 
     run(scenario())
 
@@ -283,7 +292,7 @@ def test_invalid_upload_is_refused_and_leaves_nothing(
         async with serving(settings) as client:
             await expect_error(await send(client, speech, tmp_path), status, code, message)
             assert await (await client.get("/api/voices")).json() == {"voices": []}
-        assert stored_files(settings) == []
+        assert stored_recordings(settings) == []
 
     run(scenario())
 
@@ -396,20 +405,29 @@ def test_features_are_computed_once_per_voice(audio_files: dict[str, bytes], tmp
     run(scenario())
 
 
-def test_database_failure_after_writing_the_file_removes_it(
-    audio_files: dict[str, bytes], tmp_path: Path
+@pytest.mark.parametrize("broken", ["voices", "voice_audio"])
+def test_database_failure_stores_neither_the_voice_nor_its_recording(
+    broken: str, audio_files: dict[str, bytes], tmp_path: Path
 ) -> None:
+    """The row and its recording go in one transaction: whichever insert fails, neither remains."""
     settings = settings_for(tmp_path / "var")
+    kept = "voice_audio" if broken == "voices" else "voices"
 
     async def scenario() -> None:
         async with serving(settings) as client:
             # another client breaks the schema under the running server
             db = sa.create_engine(settings.effective_database_url)
-            with db.begin() as connection:
-                connection.execute(sa.text("DROP TABLE voices"))
-            db.dispose()
-            response = await client.post("/api/voices", data=form(audio_files["wav"]))
-            await expect_error(response, 500, "internal_error", "internal server error")
-        assert stored_files(settings) == []
+            try:
+                with db.begin() as connection:
+                    connection.execute(sa.text(f"DROP TABLE {broken}"))
+                response = await client.post("/api/voices", data=form(audio_files["wav"]))
+                await expect_error(response, 500, "internal_error", "internal server error")
+                with db.connect() as connection:
+                    assert connection.execute(sa.text(f"SELECT count(*) FROM {kept}")).scalar_one() == 0
+            finally:
+                db.dispose()
+        if broken == "voices":
+            assert stored_recordings(settings) == []
+        assert not settings.effective_voices_dir.exists()
 
     run(scenario())

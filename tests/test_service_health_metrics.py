@@ -314,6 +314,7 @@ def test_settings_from_the_environment() -> None:
         "VCSTREAM_TURN_SECRET": "s3cret",
         "VCSTREAM_LOG_LEVEL": "debug",
         "VCSTREAM_DATABASE_URL": "",  # empty counts as unset
+        "VCSTREAM_VOICE_CACHE_SIZE": "8",
     }
     settings = ServiceSettings.from_env(env)
     assert (settings.host, settings.port, settings.engine) == ("127.0.0.1", 9001, "world")
@@ -323,6 +324,7 @@ def test_settings_from_the_environment() -> None:
     assert settings.log_level == "DEBUG"
     assert settings.effective_database_url == "sqlite:////srv/vc/vcstream.db"
     assert settings.effective_voices_dir == Path("/srv/vc/voices")
+    assert settings.voice_cache_size == 8
     assert "s3cret" not in repr(settings)
 
     defaults = ServiceSettings.from_env({})
@@ -334,6 +336,7 @@ def test_settings_from_the_environment() -> None:
     )
     assert defaults.stun_urls == () and defaults.turn_secret is None and defaults.turn_ttl_s == 86400
     assert defaults.max_upload_bytes == 10 << 20 and defaults.data_dir == Path("var")
+    assert defaults.voice_cache_size == 64
 
 
 @pytest.mark.parametrize(
@@ -346,6 +349,7 @@ def test_settings_from_the_environment() -> None:
         ({"VCSTREAM_TURN_URLS": "turn:t.example.org"}, "turn_urls need turn_secret"),
         ({"VCSTREAM_STUN_URLS": "http://x"}, "must start with stun:"),
         ({"VCSTREAM_TLS_CERT": "/c.pem"}, "tls_cert and tls_key go together"),
+        ({"VCSTREAM_VOICE_CACHE_SIZE": "0"}, "voice_cache_size must be at least 1, got 0"),
     ],
 )
 def test_bad_settings_name_the_problem(env: dict[str, str], message: str) -> None:

@@ -19,8 +19,8 @@ from vcstream.service.config import add_settings_arguments, settings_from_args
 if TYPE_CHECKING:  # SQLAlchemy loads when a db command runs, not for every `vcstream` invocation
     import sqlalchemy as sa
 
-#: the settings that name the database
-_DATABASE_SETTINGS = ("data_dir", "database_url")
+#: the settings that name the database (and the folder older versions kept the recordings in)
+_DATABASE_SETTINGS = ("data_dir", "database_url", "voices_dir")
 
 
 def register(
@@ -38,7 +38,13 @@ def register(
         help="bring the schema to this version's revision (no-op when it is there)",
         description="Migrate the database to the head revision in one transaction. On PostgreSQL run it "
         "once per release, before the servers start (they refuse a database that is behind). A database "
-        "made before migrations is adopted if its tables are the expected ones.",
+        "made before migrations is adopted if its tables are the expected ones. Recordings that older "
+        "versions kept as files (--voices-dir) are moved into the database.",
+    )
+    upgrade.add_argument(
+        "--forget-missing-recordings",
+        action="store_true",
+        help="delete the voices whose recording file is missing instead of stopping (they cannot be used)",
     )
     current = actions.add_parser("current", help="print the database's revision ('none' if it has none)")
     for action, func in ((upgrade, cmd_db_upgrade), (current, cmd_db_current)):
@@ -75,9 +81,12 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from vcstream.service.db.connect import ensure_sqlite_folder, shown_url
     from vcstream.service.db.migrate import upgrade
 
+    voices_dir = settings_from_args(args).effective_voices_dir
     with _database(args) as engine:
         ensure_sqlite_folder(engine)
-        result = upgrade(engine)
+        result = upgrade(
+            engine, voices_dir=voices_dir, forget_missing_recordings=args.forget_missing_recordings
+        )
     shown = shown_url(engine.url)
     if result.adopted:
         print(f"{shown}: made before migrations, adopted at the baseline revision", file=sys.stderr)

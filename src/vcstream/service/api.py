@@ -267,9 +267,9 @@ async def get_voice(request: web.Request) -> web.StreamResponse:
 )
 async def voice_audio(request: web.Request) -> web.StreamResponse:
     voice_id = _voice_id(request)
-    path = await request.app[VOICES_KEY].audio_path(voice_id)
-    headers = {hdrs.CONTENT_TYPE: "audio/wav", hdrs.CONTENT_DISPOSITION: f'inline; filename="{voice_id}.wav"'}
-    return web.FileResponse(path, headers=headers)
+    wav = await request.app[VOICES_KEY].audio(voice_id)
+    headers = {hdrs.CONTENT_DISPOSITION: f'inline; filename="{voice_id}.wav"'}
+    return web.Response(body=wav, content_type="audio/wav", headers=headers)
 
 
 @operation(

@@ -7,7 +7,7 @@ Start-up (``cleanup_ctx``, in this order, before the server accepts connections)
 2. the engine is chosen and loaded on the runtime's engine pool (the loop stays responsive), then
    stored under ``ENGINE_KEY``; warm-up (one voice and two blocks through a session) continues in the
    background after start-up, and /readyz answers 503 until it is done;
-3. the voice library opens its database and folder (``VOICES_KEY``);
+3. the voice library opens its database (``VOICES_KEY``);
 4. whatever ``vcstream.service.signalling.setup`` registered (it sees the keys above).
 
 Shutdown: ``drain`` marks the server draining (/readyz 503; ``health.session_refusal`` refuses new
@@ -207,6 +207,7 @@ async def _voices_context(app: web.Application) -> AsyncIterator[None]:
         app[ENGINE_KEY],
         app[RUNTIME_KEY],
         max_upload_bytes=settings.max_upload_bytes,
+        profile_cache_size=settings.voice_cache_size,
     )
     try:
         await library.open()

@@ -100,8 +100,11 @@ class ServiceSettings:
     Storage:
       ``data_dir`` (VCSTREAM_DATA_DIR, ./var). ``database_url`` (VCSTREAM_DATABASE_URL, an SQLAlchemy
       URL; unset = SQLite file ``<data_dir>/vcstream.db``; e.g. ``postgresql+psycopg://...`` for
-      several instances sharing one library, with ``voices_dir`` on shared storage). ``voices_dir``
-      (VCSTREAM_VOICES_DIR, unset = ``<data_dir>/voices``): the normalised reference recordings.
+      several replicas sharing one library: records and recordings are both in the database).
+      ``voices_dir`` (VCSTREAM_VOICES_DIR, unset = ``<data_dir>/voices``): where versions before
+      schema revision 0002 kept the recordings as files; read only by the upgrade that moves them
+      into the database. ``voice_cache_size`` (VCSTREAM_VOICE_CACHE_SIZE, 64): voices whose engine
+      features each replica keeps in memory (least recently used dropped first).
       ``max_upload_bytes`` (VCSTREAM_MAX_UPLOAD_BYTES, 10M; accepts k/M/G suffixes).
     WebRTC:
       ``webrtc_latency_ms`` (VCSTREAM_WEBRTC_LATENCY_MS, 40): webrtcbin's jitter buffer latency.
@@ -182,7 +185,8 @@ class ServiceSettings:
         ),
     )
     data_dir: Path = field(
-        default=Path("var"), metadata=_meta("VCSTREAM_DATA_DIR", path, "folder for the database and voices")
+        default=Path("var"),
+        metadata=_meta("VCSTREAM_DATA_DIR", path, "folder of the default SQLite database"),
     )
     database_url: str | None = field(
         default=None,
@@ -191,8 +195,15 @@ class ServiceSettings:
     voices_dir: Path | None = field(
         default=None,
         metadata=_meta(
-            "VCSTREAM_VOICES_DIR", path, "folder for voice recordings (default <data dir>/voices)"
+            "VCSTREAM_VOICES_DIR",
+            path,
+            "recordings of versions before schema 0002, moved into the database by `vcstream db upgrade` "
+            "(default <data dir>/voices)",
         ),
+    )
+    voice_cache_size: int = field(
+        default=64,
+        metadata=_meta("VCSTREAM_VOICE_CACHE_SIZE", int, "voices whose engine features stay in memory (LRU)"),
     )
     max_upload_bytes: int = field(
         default=10 << 20,
@@ -252,6 +263,8 @@ class ServiceSettings:
         if self.overflow_engine is not None and self.overflow_engine not in OVERFLOW_ENGINES:
             choices = ", ".join(OVERFLOW_ENGINES)
             found.append(f"overflow_engine {self.overflow_engine!r} is not one of {choices}")
+        if self.voice_cache_size < 1:
+            found.append(f"voice_cache_size must be at least 1, got {self.voice_cache_size}")
         if self.max_upload_bytes < 1024:
             found.append(f"max_upload_bytes {self.max_upload_bytes} is below 1 KiB")
         if self.webrtc_latency_ms < 0:

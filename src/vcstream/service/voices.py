@@ -1,17 +1,20 @@
-"""The voice library: reference recordings users upload, their metadata in a database (SQLAlchemy;
-SQLite by default, PostgreSQL for several instances), the recordings as files, and each voice's engine
-features computed once per process.
+"""The voice library: reference recordings users upload, kept with their metadata in a database
+(SQLAlchemy; SQLite by default, PostgreSQL for several replicas, which then share every voice), and
+each voice's engine features computed on first use and kept per replica in a bounded LRU cache.
 
 An upload is validated completely before anything is stored: it must decode (GStreamer: wav, flac,
 mp3, ogg, webm/opus as browsers record...), pass ``prepare_reference`` (finite, not silent, 1 s of
 sound after trimming silence; beyond 30 s it is cut, with a notice) and give the engine a voice. The
 trimmed reference is stored as a 16-bit 48 kHz WAV (engine-independent, so a library recorded under the
-CPU engine serves Seed-VC unchanged later), written atomically, then the row is inserted; if the
-insert fails the file is removed. Nothing half-stored remains.
+CPU engine serves Seed-VC unchanged later) in ``voice_audio``, inserted with the voice's row in one
+transaction: both or neither. Listing reads only ``voices``.
+
+A voice may be deleted through any replica, so every use checks its row first: a voice gone from the
+database is refused (VoiceNotFoundError) and dropped from this replica's cache.
 
 All blocking work runs on the runtime's pools, never on the event loop: database calls on
 ``VOICES_DB_POOL``, decoding and feature extraction on ``VOICES_WORK_POOL`` (a query must not wait
-behind a 30 s decode); the feature cache is touched on the event loop thread only.
+behind a 30 s decode); the profile cache is touched on the event loop thread only.
 """
 
 from __future__ import annotations
@@ -35,14 +38,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S, Reference, prepare_reference
+from vcstream.audio.wav import pcm16_wav, read_pcm16_wav
 from vcstream.engines.base import Engine, VoiceProfile
 from vcstream.errors import ConfigurationError, InvalidAudioError, MediaError, VcstreamError
-from vcstream.media.files import decode_file, encode_file
+from vcstream.media.files import decode_file
 from vcstream.media.mainloop import Runtime
 from vcstream.service.db.connect import create_database_engine, ensure_sqlite_folder, shown_url
 from vcstream.service.db.migrate import prepare_for_serving
-from vcstream.service.db.models import MAX_NAME_CHARS, VoiceRecord
+from vcstream.service.db.models import MAX_NAME_CHARS, VoiceAudio, VoiceRecord
 from vcstream.service.keys import VOICES_DB_POOL, VOICES_WORK_POOL
+from vcstream.service.profile_cache import ProfileCache, ProfileKey
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class VoiceNotFoundError(VcstreamError, LookupError):
-    """No voice with that id (never existed, deleted, or its recording is gone)."""
+    """No voice with that id (never existed, or deleted through any replica)."""
 
 
 class InvalidVoiceNameError(VcstreamError, ValueError):
@@ -126,12 +131,14 @@ def _described(filename: str | None) -> str:
 
 
 class VoiceLibrary:
-    """Voices by id: ``add`` (validate, store), ``list``, ``get``, ``delete``, ``audio_path``, and
-    ``profile`` (the engine's features for a voice, computed once and cached per voice and engine).
+    """Voices by id: ``add`` (validate, store), ``list``, ``get``, ``delete``, ``audio`` (the stored
+    WAV), and ``profile`` (the engine's features for a voice, computed on first use and kept in this
+    replica's LRU cache of ``profile_cache_size`` entries, one per voice and engine).
 
-    Call ``open`` before use (creates the folder; brings an SQLite database's schema up to date, and
-    refuses any other database whose schema is behind) and ``close`` at the end, before ``runtime``
-    closes: its ``VOICES_DB_POOL`` and ``VOICES_WORK_POOL`` run the blocking work.
+    Call ``open`` before use (brings an SQLite database's schema up to date, moving the recordings of
+    older versions from ``voices_dir`` into it; refuses any other database whose schema is behind) and
+    ``close`` at the end, before ``runtime`` closes: its ``VOICES_DB_POOL`` and ``VOICES_WORK_POOL``
+    run the blocking work. Nothing else reads ``voices_dir``.
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class VoiceLibrary:
         runtime: Runtime,
         *,
         max_upload_bytes: int = 10 << 20,
+        profile_cache_size: int = 64,
     ) -> None:
         self.database_url = database_url
         self.voices_dir = Path(voices_dir)
@@ -150,8 +158,8 @@ class VoiceLibrary:
         self.max_upload_bytes = max_upload_bytes
         self._db = create_database_engine(database_url)
         self._sessions = sessionmaker(self._db, expire_on_commit=False)
-        self._profiles: dict[tuple[str, str], VoiceProfile] = {}
-        self._computing: dict[tuple[str, str], asyncio.Future[VoiceProfile]] = {}
+        self._profiles = ProfileCache(profile_cache_size)
+        self._computing: dict[ProfileKey, asyncio.Future[VoiceProfile]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -159,19 +167,19 @@ class VoiceLibrary:
         await self._in(VOICES_DB_POOL, self._open_blocking)
 
     def _open_blocking(self) -> None:
-        self.voices_dir.mkdir(parents=True, exist_ok=True)
         ensure_sqlite_folder(self._db)
         try:
-            revision = prepare_for_serving(self._db)  # upgrades SQLite; elsewhere, refuses if behind
+            # upgrades SQLite; elsewhere, refuses if behind
+            revision = prepare_for_serving(self._db, self.voices_dir)
         except sa.exc.OperationalError as exc:
             raise ConfigurationError(
                 f"cannot open the database {shown_url(self.database_url)}: {exc}"
             ) from exc
         log.info(
-            "voice library: %s at schema revision %s, recordings in %s",
+            "voice library: %s at schema revision %s, features of up to %d voices cached",
             shown_url(self._db.url),
             revision,
-            self.voices_dir,
+            self._profiles.max_entries,
         )
 
     async def close(self) -> None:
@@ -191,7 +199,16 @@ class VoiceLibrary:
         return await self._in(VOICES_DB_POOL, query)
 
     async def get(self, voice_id: str) -> VoiceInfo:
-        return VoiceInfo.of(await self._in(VOICES_DB_POOL, self._record, voice_id))
+        return VoiceInfo.of(await self._current_record(voice_id))
+
+    async def _current_record(self, voice_id: str) -> VoiceRecord:
+        """The voice's row; a voice gone from the database (deleted through any replica) is also
+        dropped from this replica's cache."""
+        try:
+            return await self._in(VOICES_DB_POOL, self._record, voice_id)
+        except VoiceNotFoundError:
+            self._forget(voice_id)
+            raise
 
     def _record(self, voice_id: str) -> VoiceRecord:
         record = None
@@ -202,17 +219,27 @@ class VoiceLibrary:
             raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
         return record
 
-    async def audio_path(self, voice_id: str) -> Path:
-        """The stored 16-bit WAV of a voice."""
-        record = await self._in(VOICES_DB_POOL, self._record, voice_id)
-        path = self._file(record)
-        if not path.is_file():
-            log.error("recording of voice %s is missing: %s", voice_id, path)
-            raise VoiceNotFoundError(f"the recording of voice {voice_id!r} is missing on the server")
-        return path
+    async def audio(self, voice_id: str) -> bytes:
+        """The stored 16-bit 48 kHz WAV of a voice."""
+        try:
+            return await self._in(VOICES_DB_POOL, self._wav, voice_id)
+        except VoiceNotFoundError:
+            self._forget(voice_id)
+            raise
 
-    def _file(self, record: VoiceRecord) -> Path:
-        return self.voices_dir / Path(record.audio_path).name
+    def _wav(self, voice_id: str) -> bytes:
+        wav = None
+        if _ID.match(voice_id):
+            with self._sessions() as session:
+                wav = session.scalar(sa.select(VoiceAudio.wav).where(VoiceAudio.voice_id == voice_id))
+        if wav is None:
+            raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
+        return wav
+
+    @property
+    def profile_cache(self) -> ProfileCache:
+        """This replica's cached features (read it on the event loop thread only)."""
+        return self._profiles
 
     # -- changes ----------------------------------------------------------------------------------
 
@@ -235,7 +262,7 @@ class VoiceLibrary:
         info, profile = await self._in(
             VOICES_WORK_POOL, self._add_blocking, clean_name, shown_name, content, data
         )
-        self._profiles[(info.id, self.engine.name)] = profile
+        self._profiles.put((info.id, self.engine.name), profile)
         log.info("voice %s %r added: %.1f s from %s", info.id, info.name, info.duration_s, shown_name)
         return info
 
@@ -246,8 +273,7 @@ class VoiceLibrary:
         # the engine's verdict too (e.g. no voiced speech) before anything is stored
         profile = self.engine.prepare_voice(reference.samples, reference.sample_rate)
         voice_id = uuid.uuid4().hex
-        target = self.voices_dir / f"{voice_id}.wav"
-        encode_file(target, reference.samples, reference.sample_rate, "wav")  # atomic: complete or absent
+        wav = pcm16_wav(reference.samples, reference.sample_rate)
         record = VoiceRecord(
             id=voice_id,
             name=name,
@@ -257,19 +283,16 @@ class VoiceLibrary:
             sample_rate=reference.sample_rate,
             created_at=datetime.now(UTC),
             notices=list(reference.notices),
-            audio_path=target.name,
         )
-        try:
-            with self._sessions.begin() as session:
-                session.add(record)
-        except BaseException:
-            target.unlink(missing_ok=True)  # no file without its row
-            raise
+        with self._sessions.begin() as session:  # one transaction: the row and its audio, or neither
+            session.add(record)
+            session.flush()  # the row first: the audio's foreign key names it
+            session.add(VoiceAudio(voice_id=voice_id, wav=wav))
         return VoiceInfo.of(record), profile
 
     def _decode_upload(self, filename: str | None, data: bytes) -> Reference:
         described = _described(filename)
-        # decode_file reads files; the temporary one lives outside the voices folder
+        # decode_file reads files: the upload goes to a temporary one
         handle, temp_name = tempfile.mkstemp(prefix="vcstream-upload-")
         temp = Path(temp_name)
         try:
@@ -298,37 +321,39 @@ class VoiceLibrary:
         return InvalidAudioError(message.replace(f"audio file {str(temp)!r}", described))
 
     async def delete(self, voice_id: str) -> None:
-        """Remove a voice: its row, then its recording and cached features."""
+        """Remove a voice: its row and recording (one transaction), then this replica's cached
+        features. Other replicas drop theirs when they next try to use it."""
 
-        def remove() -> Path:
+        def remove() -> None:
+            if not _ID.match(voice_id):
+                raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
             with self._sessions.begin() as session:
-                record = session.get(VoiceRecord, voice_id) if _ID.match(voice_id) else None
-                if record is None:
+                # explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only on request
+                session.execute(sa.delete(VoiceAudio).where(VoiceAudio.voice_id == voice_id))
+                removed = session.execute(sa.delete(VoiceRecord).where(VoiceRecord.id == voice_id))
+                if removed.rowcount == 0:  # type: ignore[attr-defined]
                     raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
-                path = self._file(record)
-                session.delete(record)
-            # the row is gone first: nobody is handed a voice whose file is being removed
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                log.error("voice %s deleted but its recording %s remains: %s", voice_id, path, exc)
-            return path
 
         await self._in(VOICES_DB_POOL, remove)
-        for key in [k for k in (*self._profiles, *self._computing) if k[0] == voice_id]:
-            self._profiles.pop(key, None)
-            self._computing.pop(key, None)
+        self._forget(voice_id)
         log.info("voice %s deleted", voice_id)
+
+    def _forget(self, voice_id: str) -> None:
+        """Drop the voice's cached and pending features (a computation still running is not cached)."""
+        self._profiles.forget_voice(voice_id)
+        for key in [k for k in self._computing if k[0] == voice_id]:
+            del self._computing[key]
 
     # -- engine features --------------------------------------------------------------------------
 
     async def profile(self, voice_id: str, engine: Engine | None = None) -> VoiceProfile:
         """An engine's features for a voice (default: the library's engine; another one is the
-        overflow engine of a full server), computed once (in a worker thread) and cached per (voice,
-        engine); concurrent calls for one voice share one computation. Raises VoiceNotFoundError if
-        the voice is not (or no longer) in the library."""
-        # the row is checked on every call: another instance sharing the database may have deleted it
-        record = await self._in(VOICES_DB_POOL, self._record, voice_id)
+        overflow engine of a full server), computed on first use (its recording read from the
+        database, the work in a worker thread) and cached per (voice, engine); concurrent calls for
+        one voice share one computation. Raises VoiceNotFoundError if the voice is not (or no longer)
+        in the database, and then drops it from this replica's cache."""
+        # the row is checked on every use: another replica sharing the database may have deleted it
+        await self._current_record(voice_id)
         engine = engine or self.engine
         key = (voice_id, engine.name)
         cached = self._profiles.get(key)
@@ -336,26 +361,30 @@ class VoiceLibrary:
             return cached
         pending = self._computing.get(key)
         if pending is None:
-            pending = self._in(VOICES_WORK_POOL, self._compute_profile, record, engine)
+            pending = asyncio.ensure_future(self._compute_profile(voice_id, engine))
             self._computing[key] = pending
             pending.add_done_callback(partial(self._profile_done, key))
         # shielded: one caller giving up must not cancel the computation the others wait for
         return await asyncio.shield(pending)
 
-    def _compute_profile(self, record: VoiceRecord, engine: Engine) -> VoiceProfile:
-        path = self._file(record)
-        if not path.is_file():
-            log.error("recording of voice %s is missing: %s", record.id, path)
-            raise VoiceNotFoundError(f"the recording of voice {record.id!r} is missing on the server")
-        samples = decode_file(path, record.sample_rate)
-        return engine.prepare_voice(samples, record.sample_rate)
+    async def _compute_profile(self, voice_id: str, engine: Engine) -> VoiceProfile:
+        wav = await self._in(VOICES_DB_POOL, self._wav, voice_id)
+        return await self._in(VOICES_WORK_POOL, self._profile_of, wav, engine)
 
-    def _profile_done(self, key: tuple[str, str], future: asyncio.Future[VoiceProfile]) -> None:
+    @staticmethod
+    def _profile_of(wav: bytes, engine: Engine) -> VoiceProfile:
+        samples, rate = read_pcm16_wav(wav)
+        return engine.prepare_voice(samples, rate)
+
+    def _profile_done(self, key: ProfileKey, future: asyncio.Future[VoiceProfile]) -> None:
+        failure = None if future.cancelled() else future.exception()  # retrieved: never "unhandled"
         if self._computing.get(key) is not future:
             return  # deleted meanwhile: do not cache
         del self._computing[key]
-        if not future.cancelled() and future.exception() is None:
-            self._profiles[key] = future.result()
+        if isinstance(failure, VoiceNotFoundError):  # deleted between the check and the read
+            self._forget(key[0])
+        elif failure is None and not future.cancelled():
+            self._profiles.put(key, future.result())
 
     # -- plumbing ---------------------------------------------------------------------------------
 

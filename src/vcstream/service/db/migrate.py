@@ -51,6 +51,24 @@ class UnknownSchemaError(ConfigurationError):
     migrated it, or the tables were made by hand); nothing was changed."""
 
 
+class MissingRecordingsError(ConfigurationError):
+    """Voices whose recording file is not in the voices folder the upgrade to revision 0002 was given
+    (which moves the files into the database); nothing was changed."""
+
+    def __init__(self, folder: Path | None, voice_ids: list[str]) -> None:
+        self.folder = folder
+        self.voice_ids = voice_ids
+        where = f"in {folder}" if folder is not None else "(no voices folder was given)"
+        more = len(voice_ids) - 10
+        shown = ", ".join(voice_ids[:10]) + (f" and {more} more" if more > 0 else "")
+        super().__init__(
+            f"{len(voice_ids)} voice(s) have no recording file {where}: {shown}. The upgrade moves the "
+            "recordings into the database and changed nothing. Point it at the folder the servers used "
+            "(--voices-dir / VCSTREAM_VOICES_DIR, default <data dir>/voices), or pass "
+            "--forget-missing-recordings to delete those voices (they cannot be used anyway)."
+        )
+
+
 @dataclass(frozen=True)
 class UpgradeResult:
     #: revision before (None: empty database); the baseline for an adopted pre-migration database
@@ -60,12 +78,19 @@ class UpgradeResult:
     after: str
 
 
-def alembic_config(connection: sa.Connection | None = None) -> Config:
+def alembic_config(
+    connection: sa.Connection | None = None,
+    *,
+    voices_dir: Path | None = None,
+    forget_missing_recordings: bool = False,
+) -> Config:
     """Alembic's configuration, pointed at the packaged scripts; ``env.py`` runs the revisions on
-    ``connection``."""
+    ``connection``. Revision 0002 reads the recordings from ``voices_dir`` (see its script)."""
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
+    config.attributes["voices_dir"] = voices_dir
+    config.attributes["forget_missing_recordings"] = forget_missing_recordings
     return config
 
 
@@ -124,11 +149,15 @@ def _check_known(current: str | None, url: sa.URL) -> None:
         )
 
 
-def upgrade(engine: sa.Engine) -> UpgradeResult:
+def upgrade(
+    engine: sa.Engine, *, voices_dir: Path | None = None, forget_missing_recordings: bool = False
+) -> UpgradeResult:
     """Bring the database to the head revision (adopting a pre-migration database first), in one
     transaction where DDL is transactional (PostgreSQL; SQLite commits each DDL statement). Raises
     UnknownSchemaError without changing anything when the database holds a revision or tables this
-    vcstream cannot account for."""
+    vcstream cannot account for. ``voices_dir``: the folder of recordings kept as files before
+    revision 0002, which moves them into the database (MissingRecordingsError, nothing changed, when
+    a voice's file is not there, unless ``forget_missing_recordings`` deletes those voices)."""
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # a second upgrade started meanwhile waits here, then finds the work done
@@ -136,7 +165,9 @@ def upgrade(engine: sa.Engine) -> UpgradeResult:
         before = current_revision(connection)
         _check_known(before, engine.url)
         adopted = before is None and _has_baseline_tables(connection)
-        config = alembic_config(connection)
+        config = alembic_config(
+            connection, voices_dir=voices_dir, forget_missing_recordings=forget_missing_recordings
+        )
         if adopted:
             differences = baseline_differences(connection)
             if differences:
@@ -225,9 +256,10 @@ def _nothing_when_unchanged(context: MigrationContext, revision: Any, directives
         directives.clear()
 
 
-def prepare_for_serving(engine: sa.Engine) -> str:
-    """At server start-up: an SQLite database (one process) is upgraded in place; any other must
-    already be at head, since replicas sharing it must not race to migrate. Returns the revision."""
+def prepare_for_serving(engine: sa.Engine, voices_dir: Path | None = None) -> str:
+    """At server start-up: an SQLite database (one process) is upgraded in place (recordings of older
+    versions are taken from ``voices_dir``); any other must already be at head, since replicas
+    sharing it must not race to migrate. Returns the revision."""
     if engine.dialect.name == "sqlite":
-        return upgrade(engine).after
+        return upgrade(engine, voices_dir=voices_dir).after
     return require_head(engine)

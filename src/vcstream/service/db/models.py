@@ -26,5 +26,17 @@ class VoiceRecord(Base):
     sample_rate: Mapped[int] = mapped_column(sa.Integer)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
     notices: Mapped[list[str]] = mapped_column(sa.JSON)
-    #: file name inside the voices folder (relative: the folder may be mounted elsewhere on other hosts)
-    audio_path: Mapped[str] = mapped_column(sa.String(255))
+
+
+class VoiceAudio(Base):
+    """A voice's stored reference (16-bit 48 kHz mono WAV), in the database so that every replica
+    sharing it can use the voice; a table of its own so that listing voices never loads audio."""
+
+    __tablename__ = "voice_audio"
+
+    voice_id: Mapped[str] = mapped_column(
+        sa.String(32),
+        sa.ForeignKey("voices.id", name="fk_voice_audio_voice_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    wav: Mapped[bytes] = mapped_column(sa.LargeBinary)
