@@ -212,7 +212,7 @@ def test_b_3c_plus_1_calls_admit_3c_evenly_and_refuse_the_last_fast(healthy: Clu
             assert refused.value.refusal.retry_after_s is not None and refused.value.refusal.retry_after_s > 0
             assert healthy.sessions() == spread  # the refused call took no place
 
-            relayed_user = f"vcstream-{calls[0].ready['session']}"
+            relayed_user = f"vcstream-{calls[0].welcome['session']}"
             assert relayed_user in healthy.coturn.allocations(), healthy.coturn.allocations()
 
     asyncio.run(main())

@@ -52,9 +52,13 @@ class Refusal:
 
 
 class CallRefused(VcstreamError):
-    def __init__(self, refusal: Refusal) -> None:
+    """The call did not start: ``refusal`` says why; ``reply`` is the server's own message when it
+    answered ``hello`` with one (else empty)."""
+
+    def __init__(self, refusal: Refusal, reply: dict[str, Any] | None = None) -> None:
         super().__init__(f"call refused: {refusal.code}: {refusal.message}")
         self.refusal = refusal
+        self.reply = reply or {}
 
 
 def gst_turn_servers(ice_servers: Iterable[dict[str, Any]]) -> tuple[str, ...]:
@@ -93,16 +97,19 @@ class BenchCall:
     window: Window = field(default_factory=Window)
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[str] = field(default_factory=list)
+    #: the server's ``error`` messages as sent (code, fatal, retry_after_s ...)
+    server_errors: list[dict[str, Any]] = field(default_factory=list)
     #: the server's latest ``stats`` message, and the one when the window opened
     stats: dict[str, Any] = field(default_factory=dict)
     stats_at_start: dict[str, Any] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the server's ``ready`` message (engine, voices, settings)
+    welcome: dict[str, Any] = field(default_factory=dict)
     #: the latest WebRTC states of both ends and the signalling seen, for a report when a call fails
     states: dict[str, str] = field(default_factory=dict)
     #: make the call through the TURN server the ``ready`` message names, relay candidates only
     relay_only: bool = False
-    #: the server's ``ready`` message, and its ``draining`` message once one came
-    ready: dict[str, Any] = field(default_factory=dict)
+    #: the server's ``draining`` message once one came
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     draining_message: dict[str, Any] = field(default_factory=dict)
     #: set when the signalling WebSocket is gone; ``end_reason`` says how it went
@@ -157,8 +164,8 @@ class BenchCall:
         if ready.get("type") != "ready":
             hint = ready.get("retry_after_s")
             seconds = None if hint is None else float(hint)
-            raise CallRefused(Refusal(str(ready.get("code")), str(ready.get("message")), seconds))
-        self.ready = ready
+            raise CallRefused(Refusal(str(ready.get("code")), str(ready.get("message")), seconds), ready)
+        self.welcome = ready
         config = None
         if self.relay_only:
             turn = gst_turn_servers(ready.get("ice_servers", []))
@@ -201,6 +208,7 @@ class BenchCall:
             elif data["type"] == "state":
                 self.states.update({f"server {k}": str(v) for k, v in data.items() if k not in ("v", "type")})
             elif data["type"] == "error":
+                self.server_errors.append(data)
                 self.errors.append(f"server: {data.get('code')}: {data.get('message')}")
                 if data.get("fatal"):
                     self.end_reason = f"error {data.get('code')}: {data.get('message')}"

@@ -110,7 +110,7 @@ def _wav_bytes(samples: np.ndarray[Any, Any], rate: int) -> bytes:
     return out.getvalue()
 
 
-def _upload_voice(base: str) -> str:
+def upload_voice(base: str) -> str:
     boundary = "vcstream-bench"
     wav = _wav_bytes(flite_speech("rms", 16000), 16000)
     body = (
@@ -155,7 +155,7 @@ def _server(
         sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
         raise
     finally:
-        _end(process)
+        end_process(process)
 
 
 # -- the client processes ---------------------------------------------------------------------------
@@ -170,12 +170,12 @@ def _clients(stack: ExitStack, base: str, voice: str, calls: int) -> list[subpro
         process = subprocess.Popen(
             [*command, "--calls", str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        stack.callback(_end, process)
+        stack.callback(end_process, process)
         processes.append(process)
     return processes
 
 
-def _end(process: subprocess.Popen[Any]) -> None:
+def end_process(process: subprocess.Popen[Any]) -> None:
     """Terminate a child process, killing it after 15 s."""
     if process.poll() is None:
         process.terminate()
@@ -217,7 +217,7 @@ def measure(
     """Run ``calls`` calls against a fresh ``engine`` server (from ``src`` when given) and measure."""
     with tempfile.TemporaryDirectory(prefix="vcstream-bench-calls-") as tmp, ExitStack() as stack:
         server, base = stack.enter_context(_server(engine, calls, src, Path(tmp)))
-        voice = _upload_voice(base)
+        voice = upload_voice(base)
         threads_idle = len(thread_names(server.pid))
         clients = _clients(stack, base, voice, calls)
         events = [_event(client) for client in clients]
