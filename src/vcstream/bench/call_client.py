@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import numpy as np
@@ -62,15 +62,19 @@ class CallRefused(VcstreamError):
 
 
 def gst_turn_servers(ice_servers: Iterable[dict[str, Any]]) -> tuple[str, ...]:
-    """The ``turn:`` entries of a ``ready`` message's ``ice_servers`` in webrtcbin's form
-    (``turn://user:password@host:port``, the credentials percent-encoded)."""
+    """The ``turn:``/``turns:`` entries of a ``ready`` message's ``ice_servers`` in webrtcbin's form
+    (``turn://user:password@host:port?transport=udp``, the credentials percent-encoded: the
+    username holds a ':'), as the server gives its own webrtcbin."""
     found: list[str] = []
     for server in ice_servers:
         user, password = server.get("username"), server.get("credential")
+        if not (user and password):
+            continue
+        userinfo = f"{quote(user, safe='')}:{quote(password, safe='')}@"
         for url in server.get("urls", []):
-            if url.startswith("turn:") and user and password:
-                address = urlsplit("turn://" + url.removeprefix("turn:")).netloc
-                found.append(f"turn://{quote(user, safe='')}:{quote(password, safe='')}@{address}")
+            scheme, _, rest = url.partition(":")
+            if scheme in ("turn", "turns"):
+                found.append(f"{scheme}://{userinfo}{rest.removeprefix('//')}")
     return tuple(found)
 
 
