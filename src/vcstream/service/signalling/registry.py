@@ -101,6 +101,14 @@ class SessionRegistry:
         if self._retiring:
             await asyncio.wait(list(self._retiring), timeout=_SHUTDOWN_WAIT_S)
 
+    def announce_draining(self, grace_s: float) -> int:
+        """Tell every connection with a call that this server drains (``draining``), so that its
+        client moves the call elsewhere within ``grace_s``; returns how many were told."""
+        told = [c for c in self._connections if c.state == "calling"]
+        for connection in told:
+            connection.send("draining", grace_s=grace_s)
+        return len(told)
+
     def retire(
         self, connection_id: str, target: Call | asyncio.Future[Call] | None, held: EngineSlot | None
     ) -> asyncio.Task[None]:
@@ -161,6 +169,11 @@ class SessionRegistry:
     @property
     def calls(self) -> int:
         return sum(1 for c in self._connections if c.call is not None)
+
+    @property
+    def relayed_calls(self) -> int:
+        """Calls whose selected ICE pair goes through a TURN relay (as of their last stats sample)."""
+        return sum(1 for c in self._connections if c.call is not None and c.relayed)
 
     def active_calls(self) -> list[Call]:
         """The calls running now (for operators' views and tests)."""
