@@ -38,6 +38,7 @@ from vcstream.service.admission import Admission, EngineSlot
 from vcstream.service.call_choices import CallChoices
 from vcstream.service.capacity_metrics import CapacitySources
 from vcstream.service.config import ServiceSettings
+from vcstream.service.connection_guard import body_deadline
 from vcstream.service.engine_loader import (
     LoadedEngine,
     load_engine,
@@ -82,7 +83,8 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
     app = web.Application(
         # the upload handler streams with its own cap; this bounds every other body read
         client_max_size=settings.max_upload_bytes + api.MULTIPART_OVERHEAD,
-        middlewares=[api.json_errors],
+        # the body deadline inside json_errors: what it cuts short is not reported as a failure
+        middlewares=[api.json_errors, body_deadline(settings.header_timeout_s)],
     )
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = ServiceMetrics()
