@@ -179,7 +179,7 @@ def test_a_draining_server_moves_the_call_to_another_without_the_user(
                 )
                 # the first server's drain ends as soon as its call left, long before the grace
                 assert await asyncio.wait_for(draining, 10) is True
-                (moved,) = [c for c in second.app[SESSIONS_KEY]._connections if c.call is not None]
+                (moved,) = second.app[SESSIONS_KEY].calling()
                 assert moved.voice_id == voice  # the same voice, chosen by the page without the user
 
                 after = voiced_fraction(await _converted_audio(page), OPUS_RATE)

@@ -157,7 +157,9 @@ async def _ready(server: Running) -> bool:
     return (await server.get("/readyz"))[0] == 200
 
 
-def test_connections_beyond_the_cap_are_refused_unread_and_the_server_keeps_serving(tmp_path: Path) -> None:
+def test_connections_beyond_the_cap_are_refused_unread_and_the_server_keeps_serving(
+    tmp_path: Path,
+) -> None:
     cap = 8
 
     async def main() -> None:

@@ -178,6 +178,10 @@ class SessionRegistry:
         """Calls whose selected ICE pair goes through a TURN relay (as of their last stats sample)."""
         return sum(1 for c in self._connections if c.call is not None and c.relayed)
 
+    def calling(self) -> list[Connection]:
+        """The connections with a call running now."""
+        return [c for c in self._connections if c.call is not None]
+
     def active_calls(self) -> list[Call]:
         """The calls running now (for operators' views and tests)."""
         return [c.call for c in self._connections if c.call is not None]

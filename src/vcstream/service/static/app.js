@@ -648,6 +648,11 @@ function attemptMove(old) {
 
     const complete = () => {
       if (settled) return;
+      if (call !== old.call) {
+        // the old call ended meanwhile (its server stopped): the page's own reconnection has it
+        fail("the call ended");
+        return;
+      }
       settled = true;
       // make: the new connection and call become the page's
       next.onMessage = handleMessage;
