@@ -12,6 +12,7 @@ APT_PACKAGES=(
   flite                                             # synthetic test speech
   nftables iproute2                                 # packet-loss tests in network namespaces
   chromium                                          # real-browser tests of the WebRTC client
+  haproxy                                           # the balancer in front of servers that drain
   postgresql                                        # the voice library's cluster database, in tests
   coturn                                            # a real TURN server for the relayed-call test
   prometheus                                        # promtool: alert rules, their tests, dashboard queries

@@ -29,9 +29,6 @@ KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 CONTRACT_PENDING_SETTINGS = {
     "VCSTREAM_ICE_PORT_RANGE",
     "VCSTREAM_ANNOUNCED_ADDRESS",
-    "VCSTREAM_TRUSTED_PROXIES",
-    "VCSTREAM_MAX_CONNECTIONS",
-    "VCSTREAM_HEADER_TIMEOUT_S",
 }
 #: margin between the end of the drain and SIGKILL: the process closes its pipelines and exits
 EXIT_MARGIN_S = 5

@@ -26,16 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "vcstream.json"
 ADAPTER = ROOT / "deploy" / "kubernetes" / "prometheus-adapter" / "values.yaml"
-#: metrics of the shared contract of issue 9 that the server does not export yet; the integrator drops
-#: each once /metrics has it (test_every_metric_named_is_exported says when)
-CONTRACT_PENDING_METRICS = {
-    "vcstream_session_places",
-    "vcstream_sessions_in_use",
-    "vcstream_capacity_used_ratio",
-    "vcstream_ready",
-    "vcstream_draining",
-    "vcstream_relayed_sessions",
-}
 #: series Prometheus makes itself for every target
 PROMETHEUS_OWN = {"up"}
 #: Grafana's variables, replaced by what they expand to for promtool
@@ -185,7 +175,6 @@ def exported_sample_names(data_dir: Path) -> set[str]:
 
 def test_every_metric_named_is_exported(tmp_path: Path) -> None:
     exported = exported_sample_names(tmp_path)
-    assert not CONTRACT_PENDING_METRICS & exported, "exported now: drop them from CONTRACT_PENDING_METRICS"
     named: dict[str, set[str]] = {}
     sources = [(title, expr) for title, expr in dashboard_queries()]
     sources += [(f"alert {expr[:40]}", expr) for expr in alert_queries()]
@@ -194,7 +183,7 @@ def test_every_metric_named_is_exported(tmp_path: Path) -> None:
         for name in re.findall(r"\bvcstream_[a-z0-9_]+\b", text):
             named.setdefault(name, set()).add(where)
     assert "vcstream_capacity_used_ratio" in named
-    unknown = {n: w for n, w in named.items() if n not in exported | CONTRACT_PENDING_METRICS}
+    unknown = {n: w for n, w in named.items() if n not in exported}
     assert not unknown, f"metrics no server exports: {unknown}"
 
 

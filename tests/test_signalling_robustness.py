@@ -360,6 +360,9 @@ def test_draining_refuses_new_sessions_and_shutdown_says_bye(tmp_path: Path, fli
                 await call.converting()
                 # SIGTERM's first step: running calls go on, new ones are refused
                 assert not await drain(server.app, grace_s=0.2)
+                # the running call was told to move elsewhere within the grace period
+                await wait_until_async(lambda: call.of_type("draining"), 5, "the draining message")
+                assert call.of_type("draining") == [{"v": 1, "type": "draining", "grace_s": 0.2}]
                 async with server.http.ws_connect(server.ws_url) as ws:
                     await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
                     error = await receive_json(ws)

@@ -6,6 +6,7 @@ the credentials the server issued, and that it refuses credentials signed with a
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from conftest import Speech, write_wav
 from turn_harness import Coturn, running_coturn
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.ice import turn_credentials
-from webrtc_harness import serving
+from waiting import wait_until_async
+from webrtc_harness import Server, serving
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -75,6 +77,14 @@ def coturn(tmp_path: Path) -> Iterator[Coturn]:
         yield server
 
 
+async def _relayed_sessions(server: Server) -> float:
+    async with server.http.get(f"{server.base}/metrics") as response:
+        text = await response.text()
+    match = re.search(r"^vcstream_relayed_sessions (\S+)$", text, re.MULTILINE)
+    assert match is not None, "no vcstream_relayed_sessions on /metrics"
+    return float(match.group(1))
+
+
 def test_call_through_turn_with_the_servers_credentials(
     tmp_path: Path, coturn: Coturn, flite_speech: Speech, chromium: str
 ) -> None:
@@ -93,6 +103,10 @@ def test_call_through_turn_with_the_servers_credentials(
                 context = await browser.new_context(permissions=["microphone"])
                 await context.add_init_script(RELAY_ONLY_JS)
                 await _call(await open_client_page(context, server.base))
+                # the server sees it too: its side of the selected pair has the browser's relay
+                await wait_until_async(
+                    lambda: _relayed_sessions(server), 5, "/metrics counted the relayed call"
+                )
             finally:
                 await browser.close()
 

@@ -14,8 +14,6 @@ import signal
 import ssl
 from pathlib import Path
 
-from aiohttp import web
-
 from vcstream.errors import ConfigurationError
 from vcstream.service.config import ServiceSettings, add_settings_arguments, settings_from_args
 
@@ -86,6 +84,7 @@ def _ssl_context(settings: ServiceSettings) -> ssl.SSLContext | None:
 async def serve(settings: ServiceSettings) -> None:
     """Run until SIGINT/SIGTERM, then drain and stop."""
     from vcstream.service.app import create_app, drain
+    from vcstream.service.connection_guard import ConnectionCap, GuardedSite, app_runner
     from vcstream.service.keys import ADMISSION_KEY
 
     loop = asyncio.get_running_loop()
@@ -103,10 +102,12 @@ async def serve(settings: ServiceSettings) -> None:
 
     ssl_context = _ssl_context(settings)
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT_S)
+    timeout = settings.header_timeout_s
+    runner = app_runner(app, timeout, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT_S)
     try:
         await runner.setup()  # loads the engine and opens the voice library
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
+        cap = ConnectionCap(settings.max_connections)
+        site = GuardedSite(runner, settings.host, settings.port, cap, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:

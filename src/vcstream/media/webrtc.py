@@ -45,7 +45,7 @@ import re
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import gi
@@ -145,7 +145,8 @@ class PeerStats:
     """Figures from webrtcbin's ``get-stats``, None where it reported none (yet): of the audio
     received (``jitter_ms``, ``packets_lost``, ``packets_received``, ``bytes_received``), of the
     audio sent (``packets_sent``, ``bytes_sent``), and what the remote end reports of it in its
-    receiver reports (``rtt_ms``, ``remote_jitter_ms``, ``remote_packets_lost``)."""
+    receiver reports (``rtt_ms``, ``remote_jitter_ms``, ``remote_packets_lost``), and whether the
+    selected ICE candidate pair goes through a TURN relay (``relayed``)."""
 
     rtt_ms: float | None = None
     jitter_ms: float | None = None
@@ -156,6 +157,7 @@ class PeerStats:
     bytes_sent: float | None = None
     remote_jitter_ms: float | None = None
     remote_packets_lost: float | None = None
+    relayed: bool | None = None
 
 
 # -- process-wide: the DTLS certificate and the pipeline count ---------------------------------------
@@ -549,12 +551,13 @@ class WebRtcPeer:
             return PeerStats()
         done = threading.Event()
         found: dict[str, float] = {}
-        promise = Gst.Promise.new_with_change_func(_stats_ready, done, found)
+        ice = _IceStats()
+        promise = Gst.Promise.new_with_change_func(_stats_ready, done, found, ice)
         webrtc.emit("get-stats", None, promise)
         if not done.wait(timeout_s):
             promise.interrupt()
             return PeerStats()
-        return PeerStats(**found)
+        return PeerStats(**found, relayed=ice.relayed())
 
     # -- teardown ---------------------------------------------------------------------------------
 
@@ -650,22 +653,53 @@ _STATS_FIELDS: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 
-def _stats_ready(promise: Any, done: threading.Event, found: dict[str, float]) -> None:
+@dataclass
+class _IceStats:
+    """The ICE part of a ``get-stats`` reply: which candidate pair the transport selected, and the
+    types of the candidates. (1.22 swaps local and remote in the candidates' stats types; the pair's
+    ids still name the right structures, so both ends are looked up by id alone.)"""
+
+    selected: list[str] = field(default_factory=list)
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    candidate_types: dict[str, str] = field(default_factory=dict)
+
+    def add(self, kind: str, stat: Any) -> None:
+        def text(key: str) -> str:
+            return str(stat.get_value(key)) if stat.has_field(key) else ""
+
+        if kind == "transport" and text("selected-candidate-pair-id"):
+            self.selected.append(text("selected-candidate-pair-id"))
+        elif kind == "candidate-pair":
+            self.pairs[text("id")] = (text("local-candidate-id"), text("remote-candidate-id"))
+        elif kind in ("local-candidate", "remote-candidate"):
+            self.candidate_types[text("id")] = text("candidate-type")
+
+    def relayed(self) -> bool | None:
+        """Whether a selected pair has a relay candidate at either end; None before ICE selected one."""
+        ends = [end for pair in self.selected for end in self.pairs.get(pair, ())]
+        if not ends:
+            return None
+        return any(self.candidate_types.get(end) == "relay" for end in ends)
+
+
+def _stats_ready(promise: Any, done: threading.Event, found: dict[str, float], ice: _IceStats) -> None:
     try:
         reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
         if reply is not None:
-            reply.foreach(_collect_stat, found)
+            reply.foreach(_collect_stat, (found, ice))
     except Exception:  # a stats reply we cannot read must not break the call
         log.exception("reading webrtcbin statistics failed")
     finally:
         done.set()
 
 
-def _collect_stat(_field: int, value: Any, found: dict[str, float]) -> bool:
+def _collect_stat(_field: int, value: Any, into: tuple[dict[str, float], _IceStats]) -> bool:
     if not isinstance(value, Gst.Structure):
         return True
-    kind = value.get_value("type")
-    wanted = _STATS_FIELDS.get(str(getattr(kind, "value_nick", "")))
+    found, ice = into
+    kind = str(getattr(value.get_value("type"), "value_nick", ""))
+    ice.add(kind, value)
+    wanted = _STATS_FIELDS.get(kind)
     if not wanted:
         return True
     for key, (name, scale) in wanted.items():

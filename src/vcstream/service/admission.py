@@ -66,6 +66,11 @@ class Admission:
         with self._lock:
             return sum(slot.active for slot in self.slots)
 
+    def usage(self) -> list[tuple[str, int, int]]:
+        """(role, places, places taken) of each slot, read at once."""
+        with self._lock:
+            return [(slot.role, slot.places, slot.active) for slot in self.slots]
+
     def choose(self) -> EngineSlot | None:
         """The slot a session starting now would get (the primary while it has room), or None when
         every place is taken. Takes nothing: see ``take``."""

@@ -11,7 +11,8 @@ Start-up (``cleanup_ctx``, in this order, before the server accepts connections)
 4. whatever ``vcstream.service.signalling.setup`` registered (it sees the keys above).
 
 Shutdown: ``drain`` marks the server draining (/readyz 503; ``health.session_refusal`` refuses new
-sessions) and waits up to ``shutdown_grace_s`` for running sessions to end (as counted by
+sessions), tells every running call's client to move (``draining``: make-before-break) and waits
+up to ``shutdown_grace_s`` for running sessions to end (as counted by
 ``ServiceMetrics.session_started``/``session_ended``); ``vcstream serve`` calls it on SIGTERM while
 still listening, so load balancers see the 503. Then the app's ``on_shutdown`` handlers run (ours
 first: it sets draining for any other way of stopping; signalling's closes what is left) and the
@@ -35,7 +36,9 @@ from vcstream.media.mainloop import Runtime
 from vcstream.service import api, health
 from vcstream.service.admission import Admission, EngineSlot
 from vcstream.service.call_choices import CallChoices
+from vcstream.service.capacity_metrics import CapacitySources
 from vcstream.service.config import ServiceSettings
+from vcstream.service.connection_guard import body_deadline
 from vcstream.service.engine_loader import (
     LoadedEngine,
     load_engine,
@@ -53,6 +56,7 @@ from vcstream.service.keys import (
     MEDIA_POOL,
     METRICS_KEY,
     RUNTIME_KEY,
+    SESSIONS_KEY,
     SETTINGS_KEY,
     VOICES_DB_POOL,
     VOICES_KEY,
@@ -79,11 +83,13 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
     app = web.Application(
         # the upload handler streams with its own cap; this bounds every other body read
         client_max_size=settings.max_upload_bytes + api.MULTIPART_OVERHEAD,
-        middlewares=[api.json_errors],
+        # the body deadline inside json_errors: what it cuts short is not reported as a failure
+        middlewares=[api.json_errors, body_deadline(settings.header_timeout_s)],
     )
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = ServiceMetrics()
     app[STATE_KEY] = ServiceState()
+    app[METRICS_KEY].watch_capacity(_capacity_sources(app))
     app.cleanup_ctx.append(_runtime_context)
     app.cleanup_ctx.append(_engine_context(engine))
     app.cleanup_ctx.append(_voices_context)
@@ -103,6 +109,26 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
     else:
         log.warning("vcstream.service.signalling is not installed: no WebRTC sessions")
     return app
+
+
+def _capacity_sources(app: web.Application) -> CapacitySources:
+    """The capacity gauges' figures, read from the application at each scrape (before the engine is
+    loaded there is no place, and the server is not ready)."""
+
+    def usage() -> list[tuple[str, int, int]]:
+        admission = app.get(ADMISSION_KEY)
+        return admission.usage() if admission is not None else []
+
+    def relayed() -> int:
+        registry = app.get(SESSIONS_KEY)
+        return registry.relayed_calls if registry is not None else 0
+
+    return CapacitySources(
+        usage=usage,
+        ready=lambda: ADMISSION_KEY in app and health.readiness_problem(app) is None,
+        draining=lambda: app[STATE_KEY].draining,
+        relayed_sessions=relayed,
+    )
 
 
 async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
@@ -225,10 +251,12 @@ async def drain(app: web.Application, grace_s: float | None = None) -> bool:
     """Stop admitting sessions (/readyz 503) and wait up to ``grace_s`` (default: the settings'
     ``shutdown_grace_s``) for running ones to end. Returns whether none are left."""
     state, sessions = app[STATE_KEY], app[METRICS_KEY]
+    grace = app[SETTINGS_KEY].shutdown_grace_s if grace_s is None else grace_s
     if not state.draining:
         state.draining = True
-        log.info("draining: no new sessions; %d running", sessions.active_sessions)
-    grace = app[SETTINGS_KEY].shutdown_grace_s if grace_s is None else grace_s
+        registry = app.get(SESSIONS_KEY)
+        told = registry.announce_draining(grace) if registry is not None else 0
+        log.info("draining: no new sessions; %d running, %d told to move", sessions.active_sessions, told)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     # sessions end on any thread (the count is thread-safe); polling it is simpler than an event per loop

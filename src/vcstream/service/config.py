@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
@@ -113,6 +114,15 @@ class ServiceSettings:
       (VCSTREAM_TURN_URLS, comma-separated ``turn:``/``turns:`` URLs) with ``turn_secret``
       (VCSTREAM_TURN_SECRET, environment only: the shared secret for time-limited TURN credentials,
       as coturn's ``use-auth-secret``) and ``turn_ttl_s`` (VCSTREAM_TURN_TTL_S, 86400).
+    Hardening (see ``vcstream.service.connection_guard``):
+      ``max_connections`` (VCSTREAM_MAX_CONNECTIONS, 1000): open HTTP/WebSocket connections; beyond
+      it a new connection is answered 503 before anything of it is read, and closed.
+      ``header_timeout_s`` (VCSTREAM_HEADER_TIMEOUT_S, 10): time a connection gets to send a
+      request's headers (from connecting, or from the previous response); a body must then arrive at
+      64 KiB/s at least.
+      ``trusted_proxies`` (VCSTREAM_TRUSTED_PROXIES, comma-separated addresses or networks, e.g.
+      ``127.0.0.1,10.0.0.0/8``; default none): balancers whose X-Forwarded-For is believed, so that
+      per-address limits see the client behind them.
     Process:
       ``shutdown_grace_s`` (VCSTREAM_SHUTDOWN_GRACE_S, 30): on SIGTERM the server reports not ready
       and refuses new sessions, then waits this long for running sessions to end before closing them.
@@ -232,6 +242,22 @@ class ServiceSettings:
     turn_ttl_s: int = field(
         default=86400, metadata=_meta("VCSTREAM_TURN_TTL_S", int, "lifetime of TURN credentials, seconds")
     )
+    max_connections: int = field(
+        default=1000,
+        metadata=_meta("VCSTREAM_MAX_CONNECTIONS", int, "open HTTP/WebSocket connections (beyond: 503)"),
+    )
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata=_meta("VCSTREAM_HEADER_TIMEOUT_S", float, "seconds to send request headers (bodies: rate)"),
+    )
+    trusted_proxies: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "VCSTREAM_TRUSTED_PROXIES",
+            comma_list,
+            "addresses/networks whose X-Forwarded-For is believed (e.g. 127.0.0.1,10.0.0.0/8)",
+        ),
+    )
     shutdown_grace_s: float = field(
         default=30.0,
         metadata=_meta("VCSTREAM_SHUTDOWN_GRACE_S", float, "seconds to let sessions finish after SIGTERM"),
@@ -271,6 +297,15 @@ class ServiceSettings:
             found.append("webrtc_latency_ms cannot be negative")
         if self.shutdown_grace_s < 0:
             found.append("shutdown_grace_s cannot be negative")
+        if self.max_connections < 1:
+            found.append(f"max_connections must be at least 1, got {self.max_connections}")
+        if self.header_timeout_s <= 0:
+            found.append("header_timeout_s must be positive")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                found.append(f"trusted proxy {proxy!r} is not an address or network")
         if self.turn_ttl_s <= 0:
             found.append("turn_ttl_s must be positive")
         for url in (*self.stun_urls, *self.turn_urls):

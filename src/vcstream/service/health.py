@@ -1,5 +1,8 @@
 """Liveness and readiness: /healthz (the process answers) and /readyz (the engine is loaded and warm,
-and the server is not draining), plus the admission rule for new sessions.
+the server is not draining and a session place is free), plus the admission rule for new sessions.
+
+Readiness includes capacity so that a balancer health-checking /readyz stops sending new calls to a
+full replica (its running calls are not affected: WebSockets already open stay where they are).
 
 ``ServiceState`` is the part of the application that changes after start-up (warm-up finishing,
 draining on SIGTERM). aiohttp freezes an application's keys once it starts, so the state lives in one
@@ -57,6 +60,17 @@ def session_refusal(app: web.Application) -> tuple[str, str] | None:
     return None
 
 
+def readiness_problem(app: web.Application) -> str | None:
+    """Why /readyz answers 503 now (warming, warm-up failed, draining, or full), None when ready."""
+    reason = app[STATE_KEY].not_ready_reason()
+    if reason is not None:
+        return reason
+    admission = app[ADMISSION_KEY]
+    if admission.choose() is None:
+        return f"the server is full: all {admission.places} session places are taken"
+    return None
+
+
 @operation("healthz", "Liveness: the process answers", {200: reply("alive", Alive)})
 async def healthz(request: web.Request) -> web.Response:
     return json_reply(Alive())
@@ -64,15 +78,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 @operation(
     "readyz",
-    "Readiness: engine loaded and warm, not draining",
+    "Readiness: engine loaded and warm, not draining, a session place free",
     {
         200: reply("ready for sessions", Ready),
-        503: error("not_ready: warming up, warm-up failed, or shutting down"),
+        503: error("not_ready: warming up, warm-up failed, shutting down, or full"),
     },
 )
 async def readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    reason = state.not_ready_reason()
+    reason = readiness_problem(request.app)
     if reason is not None:
         return json_reply(ErrorBody(error="not_ready", message=reason), 503)
     return json_reply(Ready())

@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from vcstream.service.capacity_metrics import CapacityCollector, CapacitySources
 from vcstream.service.scheduler_metrics import SchedulerCollector
 from vcstream.streaming.scheduler import SchedulerStats
 
@@ -140,6 +141,10 @@ class ServiceMetrics:
     def watch_schedulers(self, snapshots: Callable[[], Sequence[SchedulerStats]]) -> None:
         """Export the block schedulers' figures (read at each scrape)."""
         self.registry.register(SchedulerCollector(snapshots))
+
+    def watch_capacity(self, sources: CapacitySources) -> None:
+        """Export capacity, readiness, drain and TURN figures (read at each scrape)."""
+        self.registry.register(CapacityCollector(sources))
 
     def render(self) -> bytes:
         """The exposition text for /metrics (send with ``content_type``)."""

@@ -120,6 +120,8 @@ class Connection:
         self._disconnected: asyncio.TimerHandle | None = None
         self._connect_timer: asyncio.TimerHandle | None = None
         self._statistics = CallStatistics(app[METRICS_KEY])
+        #: the call's selected ICE pair goes through TURN (as of its last statistics sample)
+        self.relayed = False
         self.done = asyncio.Event()
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "hello": self._hello,
@@ -529,6 +531,8 @@ class Connection:
             live, stats, peer = await self.registry.blocking(call.sample)
             if stats is None:
                 continue
+            if peer.relayed is not None:
+                self.relayed = peer.relayed
             fields, engine_failed = self._statistics.message(call, live, stats, peer, latency_ms)
             if engine_failed:
                 self.send("error", code="engine_error", message="the engine failed on a block", fatal=False)

@@ -15,7 +15,8 @@ once and 2 a second after that; beyond, the upgrade is answered ``429`` ``too_ma
 
 Client -> server
   ``hello``     ``{}``, within 10 s of connecting. The server answers ``ready`` (or ``error``
-                ``server_full``/``server_draining``/``server_not_ready`` and closes). A connection
+                ``server_full`` with ``retry_after_s``, ``server_draining`` or ``server_not_ready``,
+                and closes: a full server never answers ``ready``). A connection
                 without a call is closed (``error`` ``timeout``) after 10 minutes without a message.
   ``offer``     ``{"sdp": "v=0...", "voice": "<voice id>", "settings": {...}?}``: starts the session
                 (audio only, Opus, sendrecv). Answered with ``answer``; one offer per connection (no
@@ -48,8 +49,13 @@ Server -> client
                 ``bitrate_in_kbps``, ``bitrate_out_kbps``, and ``timeline`` (ms from the offer to the
                 answer, to the connection, to the first audio in and the first converted audio out).
   ``voice``, ``settings``: acknowledgements (above).
-  ``error``     ``{"code", "message", "fatal"}``; after a fatal one the server closes the socket.
+  ``error``     ``{"code", "message", "fatal", "retry_after_s"?}``; after a fatal one the server closes
+                the socket. ``retry_after_s`` (``server_full``): when a place is likely to be free.
   ``bye``       ``{"reason": "client"|"shutdown"|...}``, then the socket closes.
+  ``draining``  ``{"grace_s"}``: this server is going away (SIGTERM). The call keeps running for up to
+                ``grace_s`` seconds; the client should open a new connection to the same URL (a
+                balancer sends it to another server), start a new call there and only then leave this
+                one (make-before-break). If the new connection is refused it stays on this call.
 
 Error codes: ``bad_json``, ``bad_message``, ``unsupported_version``, ``unknown_type``,
 ``message_too_large``, ``rate_limited``, ``unexpected`` (out of order), ``bad_sdp``, ``bad_candidate``,

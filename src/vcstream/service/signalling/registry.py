@@ -24,6 +24,7 @@ from vcstream.media.mainloop import RuntimeClosedError
 from vcstream.media.webrtc import PeerConfig, prepare
 from vcstream.service.admission import EngineSlot
 from vcstream.service.api import error_response
+from vcstream.service.forwarded import TrustedProxies
 from vcstream.service.ice import ice_servers
 from vcstream.service.keys import (
     ADMISSION_KEY,
@@ -49,7 +50,8 @@ T = TypeVar("T")
 _SHUTDOWN_WAIT_S = 10.0
 #: WebSockets one client address may open: a burst, then a steady rate (a browser opens one per
 #: call). Beyond it the upgrade is refused with 429 before any WebSocket work. Behind a reverse
-#: proxy every client shares the proxy's address: these bound the whole server's connection rate.
+#: proxy the address is the client's from X-Forwarded-For when the proxy is one of
+#: ``trusted_proxies``; otherwise every client shares the proxy's address and budget.
 CONNECTS_PER_S, CONNECT_BURST = 2.0, 20.0
 
 
@@ -65,6 +67,7 @@ class SessionRegistry:
         self._retiring: set[asyncio.Task[None]] = set()
         self.closing = False
         self._connects = AddressBudget(CONNECTS_PER_S, CONNECT_BURST)
+        self._proxies = TrustedProxies(app[SETTINGS_KEY].trusted_proxies)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -100,6 +103,14 @@ class SessionRegistry:
                 log.warning("%d connection(s) did not close within %g s", len(pending), _SHUTDOWN_WAIT_S)
         if self._retiring:
             await asyncio.wait(list(self._retiring), timeout=_SHUTDOWN_WAIT_S)
+
+    def announce_draining(self, grace_s: float) -> int:
+        """Tell every connection with a call that this server drains (``draining``), so that its
+        client moves the call elsewhere within ``grace_s``; returns how many were told."""
+        told = [c for c in self._connections if c.state == "calling"]
+        for connection in told:
+            connection.send("draining", grace_s=grace_s)
+        return len(told)
 
     def retire(
         self, connection_id: str, target: Call | asyncio.Future[Call] | None, held: EngineSlot | None
@@ -162,6 +173,15 @@ class SessionRegistry:
     def calls(self) -> int:
         return sum(1 for c in self._connections if c.call is not None)
 
+    @property
+    def relayed_calls(self) -> int:
+        """Calls whose selected ICE pair goes through a TURN relay (as of their last stats sample)."""
+        return sum(1 for c in self._connections if c.call is not None and c.relayed)
+
+    def calling(self) -> list[Connection]:
+        """The connections with a call running now."""
+        return [c for c in self._connections if c.call is not None]
+
     def active_calls(self) -> list[Call]:
         """The calls running now (for operators' views and tests)."""
         return [c.call for c in self._connections if c.call is not None]
@@ -179,7 +199,8 @@ class SessionRegistry:
         description=PROTOCOL_DESCRIPTION,
     )
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        retry_s = self._connects.take(request.remote or "?")
+        client = self._proxies.client(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []))
+        retry_s = self._connects.take(client)
         if retry_s is not None:
             return error_response(
                 429,

@@ -6,6 +6,9 @@ const PROTOCOL = 1;
 const RECONNECT_MAX_ATTEMPTS = 12;
 const RECONNECT_MAX_DELAY_MS = 15000;
 const RECORD_MAX_S = 15;
+// moving a call off a draining server: pauses between tries that reached the draining server again
+const MOVE_RETRY_MS = 250;
+const MOVE_RETRY_MAX_MS = 2000;
 const STATS_INTERVAL_MS = 1000;
 // a level above this (RMS, full scale 1) counts as sound for "first audio"
 const SOUND_RMS = 0.003;
@@ -42,6 +45,9 @@ const state = {
   micStream: null,
   remoteStream: null,
   errors: [],
+  // moving the call off a draining server: null, or { status: "moving"|"moved"|"stayed", reason }
+  move: null,
+  moves: 0, // calls moved to another server so far
 };
 window.vcstream = state;
 
@@ -243,7 +249,11 @@ function renderSettings(schema, values) {
 // -- signalling ------------------------------------------------------------------------------------
 
 class Signalling {
-  constructor() {
+  // handlers: where this connection's messages and its close go (the page's by default; a call
+  // being moved to another server has its own until the move completes)
+  constructor({ onMessage = handleMessage, onClosed = onSignallingClosed } = {}) {
+    this.onMessage = onMessage;
+    this.onClosed = onClosed;
     this.ws = null;
     this.attempts = 0;
     this.timer = null;
@@ -273,12 +283,12 @@ class Signalling {
       } catch {
         return;
       }
-      handleMessage(message);
+      this.onMessage(message);
     };
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.ready = false;
-      onSignallingClosed(event);
+      this.onClosed(event);
     };
   }
 
@@ -322,7 +332,7 @@ class Signalling {
     this.send("bye");
   }
 }
-const signalling = new Signalling();
+let signalling = new Signalling();
 
 function handleMessage(message) {
   switch (message.type) {
@@ -353,6 +363,9 @@ function handleMessage(message) {
       break;
     case "error":
       onServerError(message);
+      break;
+    case "draining":
+      moveCall(message.grace_s);
       break;
     case "bye":
     case "state":
@@ -443,31 +456,50 @@ function showEngine(engine) {
 let call = null;
 
 class Call {
-  constructor(micStream) {
+  // link: the signalling connection of this call; iceServers: from that connection's "ready";
+  // onState: instead of the page's reaction to connection states (a call being moved in the
+  // background), and then its audio is not played until attach()
+  constructor(micStream, { link = signalling, iceServers = state.ready?.ice_servers, onState = null } = {}) {
+    this.link = link;
+    this.onState = onState;
+    this.attached = !onState;
+    this.stream = null;
     this.pendingCandidates = [];
-    this.pc = new RTCPeerConnection({ iceServers: state.ready?.ice_servers || [], bundlePolicy: "max-bundle" });
+    this.pc = new RTCPeerConnection({ iceServers: iceServers || [], bundlePolicy: "max-bundle" });
     for (const track of micStream.getAudioTracks()) this.pc.addTrack(track, micStream);
     this.pc.ontrack = (event) => {
-      const stream = event.streams[0] || new MediaStream([event.track]);
-      state.remoteStream = stream;
-      ui.audio.srcObject = stream;
-      ui.audio.play().catch(() => {});
-      meters.watch("out", stream);
+      this.stream = event.streams[0] || new MediaStream([event.track]);
+      if (this.attached) this.attach();
     };
     this.pc.onicecandidate = (event) => {
       const c = event.candidate;
-      signalling.send("ice", { candidate: c ? c.candidate : null, sdpMLineIndex: c?.sdpMLineIndex ?? 0 });
+      this.link.send("ice", { candidate: c ? c.candidate : null, sdpMLineIndex: c?.sdpMLineIndex ?? 0 });
     };
-    this.pc.onconnectionstatechange = () => this.onConnectionState(this.pc.connectionState);
+    this.pc.onconnectionstatechange = () => {
+      const value = this.pc.connectionState;
+      if (this.onState) this.onState(value);
+      else this.onConnectionState(value);
+    };
     this.statsTimer = setInterval(() => this.sampleStats(), STATS_INTERVAL_MS);
     this.last = null;
+  }
+
+  // play this call's audio (and meter it): the page's call from now on
+  attach() {
+    this.attached = true;
+    this.onState = null;
+    if (!this.stream) return;
+    state.remoteStream = this.stream;
+    ui.audio.srcObject = this.stream;
+    ui.audio.play().catch(() => {});
+    meters.watch("out", this.stream);
   }
 
   async offer(voice) {
     const offer = await this.pc.createOffer();
     await this.pc.setLocalDescription(offer);
     state.timeline.offer = performance.now();
-    signalling.send("offer", { sdp: this.pc.localDescription.sdp, voice, settings: state.settings });
+    this.link.send("offer", { sdp: this.pc.localDescription.sdp, voice, settings: state.settings });
   }
 
   async onAnswer(sdp) {
@@ -551,10 +583,125 @@ class Call {
   close() {
     clearInterval(this.statsTimer);
     this.pc.close();
+    if (!this.attached || state.remoteStream !== this.stream) return; // another call plays now
     ui.audio.srcObject = null;
     meters.unwatch("out");
     state.remoteStream = null;
   }
+}
+
+// -- moving a call off a draining server (make-before-break) ---------------------------------------
+
+// The server is going away ("draining"): open a new connection through the same URL (the balancer
+// sends it to a server that is ready), start the same call there (same voice, same settings), and
+// only once its media connected close the old one. A new connection answered "server_draining"
+// reached this server again (the balancer has not seen its /readyz turn 503 yet): tried again after
+// a pause, for up to half the grace period. Any other refusal, or a new call that does not connect,
+// leaves the call here until this server ends it.
+async function moveCall(graceS) {
+  if (state.move?.status === "moving" || !call) return;
+  const old = { signalling, call };
+  // attempts: why each try that did not move the call failed (diagnostics, and the browser tests)
+  state.move = { status: "moving", reason: null, grace_s: graceS, attempts: [] };
+  ui.callStatus.textContent = "This server is shutting down: moving your call to another server…";
+  const giveUpAt = performance.now() + (graceS * 1000) / 2;
+  let pause = MOVE_RETRY_MS;
+  for (;;) {
+    const outcome = await attemptMove(old);
+    state.move.attempts.push(outcome.reason ?? "moved");
+    if (outcome.moved) {
+      state.moves += 1;
+      state.move = { status: "moved", reason: null, grace_s: graceS, attempts: state.move.attempts };
+      const voice = state.voices.find((v) => v.id === chosenVoice());
+      setCallState("live", `Your call moved to another server. Live${voice ? `: you sound like ${voice.name}` : ""}.`);
+      return;
+    }
+    const stillHere = call === old.call && state.callWanted;
+    if (!outcome.retry || !stillHere || performance.now() + pause > giveUpAt) {
+      state.move = { status: "stayed", reason: outcome.reason, grace_s: graceS, attempts: state.move.attempts };
+      if (stillHere) {
+        ui.callStatus.textContent = `Could not move your call (${outcome.reason}); it continues on this server for up to ${Math.round(graceS)} s.`;
+      }
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, pause));
+    pause = Math.min(2 * pause, MOVE_RETRY_MAX_MS);
+  }
+}
+
+// One try at moving the call: resolves { moved: true } once the new call connected and the old one
+// was closed, or { moved: false, reason, retry } (everything of the try closed again).
+function attemptMove(old) {
+  return new Promise((resolve) => {
+    let ready = null;
+    let nextCall = null;
+    let settled = false;
+
+    const fail = (reason, retry = false) => {
+      if (settled) return;
+      settled = true;
+      next.onMessage = next.onClosed = () => {};
+      nextCall?.close();
+      next.ws?.close();
+      resolve({ moved: false, reason, retry });
+    };
+
+    const complete = () => {
+      if (settled) return;
+      if (call !== old.call) {
+        // the old call ended meanwhile (its server stopped): the page's own reconnection has it
+        fail("the call ended");
+        return;
+      }
+      settled = true;
+      // make: the new connection and call become the page's
+      next.onMessage = handleMessage;
+      next.onClosed = onSignallingClosed;
+      signalling = next;
+      call = nextCall;
+      state.ready = ready;
+      showEngine(ready.engine);
+      // break: the old call ends and its server is told so (its close is expected: no reconnect)
+      old.signalling.onMessage = old.signalling.onClosed = () => {};
+      old.call.close();
+      old.signalling.bye();
+      call.attach();
+      resolve({ moved: true });
+    };
+
+    const next = new Signalling({
+      onMessage: (message) => {
+        if (message.type === "ready") {
+          ready = message;
+          next.markReady();
+        } else if (message.type === "answer") nextCall?.onAnswer(message.sdp);
+        else if (message.type === "ice") nextCall?.onRemoteCandidate(message);
+        else if (message.type === "error" && message.fatal) fail(message.message, message.code === "server_draining");
+        else if (message.type === "draining") fail("the other server is shutting down too", true);
+      },
+      onClosed: () => fail("the new connection closed"),
+    });
+    next.connect();
+    next
+      .whenReady()
+      .then(() => {
+        if (settled) return;
+        if (!state.callWanted || call !== old.call) {
+          fail("the call ended");
+          return;
+        }
+        nextCall = new Call(state.micStream, {
+          link: next,
+          iceServers: ready.ice_servers,
+          onState: (value) => {
+            if (value === "connected") complete();
+            else if (value === "failed") fail("the media connection to the new server failed");
+          },
+        });
+        return nextCall.offer(chosenVoice());
+      })
+      .catch((err) => fail(err.message));
+  });
 }
 
 function renderStats() {
