@@ -152,7 +152,8 @@ async def _call_into(
 
         form = aiohttp.FormData()
         form.add_field("name", "slt")
-        form.add_field("file", reference_wav(tmp_path, flite_speech, "slt").read_bytes(), filename="slt.wav")
+        reference = reference_wav(tmp_path, flite_speech, "slt")
+        form.add_field("file", await asyncio.to_thread(reference.read_bytes), filename="slt.wav")
         async with http.post(f"{base}/api/voices", data=form) as response:
             assert response.status == 201, await response.text()
             voice = str((await response.json())["id"])
