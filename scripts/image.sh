@@ -6,7 +6,7 @@
 #
 # IMAGE (default localhost/vcstream:latest) names the result. The host's CA bundle and its local wheel
 # folder (PIP_FIND_LINKS, where this machine keeps the CPU torch wheel) are mounted for the build only:
-# the image keeps neither. pip's cache is a build volume (~/.cache/vcstream-image-pip), so a rebuild
+# the image keeps neither. pip's cache is a build volume (the host's ~/.cache/pip), so a rebuild
 # does not fetch torch again. Needs root, podman, runc and debootstrap (scripts/setup.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +55,8 @@ if [ -n "${PIP_FIND_LINKS:-}" ] && [ -d "$PIP_FIND_LINKS" ]; then
     build+=(--build-arg TORCH_INDEX_URL=)  # the CPU wheel is on disk; the torch index is not reachable
   fi
 fi
-pip_cache="${VCSTREAM_IMAGE_PIP_CACHE:-$HOME/.cache/vcstream-image-pip}"
+# the host's own pip cache by default: wheels scripts/setup.sh fetched are not fetched again
+pip_cache="${VCSTREAM_IMAGE_PIP_CACHE:-$HOME/.cache/pip}"
 mkdir -p "$pip_cache"
 build+=(--volume "$pip_cache:/root/.cache/pip")
 
