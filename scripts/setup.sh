@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
+  gir1.2-nice-0.1                                   # libnice's port range from Python (ICE port range)
   gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0
   libgirepository1.0-dev libcairo2-dev pkg-config   # to build PyGObject in the venv
   flite                                             # synthetic test speech
@@ -16,7 +17,7 @@ APT_PACKAGES=(
   postgresql                                        # the voice library's cluster database, in tests
   coturn                                            # a real TURN server for the relayed-call test
   prometheus                                        # promtool: alert rules, their tests, dashboard queries
-  haproxy                                           # the local cluster test's balancer
+  podman runc debootstrap                           # the container image test (scripts/image.sh)
 )
 
 missing=()

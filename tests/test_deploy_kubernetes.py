@@ -24,12 +24,6 @@ VARIANTS = {"cpu": DEPLOY / "cpu" / "deployment.yaml", "gpu": DEPLOY / "gpu" / "
 #: the oldest and newest Kubernetes versions kubernetes-validate 1.37 bundles (1.25 has every API
 #: used here as GA: autoscaling/v2, policy/v1, networking.k8s.io/v1)
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
-#: settings of the shared contract of issue 9 that the server does not read yet; the integrator drops
-#: each once `vcstream serve` has it (test_every_setting_is_one_the_server_reads says when)
-CONTRACT_PENDING_SETTINGS = {
-    "VCSTREAM_ICE_PORT_RANGE",
-    "VCSTREAM_ANNOUNCED_ADDRESS",
-}
 #: margin between the end of the drain and SIGKILL: the process closes its pipelines and exits
 EXIT_MARGIN_S = 5
 
@@ -120,8 +114,7 @@ def settings_env(variant: str) -> dict[str, str]:
 def test_every_setting_is_one_the_server_reads(variant: str) -> None:
     env = settings_env(variant)
     known = {spec.metadata["env"] for spec in fields(ServiceSettings)}
-    assert not CONTRACT_PENDING_SETTINGS & known, "the server reads these now: drop them from the list"
-    assert set(env) <= known | CONTRACT_PENDING_SETTINGS
+    assert set(env) <= known
     # and the server accepts them together (parsing, and cross-checks such as TURN URLs need a secret)
     settings = ServiceSettings.from_env(env)
     assert settings.engine == {"cpu": "world", "gpu": "seedvc"}[variant]

@@ -53,6 +53,7 @@ import gi
 from vcstream.audio.types import Audio
 from vcstream.errors import MediaError, VcstreamError
 from vcstream.media.appio import AudioSink, AudioSource
+from vcstream.media.candidates import announce_candidate, announce_in_sdp
 from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements
 from vcstream.media.mainloop import GLibLoop
 
@@ -69,6 +70,7 @@ __all__ = [
     "WebRtcPeer",
     "live_pipelines",
     "opus_payload_type",
+    "peers_in_port_range",
     "prepare",
 ]
 
@@ -138,6 +140,13 @@ class PeerConfig:
     ice_tcp: bool = False
     #: use relay (TURN) candidates only, like a browser's ``iceTransportPolicy: "relay"``
     relay_only: bool = False
+    #: UDP ports (first, last) the host candidates bind to (a firewall or NAT forwards that range);
+    #: None: any port. One port per open peer (max-bundle, one component): a peer that would find
+    #: them all taken is refused at creation instead of gathering nothing and hanging
+    ice_port_range: tuple[int, int] | None = None
+    #: the public address that forwards to this host: host candidates carry it instead (see
+    #: ``vcstream.media.candidates``); None: the addresses gathered on
+    announced_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,55 @@ def live_pipelines() -> int:
     """Peer pipelines created in this process that GStreamer has not finalised yet."""
     with _count_lock:
         return _alive
+
+
+class _PortRanges:
+    """Open peers per ICE port range, process-wide like the sockets they hold: a range of N ports
+    carries N peers, and libnice, out of ports, silently gathers nothing (the call would hang)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[int, int], int] = {}
+
+    def take(self, port_range: tuple[int, int], name: str) -> None:
+        size = port_range[1] - port_range[0] + 1
+        with self._lock:
+            taken = self._open.get(port_range, 0)
+            if taken >= size:
+                raise MediaError(
+                    f"{name}: every port of the ICE port range {port_range[0]}-{port_range[1]} is held "
+                    f"by an open call ({size} ports, one per call): widen the range or lower max sessions"
+                )
+            self._open[port_range] = taken + 1
+
+    def release(self, port_range: tuple[int, int]) -> None:
+        with self._lock:
+            self._open[port_range] -= 1
+
+    def open_peers(self, port_range: tuple[int, int]) -> int:
+        with self._lock:
+            return self._open.get(port_range, 0)
+
+
+_port_ranges = _PortRanges()
+
+
+def peers_in_port_range(port_range: tuple[int, int]) -> int:
+    """Open peers holding a port of ``port_range`` in this process."""
+    return _port_ranges.open_peers(port_range)
+
+
+def _require_nice_typelib() -> None:
+    """libnice's GObject introspection data, which ``NiceAgent.set_port_range`` needs from Python
+    (webrtcbin's own ``min-rtp-port``/``max-rtp-port`` sit on its ``ice-agent``, which 1.22 hands
+    out without a reference: reading it from Python frees the agent)."""
+    try:
+        gi.require_version("Nice", "0.1")
+        from gi.repository import Nice  # noqa: F401 - loads the NiceAgent methods
+    except (ImportError, ValueError) as exc:
+        raise MediaError(
+            "an ICE port range needs libnice's introspection data: apt-get install gir1.2-nice-0.1"
+        ) from exc
 
 
 def prepare() -> None:
@@ -284,6 +342,9 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
     # no UPnP port mapping: it multicasts SSDP on the LAN, and a server has no router to ask
     agent.set_property("upnp", False)
     agent.set_property("ice-tcp", config.ice_tcp)
+    if config.ice_port_range is not None:
+        low, high = config.ice_port_range
+        agent.set_port_range(element.get_property("stream"), element.get_property("component"), low, high)
 
 
 def _on_pad_added(_webrtc: Any, pad: Any, ref: PeerRef) -> None:
@@ -352,6 +413,10 @@ class WebRtcPeer:
         self._bus: Any = None
         self._source: AudioSource | None = None
         self._sink: AudioSink | None = None
+        #: the port range this peer holds a place in until it is closed
+        self._port_range: tuple[int, int] | None = None
+        if self.config.ice_port_range is not None:
+            _require_nice_typelib()
         # the element is configured before the pipeline exists: a refused setting leaves nothing
         self._webrtc: Any = make_element(
             "webrtcbin",
@@ -367,6 +432,13 @@ class WebRtcPeer:
             if not self._webrtc.emit("add-turn-server", turn):
                 self._closed = True
                 raise MediaError(f"webrtcbin refused the TURN server {_hide_password(turn)}")
+        if self.config.ice_port_range is not None:
+            try:
+                _port_ranges.take(self.config.ice_port_range, self.name)
+            except MediaError:
+                self._closed = True  # nothing was started
+                raise
+            self._port_range = self.config.ice_port_range
         self._pipeline = Gst.Pipeline.new(self.name)
         _track(self._pipeline)
         self._pipeline.add(self._webrtc)
@@ -399,17 +471,27 @@ class WebRtcPeer:
     def _description_ready(self, kind: str, text: str) -> None:
         with self._lock:
             held, self._held_candidates = self._held_candidates, None
-        self._listener.on_description(kind, text)
+        announced = self.config.announced_address
+        self._listener.on_description(kind, text if announced is None else announce_in_sdp(text, announced))
         for mline_index, candidate in held or ():
             self._listener.on_ice_candidate(mline_index, candidate)
 
-    def _local_candidate(self, mline_index: int, candidate: str) -> None:
+    def _local_candidate(self, mline_index: int, gathered: str) -> None:
+        announced = self.config.announced_address
+        candidate = gathered if announced is None else announce_candidate(gathered, announced)
+        if candidate is None:
+            return
         with self._lock:
             if self._held_candidates is not None:
                 # the remote end cannot use a candidate before the description it belongs to
                 self._held_candidates.append((mline_index, candidate))
                 return
         self._listener.on_ice_candidate(mline_index, candidate)
+
+    def _release_port(self) -> None:
+        port_range, self._port_range = self._port_range, None
+        if port_range is not None:
+            _port_ranges.release(port_range)
 
     def answer(self, offer_sdp: str) -> None:
         """Answer a remote offer; the answer arrives at ``listener.on_description("answer", ...)``.
@@ -578,6 +660,7 @@ class WebRtcPeer:
                 self._pipeline.set_state(Gst.State.NULL)
             self._pipeline = self._webrtc = self._bus = None
             self._source = self._sink = None
+            self._release_port()  # the pipeline is down: its sockets are closed
 
     def __del__(self) -> None:
         # only a report: closing blocks on GStreamer's threads, and the collector may run anywhere

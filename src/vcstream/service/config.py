@@ -17,6 +17,7 @@ from typing import Any
 from vcstream.engines.registry import ENGINE_NAMES
 from vcstream.engines.settings import parse_pairs
 from vcstream.errors import ConfigurationError
+from vcstream.media.candidates import parse_port_range
 
 ENGINE_CHOICES = ("auto", *ENGINE_NAMES)
 #: engines that need no GPU, for the sessions a full primary engine turns away
@@ -43,6 +44,16 @@ def optional_int(value: str) -> int | None:
 
 def optional_float(value: str) -> float | None:
     return float(value) if value else None
+
+
+def port_range(value: str) -> tuple[int, int]:
+    """``"40000-40099"`` -> ``(40000, 40099)``."""
+    return parse_port_range(value)
+
+
+def ip_address(value: str) -> str:
+    """An IPv4 or IPv6 address, normalised (``"203.0.113.7"``); a host name is refused."""
+    return str(ipaddress.ip_address(value.strip()))
 
 
 def comma_list(value: str) -> tuple[str, ...]:
@@ -123,6 +134,11 @@ class ServiceSettings:
       ``trusted_proxies`` (VCSTREAM_TRUSTED_PROXIES, comma-separated addresses or networks, e.g.
       ``127.0.0.1,10.0.0.0/8``; default none): balancers whose X-Forwarded-For is believed, so that
       per-address limits see the client behind them.
+      ``ice_port_range`` (VCSTREAM_ICE_PORT_RANGE, ``FIRST-LAST`` e.g. ``40000-40099``; unset = any
+      port): the UDP ports of the server's host candidates, one per call, so a firewall, NAT or
+      container publishes a known range. ``announced_address`` (VCSTREAM_ANNOUNCED_ADDRESS, an IP;
+      unset = none): the public address that forwards to this server; its host candidates carry
+      it instead of the address they were gathered on (behind NAT, in a container or a pod).
     Process:
       ``shutdown_grace_s`` (VCSTREAM_SHUTDOWN_GRACE_S, 30): on SIGTERM the server reports not ready
       and refuses new sessions, then waits this long for running sessions to end before closing them.
@@ -258,6 +274,16 @@ class ServiceSettings:
             "addresses/networks whose X-Forwarded-For is believed (e.g. 127.0.0.1,10.0.0.0/8)",
         ),
     )
+    ice_port_range: tuple[int, int] | None = field(
+        default=None,
+        metadata=_meta("VCSTREAM_ICE_PORT_RANGE", port_range, "UDP ports for ICE, FIRST-LAST (default any)"),
+    )
+    announced_address: str | None = field(
+        default=None,
+        metadata=_meta(
+            "VCSTREAM_ANNOUNCED_ADDRESS", ip_address, "public IP host candidates are rewritten to (NAT)"
+        ),
+    )
     shutdown_grace_s: float = field(
         default=30.0,
         metadata=_meta("VCSTREAM_SHUTDOWN_GRACE_S", float, "seconds to let sessions finish after SIGTERM"),
@@ -311,6 +337,20 @@ class ServiceSettings:
         for url in (*self.stun_urls, *self.turn_urls):
             if not _ICE_URL.match(url):
                 found.append(f"ICE server URL {url!r} must start with stun:, stuns:, turn: or turns:")
+        if self.ice_port_range is not None:
+            first, last = self.ice_port_range
+            if not 1 <= first <= last <= 65535:
+                found.append(f"ice_port_range {first}-{last} must satisfy 1 <= first <= last <= 65535")
+            elif self.max_sessions is not None and last - first + 1 < self.max_sessions:
+                found.append(
+                    f"ice_port_range {first}-{last} has {last - first + 1} ports for {self.max_sessions} "
+                    "sessions (one UDP port per call)"
+                )
+        if self.announced_address is not None:
+            try:
+                ipaddress.ip_address(self.announced_address)
+            except ValueError:
+                found.append(f"announced_address {self.announced_address!r} is not an IP address")
         if self.turn_urls and not self.turn_secret:
             found.append("turn_urls need turn_secret (VCSTREAM_TURN_SECRET) for TURN credentials")
         if self.log_level not in _LOG_LEVELS:

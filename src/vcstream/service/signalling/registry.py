@@ -163,6 +163,8 @@ class SessionRegistry:
             latency_ms=settings.webrtc_latency_ms,
             stun_server=servers.stun_server(),
             turn_servers=servers.turn_servers(),
+            ice_port_range=settings.ice_port_range,
+            announced_address=settings.announced_address,
         )
 
     @property
