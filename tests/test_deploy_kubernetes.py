@@ -106,7 +106,7 @@ def settings_env(variant: str) -> dict[str, str]:
     env = dict(resource("ConfigMap", "vcstream-settings")["data"])
     env.update(resource("Secret", "vcstream-secrets")["stringData"])
     for item in server_container(deployment(variant)["spec"]["template"]["spec"])["env"]:
-        env[item["name"]] = item.get("value", "from the downward API")
+        env[item["name"]] = item.get("value", "192.0.2.10")  # downward API values: the node IP
     return env
 
 
