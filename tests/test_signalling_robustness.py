@@ -23,7 +23,7 @@ import pytest
 from conftest import Speech, median_f0
 from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer, live_pipelines
 from vcstream.service.app import drain
-from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
+from vcstream.service.keys import ADMISSION_KEY, METRICS_KEY, SESSIONS_KEY
 from vcstream.service.signalling import MAX_MESSAGE_BYTES
 from vcstream.service.signalling import connection as signalling_connection
 from vcstream.service.signalling.protocol import STATS_INTERVAL_S
@@ -304,6 +304,39 @@ def test_a_full_server_says_so_and_admits_again_when_a_place_frees(
             async with server.http.ws_connect(server.ws_url) as ws:
                 assert (await _hello(ws))["type"] == "ready"
             assert "server_full" not in str(server.app[METRICS_KEY].render())
+
+    asyncio.run(main())
+
+
+def test_a_reserving_hello_holds_the_last_place_until_its_offer_or_its_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two callers racing for the last place are told at hello, not after ``ready``: a hello with
+    ``reserve`` takes the place at once; an unused reservation is given back when it expires or when
+    its connection closes."""
+    monkeypatch.setattr(signalling_connection, "RESERVE_S", 1.0)
+
+    async def hello(ws: aiohttp.ClientWebSocketResponse, **fields: object) -> dict[str, Any]:
+        await ws.send_str(json.dumps({"v": 1, "type": "hello", **fields}))
+        return await receive_json(ws)
+
+    async def main() -> None:
+        async with serving(tmp_path / "data", max_sessions=1) as server:
+            admission = server.app[ADMISSION_KEY]
+            async with server.http.ws_connect(server.ws_url) as first:
+                assert (await hello(first, reserve=True))["type"] == "ready"
+                assert admission.active == 1
+                async with server.http.ws_connect(server.ws_url) as second:
+                    refused = await hello(second, reserve=True)
+                    assert (refused["code"], refused["retry_after_s"]) == ("server_full", 15.0)
+                # the reservation expires unused: the place is free again, the connection stays
+                await wait_until_async(lambda: admission.active == 0, 5, "the reservation expired")
+                async with server.http.ws_connect(server.ws_url) as third:
+                    assert (await hello(third, reserve=True))["type"] == "ready"
+                    assert admission.active == 1
+                # closing the reserving connection gives its place back
+                await wait_until_async(lambda: admission.active == 0, 5, "the closed connection's place")
+            await settled(server)
 
     asyncio.run(main())
 

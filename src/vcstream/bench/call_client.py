@@ -159,8 +159,9 @@ class BenchCall:
         await self.ws.send_str(json.dumps({"v": 1, "type": kind, **fields}))
 
     async def dial(self, voice: str) -> None:
-        """Hello, then the offer; ``CallRefused`` when the server answers hello with an error."""
-        await self.send("hello")
+        """Hello (reserving a place: the offer follows at once), then the offer; ``CallRefused`` when
+        the server answers hello with an error."""
+        await self.send("hello", reserve=True)
         message = await self.ws.receive(timeout=10)
         if message.type != aiohttp.WSMsgType.TEXT:
             raise CallRefused(Refusal("closed", f"the server closed the connection at hello: {message}"))

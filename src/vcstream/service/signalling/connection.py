@@ -66,6 +66,8 @@ DISCONNECTED_GRACE_S = 8.0
 OUTBOX_LIMIT = 256
 #: the retry hint sent with server_full: about the time it takes a call to end somewhere
 RETRY_FULL_S = 15.0
+#: how long a place reserved at ``hello`` (``"reserve": true``) waits for the offer
+RESERVE_S = 10.0
 #: message rate allowed per connection: a steady rate and a burst (token bucket); a browser sends
 #: hello, offer, a few dozen ICE candidates and now and then a voice or settings change
 RATE_PER_S, RATE_BURST = 50.0, 200.0
@@ -116,6 +118,9 @@ class Connection:
         self._remote_candidates = 0
         #: the slot whose place this connection's call holds (given back when the call ends)
         self._held: EngineSlot | None = None
+        #: a place taken at hello for the offer to come (``"reserve": true``), and its expiry
+        self._reserved: EngineSlot | None = None
+        self._reserve_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._disconnected: asyncio.TimerHandle | None = None
         self._connect_timer: asyncio.TimerHandle | None = None
@@ -294,6 +299,13 @@ class Connection:
         slot = app[ADMISSION_KEY].choose()
         if slot is None:  # taken since the refusal check
             raise self._full()
+        if data.get("reserve") is True:
+            # a client about to call holds its place from now: two callers racing for the last place
+            # are told at hello (one ``ready``, one ``server_full``), never after ``ready``
+            if not app[ADMISSION_KEY].take(slot):
+                raise self._full()
+            self._reserved = slot
+            self._reserve_timer = asyncio.get_running_loop().call_later(RESERVE_S, self._unreserve)
         settings, engine = app[SETTINGS_KEY], slot.engine
         voices = await app[VOICES_KEY].list()
         self.slot, self.settings = slot, slot.defaults
@@ -358,13 +370,19 @@ class Connection:
         _, profile = await self._profile(voice_id)
         if self._closing:
             return
-        refusal = self._refusal()
-        if refusal is not None:
-            raise refusal
         slot = self.slot
         assert slot is not None  # set by hello
-        if not self.app[ADMISSION_KEY].take(slot):
-            raise self._full()
+        if self._reserved is slot:  # the place taken at hello becomes the call's
+            self._reserved = None
+            if self._reserve_timer is not None:
+                self._reserve_timer.cancel()
+                self._reserve_timer = None
+        else:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
+            if not self.app[ADMISSION_KEY].take(slot):
+                raise self._full()
         self._held = slot
         self.metrics.session_started()
         self.state = "calling"
@@ -540,8 +558,18 @@ class Connection:
 
     # -- teardown ---------------------------------------------------------------------------------
 
+    def _unreserve(self) -> None:
+        """Give back a place reserved at hello that no offer used (expired, or the connection ended)."""
+        if self._reserve_timer is not None:
+            self._reserve_timer.cancel()
+            self._reserve_timer = None
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            self.app[ADMISSION_KEY].release(reserved)
+
     def _retire(self) -> asyncio.Task[None] | None:
         """Hand the call (or the one being opened) to the registry to close; None if there is none."""
+        self._unreserve()
         target: Call | asyncio.Future[Call] | None = self.call or self._opening
         self.call, self._opening = None, None
         held, self._held = self._held, None

@@ -14,9 +14,12 @@ once and 2 a second after that; beyond, the upgrade is answered ``429`` ``too_ma
 ``Retry-After``. A browser making calls never comes near either.
 
 Client -> server
-  ``hello``     ``{}``, within 10 s of connecting. The server answers ``ready`` (or ``error``
-                ``server_full`` with ``retry_after_s``, ``server_draining`` or ``server_not_ready``,
-                and closes: a full server never answers ``ready``). A connection
+  ``hello``     ``{"reserve": true?}``, within 10 s of connecting. The server answers ``ready`` (or
+                ``error`` ``server_full`` with ``retry_after_s``, ``server_draining`` or
+                ``server_not_ready``, and closes: a full server never answers ``ready``). ``reserve``:
+                the client is about to call, and its place is held from now for 10 s (the offer then
+                cannot be refused for lack of room); without it the place is taken at the offer. A
+                connection
                 without a call is closed (``error`` ``timeout``) after 10 minutes without a message.
   ``offer``     ``{"sdp": "v=0...", "voice": "<voice id>", "settings": {...}?}``: starts the session
                 (audio only, Opus, sendrecv). Answered with ``answer``; one offer per connection (no

@@ -251,7 +251,9 @@ function renderSettings(schema, values) {
 class Signalling {
   // handlers: where this connection's messages and its close go (the page's by default; a call
   // being moved to another server has its own until the move completes)
-  constructor({ onMessage = handleMessage, onClosed = onSignallingClosed } = {}) {
+  // reserve: the connection is opened to call at once, so the server holds a place from hello
+  constructor({ onMessage = handleMessage, onClosed = onSignallingClosed, reserve = false } = {}) {
+    this.reserve = reserve;
     this.onMessage = onMessage;
     this.onClosed = onClosed;
     this.ws = null;
@@ -275,7 +277,7 @@ class Signalling {
     this.ready = false;
     const ws = new WebSocket(this.url());
     this.ws = ws;
-    ws.onopen = () => this.send("hello");
+    ws.onopen = () => this.send("hello", this.reserve ? { reserve: true } : {});
     ws.onmessage = (event) => {
       let message;
       try {
@@ -680,6 +682,7 @@ function attemptMove(old) {
         else if (message.type === "draining") fail("the other server is shutting down too", true);
       },
       onClosed: () => fail("the new connection closed"),
+      reserve: true,
     });
     next.connect();
     next
