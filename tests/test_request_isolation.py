@@ -16,15 +16,19 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pytest
 
 from conftest import Speech
 from isolation_load import BOUNDARY, MULTIPART_TYPE, many_parts_body
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.api import MAX_UPLOAD_PARTS
+from vcstream.service.keys import SESSIONS_KEY
+from vcstream.service.signalling import registry as signalling_registry
 from vcstream.service.signalling.connection import ERROR_COST, RATE_BURST, RATE_PER_S
 from vcstream.service.signalling.protocol import PROTOCOL_DESCRIPTION
-from vcstream.service.signalling.registry import CONNECT_BURST, CONNECTS_PER_S
+from vcstream.service.signalling.registry import CONNECT_BURST, CONNECTS_PER_S, MAX_OPEN_PER_ADDRESS
+from waiting import wait_until_async
 from webrtc_harness import _Events, client, receive_json, reference_wav, serving, speech_48k
 
 LOAD_SCRIPT = Path(__file__).with_name("isolation_load.py")
@@ -176,6 +180,34 @@ def test_signalling_budgets_cut_off_floods_and_spare_busy_clients(tmp_path: Path
     asyncio.run(main())
 
 
+def test_one_address_holds_a_bounded_number_of_sockets_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the rate (lifted here), the count of open sockets per address is bounded too: the next
+    upgrade is refused, and closing one lets the next in."""
+    monkeypatch.setattr(signalling_registry, "CONNECTS_PER_S", 1000.0)
+
+    async def main() -> None:
+        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
+            sockets = [await server.http.ws_connect(server.ws_url) for _ in range(MAX_OPEN_PER_ADDRESS)]
+            try:
+                async with server.http.get(f"{server.base}/ws") as response:
+                    body = await response.json()
+                    assert (response.status, body["error"]) == (429, "too_many_connections"), body
+                    assert "stay open" in body["message"]
+                await sockets.pop().close()
+                registry = server.app[SESSIONS_KEY]
+                await wait_until_async(
+                    lambda: registry.connections < MAX_OPEN_PER_ADDRESS, 5, "the server saw the close"
+                )
+                sockets.append(await server.http.ws_connect(server.ws_url))  # a place freed
+            finally:
+                for ws in sockets:
+                    await ws.close()
+
+    asyncio.run(main())
+
+
 def test_received_audio_measure_counts_gaps() -> None:
     """The harness's continuity measure, on arrivals made up here: a missing 0.5 s shows."""
     loop = asyncio.new_event_loop()
@@ -197,3 +229,4 @@ def test_the_protocol_description_states_the_budgets_in_force() -> None:
     assert f"may send {RATE_BURST:g} messages at once and {RATE_PER_S:g} a second" in described
     assert f"counts {ERROR_COST:g}" in described
     assert f"may open {CONNECT_BURST:g} connections at once and {CONNECTS_PER_S:g} a second" in described
+    assert f"hold at most {MAX_OPEN_PER_ADDRESS} open" in described

@@ -10,8 +10,8 @@ unknown types and out-of-order messages each get an ``error`` and never affect o
 Budgets: a connection may send 200 messages at once and 50 a second after that; a message answered
 with an ``error`` counts 4. Past the budget it gets ``error`` ``rate_limited`` and is closed (1008)
 at once, without the server reading any more of it. One client address may open 20 connections at
-once and 2 a second after that; beyond, the upgrade is answered ``429`` ``too_many_connections`` with
-``Retry-After``. A browser making calls never comes near either.
+once and 2 a second after that, and hold at most 20 open; beyond, the upgrade is answered ``429``
+``too_many_connections`` with ``Retry-After``. A browser making calls never comes near either.
 
 Client -> server
   ``hello``     ``{"reserve": true?}``, within 10 s of connecting. The server answers ``ready`` (or

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -53,6 +54,9 @@ _SHUTDOWN_WAIT_S = 10.0
 #: proxy the address is the client's from X-Forwarded-For when the proxy is one of
 #: ``trusted_proxies``; otherwise every client shares the proxy's address and budget.
 CONNECTS_PER_S, CONNECT_BURST = 2.0, 20.0
+#: signalling connections one client address may hold open at once (the rate above bounds how fast
+#: they come, this how many stay: idle sockets cost a file descriptor and a task each)
+MAX_OPEN_PER_ADDRESS = 20
 
 
 class SessionRegistry:
@@ -67,6 +71,7 @@ class SessionRegistry:
         self._retiring: set[asyncio.Task[None]] = set()
         self.closing = False
         self._connects = AddressBudget(CONNECTS_PER_S, CONNECT_BURST)
+        self._open_by_address: Counter[str] = Counter()
         self._proxies = TrustedProxies(app[SETTINGS_KEY].trusted_proxies)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -211,6 +216,23 @@ class SessionRegistry:
                 f"from one address; try again in {retry_s:.1f} s",
                 headers={hdrs.RETRY_AFTER: str(max(1, math.ceil(retry_s)))},
             )
+        if self._open_by_address[client] >= MAX_OPEN_PER_ADDRESS:
+            return error_response(
+                429,
+                "too_many_connections",
+                f"at most {MAX_OPEN_PER_ADDRESS} signalling connections may stay open from one address; "
+                "close one first",
+                headers={hdrs.RETRY_AFTER: "5"},
+            )
+        self._open_by_address[client] += 1
+        try:
+            return await self._serve(request)
+        finally:
+            self._open_by_address[client] -= 1
+            if not self._open_by_address[client]:
+                del self._open_by_address[client]
+
+    async def _serve(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=FRAME_LIMIT, heartbeat=20.0, timeout=2.0)
         await ws.prepare(request)
         transport = request.transport
