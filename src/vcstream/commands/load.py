@@ -28,7 +28,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from vcstream.bench.load_plot import plot_load
 
-        plot_load(result.steps, args.plot, f"{result.engine or '?'} engine at {result.url}")
+        title = args.title or f"{result.engine or '?'} engine at {result.url}"
+        plot_load(result.steps, args.plot, title)
         print(f"wrote {args.plot}")
     return 0
 
@@ -59,5 +60,6 @@ def register(
         help="a local server's process: report its CPU per step (repeat for every replica: summed)",
     )
     load.add_argument("--plot", type=Path, default=None, help="write a PNG of latency and refusals")
+    load.add_argument("--title", default=None, help="the plot's title (default: engine and URL)")
     load.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     load.set_defaults(func=cmd_load)
