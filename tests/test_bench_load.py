@@ -140,6 +140,7 @@ def test_the_command_is_registered() -> None:
 
 def test_server_pids_repeat_for_every_replica_and_the_plot_takes_a_title() -> None:
     argv = ["bench", "load", "--url", "http://h:1", "--calls", "2"]
-    args = build_parser().parse_args([*argv, "--server-pid", "11", "--server-pid", "12", "--title", "3 replicas"])
+    pids = ["--server-pid", "11", "--server-pid", "12"]
+    args = build_parser().parse_args([*argv, *pids, "--title", "3 replicas"])
     assert (args.server_pid, args.title) == ([11, 12], "3 replicas")
     assert build_parser().parse_args(argv).server_pid is None
