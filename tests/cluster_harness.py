@@ -286,7 +286,13 @@ def _started(stack: ExitStack, command: list[str], log: Path) -> subprocess.Pope
 
 @contextmanager
 def running_cluster(
-    folder: Path, database_url: str, *, replicas: int = 3, capacity: int = 2, grace_s: float = 5.0
+    folder: Path,
+    database_url: str,
+    *,
+    replicas: int = 3,
+    capacity: int = 2,
+    grace_s: float = 5.0,
+    engine: str = "passthrough",
 ) -> Iterator[Cluster]:
     for tool in ("haproxy", "prometheus"):
         if shutil.which(tool) is None:
@@ -303,7 +309,7 @@ def running_cluster(
                 **os.environ,
                 "VCSTREAM_HOST": "127.0.0.1",
                 "VCSTREAM_PORT": str(port),
-                "VCSTREAM_ENGINE": "passthrough",
+                "VCSTREAM_ENGINE": engine,
                 "VCSTREAM_MAX_SESSIONS": str(capacity),
                 "VCSTREAM_DATA_DIR": str(home),
                 "VCSTREAM_DATABASE_URL": database_url,

@@ -3,23 +3,18 @@ measures, Chromium, and a throwaway PostgreSQL cluster."""
 
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import uuid
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from scipy.signal import resample_poly
+
+from postgres_harness import PostgresMissing, created_database, running_postgres
 
 #: the type of the ``flite_speech`` fixture
 Speech = Callable[..., tuple[np.ndarray, int]]
@@ -142,46 +137,17 @@ def chromium() -> str:
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster (scripts/setup.sh installs the server and the psycopg driver);
-    yields the URL of its ``postgres`` database. Tests take a database of their own: ``postgres_url``."""
-    # Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<version>/bin.
-    pg_ctl = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))), None)
-    if pg_ctl is None or importlib.util.find_spec("psycopg") is None:
-        pytest.fail("PostgreSQL (pg_ctl) or the psycopg driver is missing: run scripts/setup.sh")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
-    folder = Path(tempfile.mkdtemp(prefix="vcstream-pg-"))
-    if as_user:
-        shutil.chown(folder, "postgres")
-    data = folder / "data"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-
-    def pg(tool: str, *args: str) -> None:
-        command = [*as_user, str(Path(pg_ctl).resolve().parent / tool), *args]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
-
-    pg("initdb", "-A", "trust", "-U", "vc", "-D", str(data))
-    # -l: the server's output goes to a file, not to the pipe this process would wait on
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    pg("pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start")
+    """A throwaway PostgreSQL cluster (tests/postgres_harness.py); yields the URL of its ``postgres``
+    database. Tests take a database of their own: ``postgres_url``."""
     try:
-        yield f"postgresql+psycopg://vc@127.0.0.1:{port}/postgres"
-    finally:
-        pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
+        with running_postgres() as url:
+            yield url
+    except PostgresMissing as missing:
+        pytest.fail(str(missing))
 
 
 @pytest.fixture
 def postgres_url(postgres_cluster: str) -> Iterator[str]:
     """An empty database of its own on the shared cluster, dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_cluster, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield sa.make_url(postgres_cluster).set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with created_database(postgres_cluster) as url:
+        yield url

@@ -136,3 +136,11 @@ def test_the_command_is_registered() -> None:
         ["bench", "load", "--url", "http://h:1", "--calls", "8", "--ramp", "16", "--step", "2"]
     )
     assert (args.url, args.calls, args.ramp, args.step, args.seconds) == ("http://h:1", 8, 16.0, 2, 10.0)
+
+
+def test_server_pids_repeat_for_every_replica_and_the_plot_takes_a_title() -> None:
+    argv = ["bench", "load", "--url", "http://h:1", "--calls", "2"]
+    pids = ["--server-pid", "11", "--server-pid", "12"]
+    args = build_parser().parse_args([*argv, *pids, "--title", "3 replicas"])
+    assert (args.server_pid, args.title) == ([11, 12], "3 replicas")
+    assert build_parser().parse_args(argv).server_pid is None

@@ -7,7 +7,8 @@ and time their own converted audio by the machine's monotonic clock. Per step (t
 so far) it reports mouth-to-ear latency of the markers pushed during the step (p50/p95), time to
 first audio of the calls dialled in it (from opening the WebSocket to the first audible buffer),
 arrival gaps over 60 ms, refusals (``server_full``, HTTP 503/429) and failures; with
-``server_pid`` (a server on this machine) also the server process's CPU over each step.
+``server_pids`` (servers on this machine: one, or every replica of a local cluster) also those
+processes' CPU together over each step.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class StepResult:
     refusals: int
     failures: int
     retry_after_s: list[float] = field(default_factory=list)
-    #: the server process's CPU over the step, % of one core (``--server-pid`` only)
+    #: the server processes' CPU over the step, all together, % of one core (``--server-pid`` only)
     server_cpu_pct: float | None = None
 
 
@@ -191,17 +192,18 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 
 
 class CpuSampler:
-    """Samples a local server process's CPU time (``/proc``) in a thread while the calls run."""
+    """Samples the CPU time of local server processes (``/proc``), summed, in a thread while the
+    calls run."""
 
-    def __init__(self, pid: int, every_s: float = 0.25) -> None:
-        self.pid = pid
+    def __init__(self, pids: Sequence[int], every_s: float = 0.25) -> None:
+        self.pids = list(pids)
         self.every_s = every_s
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
     def __enter__(self) -> CpuSampler:
-        cpu_seconds(self.pid)  # a clear error now if there is no such process
+        self._total()  # a clear error now if there is no such process
         self._thread.start()
         return self
 
@@ -209,11 +211,14 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
 
+    def _total(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append((time.monotonic(), cpu_seconds(self.pid)))
-            except OSError:  # the server ended
+                self.samples.append((time.monotonic(), self._total()))
+            except OSError:  # a server ended: the sum would no longer mean the same
                 return
             self._stop.wait(self.every_s)
 
@@ -281,7 +286,7 @@ def row(step: StepResult) -> str:
 
 
 def run_load_bench(
-    url: str, plan: LoadPlan, voice: str | None = None, server_pid: int | None = None
+    url: str, plan: LoadPlan, voice: str | None = None, server_pids: Sequence[int] = ()
 ) -> LoadResult:
     base = url.rstrip("/")
     ws = signalling_url(base)
@@ -299,7 +304,7 @@ def run_load_bench(
         flush=True,
     )
     with ExitStack() as stack:
-        sampler = stack.enter_context(CpuSampler(server_pid)) if server_pid is not None else None
+        sampler = stack.enter_context(CpuSampler(server_pids)) if server_pids else None
         go, calls, engine = run_clients(ws, voice, plan)
     steps = summarise(plan, go, calls, sampler)
     print(f"engine {engine or '?'}; latency = mouth-to-ear of speech-burst markers, ms")

@@ -20,7 +20,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     step = args.step or (1 if args.ramp > 0 else args.calls)
     plan = LoadPlan(calls=args.calls, ramp_s=args.ramp, seconds=args.seconds, step=min(step, args.calls))
-    result = run_load_bench(args.url, plan, args.voice, args.server_pid)
+    result = run_load_bench(args.url, plan, args.voice, args.server_pid or ())
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.as_json(), indent=1) + "\n")
@@ -28,7 +28,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from vcstream.bench.load_plot import plot_load
 
-        plot_load(result.steps, args.plot, f"{result.engine or '?'} engine at {result.url}")
+        title = args.title or f"{result.engine or '?'} engine at {result.url}"
+        plot_load(result.steps, args.plot, title)
         print(f"wrote {args.plot}")
     return 0
 
@@ -52,8 +53,13 @@ def register(
     load.add_argument("--step", type=_positive, default=None, help="calls per step (default 1 with --ramp)")
     load.add_argument("--voice", default=None, help="voice id (default: upload a flite voice)")
     load.add_argument(
-        "--server-pid", type=int, default=None, help="a local server's process: report its CPU per step"
+        "--server-pid",
+        type=int,
+        action="append",
+        default=None,
+        help="a local server's process: report its CPU per step (repeat for every replica: summed)",
     )
     load.add_argument("--plot", type=Path, default=None, help="write a PNG of latency and refusals")
+    load.add_argument("--title", default=None, help="the plot's title (default: engine and URL)")
     load.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     load.set_defaults(func=cmd_load)
