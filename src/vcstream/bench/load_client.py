@@ -28,6 +28,7 @@ import numpy as np
 from vcstream.audio.types import Audio
 from vcstream.bench.call_client import CHUNK, GAP_S, BenchCall, CallRefused
 from vcstream.bench.latency import StreamRecorder
+from vcstream.bench.redial import retry_after_seconds
 from vcstream.bench.signals import flite_speech
 from vcstream.bench.talk_markers import MarkerLocator, TalkTrack, talk_track
 from vcstream.media.webrtc import OPUS_RATE
@@ -85,6 +86,9 @@ async def _dial(http: aiohttp.ClientSession, ws_url: str, voice: str, outcome: O
     except aiohttp.WSServerHandshakeError as error:
         if error.status in REFUSAL_HTTP:
             outcome.refused = f"http_{error.status}"
+            outcome.retry_after_s = retry_after_seconds(
+                error.headers.get("Retry-After") if error.headers else None
+            )
         else:
             outcome.failure = f"WebSocket upgrade answered {error.status}: {error.message}"
         return

@@ -51,7 +51,7 @@ class RedialPolicy:
         return max(0.0, min(self.max_wait_s, hint))
 
 
-def _seconds(header: str | None) -> float | None:
+def retry_after_seconds(header: str | None) -> float | None:
     """A ``Retry-After`` in seconds (the HTTP-date form is not used by balancers in front of us)."""
     try:
         return None if header is None else float(header)
@@ -63,7 +63,7 @@ async def _attempt(http: aiohttp.ClientSession, ws_url: str, voice: str, relay_o
     try:
         ws = await http.ws_connect(ws_url)
     except aiohttp.WSServerHandshakeError as exc:
-        hint = _seconds(exc.headers.get("Retry-After") if exc.headers else None)
+        hint = retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None)
         raise CallRefused(Refusal(f"http_{exc.status}", exc.message, hint)) from exc
     except (aiohttp.ClientConnectionError, OSError) as exc:
         raise CallRefused(Refusal("unreachable", str(exc) or type(exc).__name__)) from exc
