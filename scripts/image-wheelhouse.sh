@@ -66,9 +66,6 @@ for sdist in Path(sys.argv[1]).glob("*.tar.gz"):
         if member is not None:
             requires.update(tomllib.loads(archive.extractfile(member).read().decode())
                             .get("build-system", {}).get("requires", []))
-# meson-python asks for ninja at build time when the system has none (the build stage has none)
-if any(r.replace("_", "-").startswith("meson-python") for r in requires):
-    requires.add("ninja")
 print("\n".join(sorted(requires)))
 PY
 }
