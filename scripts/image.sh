@@ -4,10 +4,12 @@
 #
 #   scripts/image.sh [podman build options...]      e.g. --build-arg DOWNLOAD_MODELS=1
 #
-# IMAGE (default localhost/vcstream:latest) names the result. The host's CA bundle and its local wheel
-# folder (PIP_FIND_LINKS, where this machine keeps the CPU torch wheel) are mounted for the build only:
-# the image keeps neither. pip's cache is a build volume (the host's ~/.cache/pip), so a rebuild
-# does not fetch torch again. Needs root, podman, runc and debootstrap (scripts/setup.sh installs them).
+# IMAGE (default localhost/vcstream:latest) names the result. The host's CA bundle and a wheelhouse
+# (scripts/image-wheelhouse.sh: what the Containerfile installs, fetched by the host's own pip from
+# its indexes; VCSTREAM_IMAGE_WHEELHOUSE, default ~/.cache/vcstream/wheelhouse) are mounted for the
+# build only: the image keeps neither. Without a complete wheelhouse, or with TORCH_* build arguments
+# (a CUDA torch), the build fetches from the network. pip's cache is a build volume (the host's
+# ~/.cache/pip). Needs root, podman, runc and debootstrap (scripts/setup.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,11 +51,13 @@ ca=/etc/ssl/certs/ca-certificates.crt
 if [ -f "$ca" ]; then
   build+=(--volume "$ca:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
 fi
-if [ -n "${PIP_FIND_LINKS:-}" ] && [ -d "$PIP_FIND_LINKS" ]; then
-  build+=(--volume "$PIP_FIND_LINKS:/run/host-wheels:ro" --build-arg PIP_FIND_LINKS=/run/host-wheels)
-  if compgen -G "$PIP_FIND_LINKS/torch-*+cpu-*.whl" >/dev/null; then
-    build+=(--build-arg TORCH_INDEX_URL=)  # the CPU wheel is on disk; the torch index is not reachable
-  fi
+wheelhouse="${VCSTREAM_IMAGE_WHEELHOUSE:-$HOME/.cache/vcstream/wheelhouse}"
+if [[ " $* " == *TORCH_* ]]; then
+  echo "image: TORCH_* build arguments given: torch and the rest come from the network"
+elif bash scripts/image-wheelhouse.sh "$wheelhouse"; then
+  build+=(--volume "$wheelhouse:/run/wheelhouse:ro" --build-arg PIP_WHEELHOUSE=/run/wheelhouse)
+else
+  echo "image: the host's pip could not fill the wheelhouse; the build fetches from the network" >&2
 fi
 # the host's own pip cache by default: wheels scripts/setup.sh fetched are not fetched again
 pip_cache="${VCSTREAM_IMAGE_PIP_CACHE:-$HOME/.cache/pip}"
