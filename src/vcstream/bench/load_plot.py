@@ -1,5 +1,9 @@
 """The PNG of ``vcstream bench load``: latency and refusals against concurrent calls (matplotlib, no
-display: the Agg backend)."""
+display: the Agg backend).
+
+Draw in a process that has not loaded GStreamer: libgstreamer brings libunwind, whose
+``_Unwind_Resume`` then serves matplotlib's ft2font, and its first C++ exception aborts the process.
+``bench load`` is such a process (its calls run in client processes)."""
 
 from __future__ import annotations
 
