@@ -237,23 +237,34 @@ def peers_in_port_range(port_range: tuple[int, int]) -> int:
     return _port_ranges.open_peers(port_range)
 
 
-def _require_nice_typelib() -> None:
-    """libnice's GObject introspection data, which ``NiceAgent.set_port_range`` needs from Python
-    (webrtcbin's own ``min-rtp-port``/``max-rtp-port`` sit on its ``ice-agent``, which 1.22 hands
-    out without a reference: reading it from Python frees the agent)."""
+@functools.cache
+def _load_nice_typelib() -> bool:
+    """Load libnice's GObject introspection data (whether it is installed). It must come before the
+    first agent is handed to Python: PyGObject keeps the class it made for a type, and an agent wrapped
+    without the typelib never gains ``NiceAgent.set_port_range``, also after it loads."""
     try:
         gi.require_version("Nice", "0.1")
-        from gi.repository import Nice  # noqa: F401 - loads the NiceAgent methods
-    except (ImportError, ValueError) as exc:
+        from gi.repository import Nice  # noqa: F401 - registers the NiceAgent class and its methods
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def _require_nice_typelib() -> None:
+    """libnice's introspection data, which ``NiceAgent.set_port_range`` needs from Python
+    (webrtcbin's own ``min-rtp-port``/``max-rtp-port`` sit on its ``ice-agent``, which 1.22 hands
+    out without a reference: reading it from Python frees the agent)."""
+    if not _load_nice_typelib():
         raise MediaError(
             "an ICE port range needs libnice's introspection data: apt-get install gir1.2-nice-0.1"
-        ) from exc
+        )
 
 
 def prepare() -> None:
     """Check the elements and generate the process's DTLS certificate now (blocking, ~150 ms once),
     so that the first call does not wait for it."""
     require_elements(*_ELEMENTS)
+    _load_nice_typelib()
     # the DTLS decoder generates the shared certificate when the first one is created
     make_element("dtlsdec")
 
@@ -336,6 +347,7 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
     factory = element.get_factory()
     if factory is None or factory.get_name() not in ("nicesrc", "nicesink"):
         return
+    _load_nice_typelib()  # before the agent is first wrapped (see there)
     agent = element.get_property("agent")
     if agent is None:
         return
