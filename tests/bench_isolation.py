@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import write_wav
+from ports import free_port
 from vcstream.audio.types import Audio
 from vcstream.media.webrtc import OPUS_RATE
 from waiting import wait_until_async
@@ -46,12 +46,6 @@ GAP_S = 0.06
 def tone(seconds: float, rate: int = OPUS_RATE) -> Audio:
     t = np.arange(int(seconds * rate)) / rate
     return (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ports import free_port
 from turn_harness import Coturn, running_coturn
 from waiting import wait_until
 
@@ -33,12 +34,6 @@ TURN_SECRET = "vcstream-cluster-turn-secret"
 #: how long a replica may take from its start to /readyz 200: ~3 s alone (passthrough engine), but
 #: three start at once and a shared 2-core machine under load was seen to need over 30 s
 READY_WITHIN_S = 90.0
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
@@ -304,7 +299,7 @@ def running_cluster(
         )
         members = []
         for index in range(replicas):
-            port, home = free_tcp_port(), _made(folder / f"r{index}")
+            port, home = free_port(), _made(folder / f"r{index}")
             env = {
                 **os.environ,
                 "VCSTREAM_HOST": "127.0.0.1",
@@ -325,12 +320,12 @@ def running_cluster(
             replica.start()
 
         balancer_home = _made(folder / "haproxy")
-        balancer = Balancer(free_tcp_port(), balancer_home / "haproxy.sock", balancer_home / "haproxy.log")
+        balancer = Balancer(free_port(), balancer_home / "haproxy.sock", balancer_home / "haproxy.log")
         config = render_haproxy(balancer_home, f"127.0.0.1:{balancer.port}", capacity, members)
         haproxy = _started(stack, ["haproxy", "-W", "-db", "-f", str(config)], balancer.log)
 
         prometheus_home = _made(folder / "prometheus")
-        prometheus = Prometheus(free_tcp_port(), prometheus_home / "prometheus.log")
+        prometheus = Prometheus(free_port(), prometheus_home / "prometheus.log")
         prometheus_command = [
             "prometheus",
             f"--config.file={write_prometheus_config(prometheus_home, members)}",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
+def free_port(kind: int = socket.SOCK_STREAM, address: str = "127.0.0.1") -> int:
+    """A port on ``address`` that nobody holds now (TCP by default; ``socket.SOCK_DGRAM`` for UDP)."""
     with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         return int(sock.getsockname()[1])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import vcstream_argv
+from ports import free_port
 from vcstream.bench.calls import end_process
 from vcstream.bench.load import LoadPlan, LoadTestError, run_load_bench, signalling_url
 from vcstream.bench.signals import flite_speech
@@ -23,12 +23,6 @@ from vcstream.cli import build_parser, main
 from waiting import wait_until
 
 RATE, CHUNK = 48000, 960
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _ready(url: str) -> bool:
@@ -45,7 +39,7 @@ def passthrough_server(tmp_path: Path) -> Iterator[Callable[[int], tuple[str, in
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(max_sessions: int) -> tuple[str, int]:
-        port = _free_port()
+        port = free_port()
         env = dict(os.environ, VCSTREAM_MAX_SESSIONS=str(max_sessions))
         command = vcstream_argv("serve", "--engine", "passthrough", "--host", "127.0.0.1", "--port", port)
         command += ["--data-dir", str(tmp_path / f"data-{port}")]
@@ -88,7 +82,7 @@ def test_the_signalling_url_is_derived_as_the_page_does() -> None:
 
 
 def test_an_unreachable_url_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert main(["bench", "load", "--url", url, "--calls", "1"]) == 1
     assert f"cannot reach {url}" in capsys.readouterr().err
 

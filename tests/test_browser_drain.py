@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from browser_harness import (
     wait_for,
 )
 from conftest import Speech, write_wav
+from ports import free_port
 from vcstream.media.webrtc import OPUS_RATE
 from vcstream.service.app import drain
 from vcstream.service.keys import SESSIONS_KEY
@@ -43,12 +43,6 @@ MEASURED_S = 3.0
 #: voiced share of 20 ms frames in converted speech (the microphone's sentence has its own pauses; a
 #: call that stopped converting gives silence, ~0)
 VOICED = 0.3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _haproxy_config(port: int, servers: list[Server]) -> str:
@@ -86,7 +80,7 @@ async def haproxy(folder: Path, servers: list[Server]) -> AsyncIterator[str]:
     """HAProxy in front of ``servers``; yields its base URL once it forwards to a ready server."""
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is missing: apt-get install haproxy (scripts/setup.sh does)")
-    port = _free_port()
+    port = free_port()
     config = folder / "haproxy.cfg"
     config.write_text(_haproxy_config(port, servers))
     process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; it is waited for below

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ports import free_port
 from waiting import wait_until
 
 ALLOCATED = re.compile(r"user <\d+:([^>]+)>.*ALLOCATE processed, success")
@@ -33,12 +34,6 @@ class Coturn:
         return ALLOCATED.findall(self.log.read_text(errors="replace"))
 
 
-def free_udp_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
-
-
 def interface_address() -> str:
     """This machine's address on its network interface. Chromium and libnice gather candidates
     there, not on loopback, and a relay on 127.0.0.1 cannot send to it (the kernel drops loopback-
@@ -57,7 +52,7 @@ def running_coturn(folder: Path, secret: str, realm: str) -> Iterator[Coturn]:
     if shutil.which("turnserver") is None:
         raise AssertionError("coturn is missing: apt-get install coturn (scripts/setup.sh does)")
     address = interface_address()
-    port, log = free_udp_port(address), folder / "turnserver.log"
+    port, log = free_port(socket.SOCK_DGRAM, address), folder / "turnserver.log"
     command = [
         "turnserver", "-n", "--simple-log", "--verbose", f"--log-file={log}",
         f"--listening-ip={address}", f"--listening-port={port}", f"--relay-ip={address}",
