@@ -352,9 +352,18 @@ class VoiceLibrary:
         database, the work in a worker thread) and cached per (voice, engine); concurrent calls for
         one voice share one computation. Raises VoiceNotFoundError if the voice is not (or no longer)
         in the database, and then drops it from this replica's cache."""
+        _, profile = await self.voice_for_call(voice_id, engine)
+        return profile
+
+    async def voice_for_call(
+        self, voice_id: str, engine: Engine | None = None
+    ) -> tuple[VoiceInfo, VoiceProfile]:
+        """The voice's record and its engine features (see ``profile``), the row read once."""
         # the row is checked on every use: another replica sharing the database may have deleted it
-        await self._current_record(voice_id)
-        engine = engine or self.engine
+        info = VoiceInfo.of(await self._current_record(voice_id))
+        return info, await self._features(voice_id, engine or self.engine)
+
+    async def _features(self, voice_id: str, engine: Engine) -> VoiceProfile:
         key = (voice_id, engine.name)
         cached = self._profiles.get(key)
         if cached is not None:

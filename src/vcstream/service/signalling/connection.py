@@ -334,9 +334,9 @@ class Connection:
             raise SignallingError("voice_required", 'choose a voice ("voice": a voice id from the library)')
         library = self.app[VOICES_KEY]
         try:
-            info = await library.get(voice_id)
             engine = self.slot.engine if self.slot is not None else None
-            return info.name, await library.profile(voice_id, engine)
+            info, profile = await library.voice_for_call(voice_id, engine)
+            return info.name, profile
         except VoiceNotFoundError as exc:
             raise SignallingError("voice_not_found", str(exc)) from exc
         except VcstreamError as exc:
