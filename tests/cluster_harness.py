@@ -252,11 +252,7 @@ def render_haproxy(folder: Path, bind: str, capacity: int, replicas: list[Replic
 def write_prometheus_config(folder: Path, replicas: list[Replica]) -> Path:
     """deploy/prometheus/cluster.yml in ``folder`` with the replicas as its file-discovered targets."""
     shutil.copy(PROMETHEUS_DIR / "cluster.yml", folder / "cluster.yml")
-    alerts = PROMETHEUS_DIR / "alerts.yml"
-    if alerts.exists():
-        shutil.copy(alerts, folder / "alerts.yml")
-    else:  # cluster.yml loads the alert rules; until they are on this branch, none
-        (folder / "alerts.yml").write_text("groups: []\n")
+    shutil.copy(PROMETHEUS_DIR / "alerts.yml", folder / "alerts.yml")  # cluster.yml loads them
     targets = [{"targets": [f"127.0.0.1:{r.port}" for r in replicas], "labels": {"cluster": "local"}}]
     (folder / "vcstream-targets.json").write_text(json.dumps(targets))
     return folder / "cluster.yml"
