@@ -118,6 +118,8 @@ class ServiceSettings:
       into the database. ``voice_cache_size`` (VCSTREAM_VOICE_CACHE_SIZE, 64): voices whose engine
       features each replica keeps in memory (least recently used dropped first).
       ``max_upload_bytes`` (VCSTREAM_MAX_UPLOAD_BYTES, 10M; accepts k/M/G suffixes).
+      ``max_uploads`` (VCSTREAM_MAX_UPLOADS, 4): voice uploads one process reads and decodes at once;
+      one more waits up to 2 s for a place, then is answered 503 with Retry-After.
     WebRTC:
       ``webrtc_latency_ms`` (VCSTREAM_WEBRTC_LATENCY_MS, 40): webrtcbin's jitter buffer latency.
       ``stun_urls`` (VCSTREAM_STUN_URLS, comma-separated ``stun:host:port``; default none: on a LAN or
@@ -235,6 +237,10 @@ class ServiceSettings:
         default=10 << 20,
         metadata=_meta("VCSTREAM_MAX_UPLOAD_BYTES", byte_size, "largest reference upload (e.g. 10M)"),
     )
+    max_uploads: int = field(
+        default=4,
+        metadata=_meta("VCSTREAM_MAX_UPLOADS", int, "voice uploads handled at once (beyond: 503)"),
+    )
     webrtc_latency_ms: int = field(
         default=40, metadata=_meta("VCSTREAM_WEBRTC_LATENCY_MS", int, "webrtcbin jitter latency")
     )
@@ -319,6 +325,8 @@ class ServiceSettings:
             found.append(f"voice_cache_size must be at least 1, got {self.voice_cache_size}")
         if self.max_upload_bytes < 1024:
             found.append(f"max_upload_bytes {self.max_upload_bytes} is below 1 KiB")
+        if self.max_uploads < 1:
+            found.append(f"max_uploads must be at least 1, got {self.max_uploads}")
         if self.webrtc_latency_ms < 0:
             found.append("webrtc_latency_ms cannot be negative")
         if self.shutdown_grace_s < 0:
