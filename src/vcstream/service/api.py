@@ -117,7 +117,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except UploadFormError as exc:
-        return error_response(400, exc.code, str(exc))
+        response = error_response(400, exc.code, str(exc))
+        if exc.body_broken:
+            # aiohttp would read the rest of the body to keep the connection, fail on it again and log
+            # that as its own error: the body is over as far as this server cares, and so is the
+            # connection (the next bytes cannot be trusted to start a request)
+            request.content.feed_eof()
+            response.force_close()
+        return response
     except UploadsBusyError as exc:
         return error_response(503, "too_many_uploads", str(exc), {hdrs.RETRY_AFTER: str(RETRY_AFTER_S)})
     except ConnectionResetError as exc:

@@ -37,9 +37,11 @@ _NAME_FIELD_LIMIT = 4 * MAX_NAME_CHARS + 64  # UTF-8 takes at most 4 bytes a cha
 class UploadFormError(VcstreamError):
     """The body is not a voice upload form (``code`` says how, for the client)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, body_broken: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        #: the rest of the body cannot be read (its decoding failed): answer, then close the connection
+        self.body_broken = body_broken
 
 
 @dataclass
@@ -92,7 +94,9 @@ async def _read_parts(request: web.Request, limit: int, form: UploadForm) -> Non
         encoding = request.headers.get(hdrs.CONTENT_ENCODING)
         cause = exc.__cause__ or exc
         said = f" (Content-Encoding: {encoding})" if encoding else ""
-        raise UploadFormError("bad_body", f"the request body could not be read{said}: {cause}") from exc
+        raise UploadFormError(
+            "bad_body", f"the request body could not be read{said}: {cause}", body_broken=True
+        ) from exc
     except (ValueError, BadHttpMessage) as exc:  # boundary, header lines over 8,190 bytes, 128+ headers
         problem = getattr(exc, "message", None) or str(exc)
         raise UploadFormError("bad_multipart", f"the multipart body could not be parsed: {problem}") from exc

@@ -35,6 +35,8 @@ class UploadSlots:
         self.limit = limit
         self.wait_s = wait_s
         self.refused = 0
+        #: uploads waiting for a slot now
+        self.waiting = 0
         self._semaphore = asyncio.Semaphore(limit)
 
     @property
@@ -43,6 +45,7 @@ class UploadSlots:
 
     @contextlib.asynccontextmanager
     async def claim(self) -> AsyncIterator[None]:
+        self.waiting += 1
         try:
             await asyncio.wait_for(self._semaphore.acquire(), self.wait_s)
         except TimeoutError:
@@ -50,6 +53,8 @@ class UploadSlots:
             raise UploadsBusyError(
                 f"the server is handling {self.limit} uploads already; try again in {RETRY_AFTER_S} s"
             ) from None
+        finally:
+            self.waiting -= 1
         try:
             yield
         finally:
