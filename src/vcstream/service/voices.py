@@ -265,8 +265,6 @@ class VoiceLibrary:
             raise UploadTooLargeError(
                 f"{_described(shown_name)} has {size} bytes; the limit is {self.max_upload_bytes}"
             )
-        # before the decode, which takes seconds: a taken name is refused at once (and again on insert)
-        await self._in(VOICES_DB_POOL, self._check_name_free, clean_name)
         content = (content_type or "")[:255] or None
         info, profile = await self._in(
             VOICES_WORK_POOL, self._add_blocking, clean_name, shown_name, content, source
@@ -274,10 +272,6 @@ class VoiceLibrary:
         self._profiles.put((info.id, self.engine.name), profile)
         log.info("voice %s %r added: %.1f s from %s", info.id, info.name, info.duration_s, shown_name)
         return info
-
-    def _check_name_free(self, name: str) -> None:
-        with self._sessions() as session:
-            self._refuse_taken(session, name)
 
     @staticmethod
     def _refuse_taken(session: Session, name: str) -> None:
@@ -312,9 +306,10 @@ class VoiceLibrary:
         return VoiceInfo.of(record), profile
 
     def _insert(self, record: VoiceRecord, wav: bytes) -> None:
-        """The row and its audio in one transaction, or neither, if no voice has the name by then.
-        The lock orders this process's uploads; two replicas inserting one name in the same instant
-        can still both succeed (no unique index: names stored before NFC may collide)."""
+        """The row and its audio in one transaction, or neither, if no voice has the name. Checked
+        here, after the recording passed (what is wrong with the file is said first), under a lock
+        that orders this process's uploads; two replicas inserting one name in the same instant can
+        still both succeed (no unique index: names stored before NFC may already collide)."""
         with self._naming, self._sessions.begin() as session:
             self._refuse_taken(session, record.name)
             session.add(record)
