@@ -62,7 +62,15 @@ from vcstream.service.voices import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_UPLOAD_PARTS", "MULTIPART_OVERHEAD", "ApiError", "json_errors", "setup"]
+__all__ = [
+    "DOMAIN_ERRORS",
+    "MAX_UPLOAD_PARTS",
+    "MULTIPART_OVERHEAD",
+    "ApiError",
+    "error_response",
+    "json_errors",
+    "setup",
+]
 #: the status of an answer to a client that went away (nginx's "client closed request"): nobody
 #: receives it; the access log shows the request ended by the client, not failed by the server
 CLIENT_GONE = 499
