@@ -5,6 +5,7 @@ sentence: its length within 10 %, its energy envelope following the source's."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,11 @@ def test_rtp_with_ten_percent_loss_each_way_still_returns_the_sentence(
 ) -> None:
     require_netns()
     ratio, correlation = run_path(convert_over_rtp, source, reference, 10, tmp_path / "work")
+    observed = json.loads((tmp_path / "work" / "rtp-path.json").read_text())
+    print(observed)
+    # the kernel dropped packets both ways (10 % of ~190 per leg: 19 +/- 4)
+    assert 3 < observed["lost_pct_to_relay"] < 20
+    assert 3 < observed["lost_pct_from_relay"] < 20
     assert abs(ratio - 1) <= 0.1
     assert correlation > 0.5  # concealment fills the holes: still the sentence, if damaged
 

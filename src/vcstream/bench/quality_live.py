@@ -168,6 +168,14 @@ def _finish(process: subprocess.Popen[str], timeout_s: float, log_path: Path) ->
     return out
 
 
+def _last_json(stdout: str) -> dict[str, Any]:
+    """The last JSON line a command printed (its ``final`` statistics)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise PathFailed(f"no statistics in the output: {stdout[-500:]}")
+    return dict(json.loads(lines[-1]))
+
+
 # -- alignment ----------------------------------------------------------------------------------------
 
 
@@ -221,14 +229,21 @@ def convert_over_rtp(
             logs["sender"],
         )
         _finish(sender, seconds + 60, logs["sender"])
-        _finish(receiver, 30 + IDLE_TIMEOUT_S, logs["receiver"])
+        received_stats = _last_json(_finish(receiver, 30 + IDLE_TIMEOUT_S, logs["receiver"]))
         relay.send_signal(signal.SIGTERM)
-        _finish(relay, 30, logs["relay"])
+        relay_stats = _last_json(_finish(relay, 30, logs["relay"]))
     received = decode_file(out, OPUS_RATE)
-    log.info(
-        "rtp path: %.1f s to listen, %.1f s to stream %.1f s of source (loss %g %%)",
-        listening - started, time.monotonic() - listening, seconds, loss_pct,
-    )  # fmt: skip
+    observed = {
+        "seconds": seconds,
+        "to_listen_s": listening - started,
+        "to_stream_s": time.monotonic() - listening,
+        "loss_pct": loss_pct,
+        # what each leg's receiver counted lost (Opus FEC and concealment fill the holes)
+        "lost_pct_to_relay": 100 * float(relay_stats["input"]["loss_fraction"]),
+        "lost_pct_from_relay": 100 * float(received_stats["loss_fraction"]),
+    }
+    (workdir / "rtp-path.json").write_text(json.dumps(observed, indent=1))
+    log.info("rtp path: %s", observed)
     return align_to_source(received, decode_file(source, OPUS_RATE), OPUS_RATE), OPUS_RATE
 
 
