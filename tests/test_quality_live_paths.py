@@ -82,7 +82,7 @@ def test_rtp_with_ten_percent_loss_each_way_still_returns_the_sentence(
     assert 3 < observed["lost_pct_to_relay"] < 20
     assert 3 < observed["lost_pct_from_relay"] < 20
     assert abs(ratio - 1) <= 0.1
-    assert correlation > 0.5  # concealment fills the holes: still the sentence, if damaged
+    assert correlation > 0.6  # concealment fills the holes: still the sentence, if damaged
 
 
 def test_loss_without_namespaces_is_refused_clearly(

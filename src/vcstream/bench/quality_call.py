@@ -31,7 +31,7 @@ from vcstream.media import decode_file
 from vcstream.media.webrtc import OPUS_RATE
 
 #: audio to receive beyond the source's length before hanging up: the path's delay fits in it
-TAIL_S = 0.8
+TAIL_S = 1.5
 #: media must flow within this once the offer is sent
 CONNECT_WITHIN_S = 20.0
 

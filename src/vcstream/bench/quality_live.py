@@ -51,6 +51,8 @@ START_WITHIN_S = 180.0
 IDLE_TIMEOUT_S = 1.5
 #: the longest delay of converted audio behind its source that alignment looks for
 MAX_DELAY_S = 5.0
+#: the most the received audio may start after the source's beginning (its first packets lost)
+MAX_LEAD_S = 0.1
 #: inside the converting side's own namespace nothing else holds ports
 NAMESPACE_HTTP_PORT = 8080
 NAMESPACE_ICE_PORTS = (40000, 40009)
@@ -180,10 +182,14 @@ def _last_json(stdout: str) -> dict[str, Any]:
 
 
 def align_to_source(received: Audio, source: Audio, rate: int) -> Audio:
-    """``received`` from where the converted ``source`` starts in it, at most ``source``'s length."""
-    lag = global_offset(received, source, rate, max_lag_s=MAX_DELAY_S)
-    aligned: Audio = received[lag : lag + source.shape[0]].astype(np.float32)
-    log.info("converted audio %.0f ms behind its source", 1000 * lag / rate)
+    """``received`` from where the converted ``source`` starts in it, at most ``source``'s length.
+    Where the stream's first packets were lost, the received audio starts after the source's
+    beginning: silence stands in for what never came, so that the rest stays in place."""
+    lead = round(MAX_LEAD_S * rate)
+    padded = np.concatenate([np.zeros(lead, np.float32), received])
+    lag = global_offset(padded, source, rate, max_lag_s=MAX_DELAY_S + MAX_LEAD_S)
+    aligned: Audio = padded[lag : lag + source.shape[0]].astype(np.float32)
+    log.info("converted audio %.0f ms behind its source", 1000 * (lag - lead) / rate)
     return aligned
 
 
@@ -289,9 +295,18 @@ def convert_over_webrtc(
             if time.monotonic() > deadline:
                 raise PathFailed(f"the call did not finish in time: {_tail(logs['caller'])}")
             time.sleep(0.1)
-        report = json.loads(_finish(caller, 5, logs["caller"]).strip().splitlines()[-1])
+        report = _last_json(_finish(caller, 5, logs["caller"]))
+        hung_up = time.monotonic()
     received = np.load(out)
-    log.info("webrtc path: %s (%.1f s in all, loss %g %%)", report, time.monotonic() - started, loss_pct)
+    observed = {
+        "seconds": seconds,
+        "loss_pct": loss_pct,
+        **{key: value for key, value in report.items() if key != "event"},
+        "caller_total_s": hung_up - started,
+        "stop_s": time.monotonic() - hung_up,
+    }
+    (workdir / "webrtc-path.json").write_text(json.dumps(observed, indent=1))
+    log.info("webrtc path: %s", observed)
     return align_to_source(received, decode_file(source, OPUS_RATE), OPUS_RATE), OPUS_RATE
 
 
