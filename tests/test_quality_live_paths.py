@@ -55,9 +55,10 @@ def run_path(
     original = decode_file(source, rate)
     ratio = converted.shape[0] / original.shape[0]
     correlation = envelope_correlation(original, converted, rate)
+    observed = {path.name: json.loads(path.read_text()) for path in workdir.glob("*-path.json")}
     print(
         f"\n{convert.__name__} loss {loss_pct:g} %: {took:.1f} s for {original.shape[0] / rate:.1f} s of "
-        f"source; length x{ratio:.3f}, envelope correlation {correlation:.3f}"
+        f"source; length x{ratio:.3f}, envelope correlation {correlation:.3f}; {observed}"
     )
     return ratio, correlation
 

@@ -247,9 +247,18 @@ def convert_over_rtp(
         # what each leg's receiver counted lost (Opus FEC and concealment fill the holes)
         "lost_pct_to_relay": 100 * float(relay_stats["input"]["loss_fraction"]),
         "lost_pct_from_relay": 100 * float(received_stats["loss_fraction"]),
+        # input the engine fell too far behind on and dropped (a starved CPU): the timeline breaks
+        "relay_dropped_ms": float(relay_stats["session"]["dropped_ms"]),
+        "relay_late_blocks": int(relay_stats["session"]["late_blocks"]),
     }
     (workdir / "rtp-path.json").write_text(json.dumps(observed, indent=1))
     log.info("rtp path: %s", observed)
+    if observed["relay_dropped_ms"] > 0:
+        log.warning(
+            "the relay dropped %.0f ms of input (its engine fell behind: a slow engine or a starved "
+            "CPU): the converted audio lacks it",
+            observed["relay_dropped_ms"],
+        )
     return align_to_source(received, decode_file(source, OPUS_RATE), OPUS_RATE), OPUS_RATE
 
 
