@@ -38,7 +38,7 @@ import numpy as np
 from vcstream.audio.types import Audio
 from vcstream.bench.calls import end_process, serve_command
 from vcstream.bench.latency import global_offset
-from vcstream.bench.netns import NetnsPair, netns_pair
+from vcstream.bench.netns import NamespacesUnavailable, NetnsPair, netns_pair, netns_unavailable_reason
 from vcstream.errors import MediaError
 from vcstream.media import decode_file
 from vcstream.media.rtp import OPUS_RATE
@@ -106,6 +106,11 @@ def sides(loss_pct: float) -> Iterator[Sides]:
         finally:
             here.stop()
         return
+    reason = netns_unavailable_reason()
+    if reason is not None:
+        raise NamespacesUnavailable(
+            f"a {loss_pct:g} % loss run needs two network namespaces, which cannot be made here: {reason}"
+        )
     with netns_pair() as pair:
         apart = Sides(pair.address_a, pair.address_b, pair)
         try:
