@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -94,7 +95,7 @@ class NetnsPair:
             "table inet vcstream_loss {\n"
             "  chain out {\n"
             "    type filter hook output priority 0; policy accept;\n"
-            f"    {match} numgen random mod {_LOSS_SCALE} < {threshold} drop\n"
+            f"    {match} numgen random mod {_LOSS_SCALE} < {threshold} counter drop\n"
             "  }\n"
             "}\n"
         )
@@ -106,6 +107,17 @@ class NetnsPair:
             text=True,
             timeout=_TIMEOUT_S,
         )
+
+    def dropped_packets(self, namespace: str) -> int:
+        """Datagrams ``random_loss`` dropped in ``namespace`` so far (0 without a loss rule)."""
+        listing = subprocess.run(
+            self.command(namespace, ["nft", "list", "table", "inet", "vcstream_loss"]),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=_TIMEOUT_S,
+        )
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing.stdout))
 
     def clear_loss(self, namespace: str) -> None:
         subprocess.run(

@@ -80,11 +80,15 @@ class Sides:
             return list(argv)
         return self.pair.command(self.pair.a if side == "caller" else self.pair.b, argv)
 
-    def start(self, side: str, argv: Sequence[str], log_path: Path, **options: Any) -> subprocess.Popen[str]:
-        """A process on ``side`` (stdout piped as text, stderr to ``log_path``), ended with the sides."""
-        with log_path.open("w") as stderr:
+    def start(
+        self, side: str, argv: Sequence[str], log_path: Path, *, read_stdout: bool = True, **options: Any
+    ) -> subprocess.Popen[str]:
+        """A process on ``side`` (stdout piped as text, or to ``log_path`` when nobody reads it, so that
+        it can never fill the pipe; stderr to ``log_path``), ended with the sides."""
+        with log_path.open("w") as log_file:
+            stdout: Any = subprocess.PIPE if read_stdout else log_file
             process = subprocess.Popen(
-                self.argv(side, argv), stdout=subprocess.PIPE, stderr=stderr, text=True, **options
+                self.argv(side, argv), stdout=stdout, stderr=log_file, text=True, **options
             )
         self.processes.append(process)
         return process
@@ -183,6 +187,16 @@ def _last_json(stdout: str) -> dict[str, Any]:
     return dict(json.loads(lines[-1]))
 
 
+def _dropped(where: Sides) -> dict[str, int]:
+    """Media packets the kernel dropped on their way to the converting side and back."""
+    if where.pair is None:
+        return {"dropped_to_converter": 0, "dropped_to_caller": 0}
+    return {
+        "dropped_to_converter": where.pair.dropped_packets(where.pair.a),
+        "dropped_to_caller": where.pair.dropped_packets(where.pair.b),
+    }
+
+
 # -- alignment ----------------------------------------------------------------------------------------
 
 
@@ -243,12 +257,14 @@ def convert_over_rtp(
         received_stats = _last_json(_finish(receiver, 30 + IDLE_TIMEOUT_S, logs["receiver"]))
         relay.send_signal(signal.SIGTERM)
         relay_stats = _last_json(_finish(relay, 30, logs["relay"]))
+        dropped = _dropped(where)
     received = decode_file(out, OPUS_RATE)
     observed = {
         "seconds": seconds,
         "to_listen_s": listening - started,
         "to_stream_s": time.monotonic() - listening,
         "loss_pct": loss_pct,
+        **dropped,
         # what each leg's receiver counted lost (Opus FEC and concealment fill the holes)
         "lost_pct_to_relay": 100 * float(relay_stats["input"]["loss_fraction"]),
         "lost_pct_from_relay": 100 * float(received_stats["loss_fraction"]),
@@ -293,7 +309,9 @@ def convert_over_webrtc(
             port = _free_tcp_port()
         data_dir = workdir / "server-data"
         command = serve_command(engine, where.converter_address, port, data_dir, max_sessions=1)
-        server = where.start("converter", command, logs["server"], env={**os.environ, **env})
+        server = where.start(
+            "converter", command, logs["server"], read_stdout=False, env={**os.environ, **env}
+        )
         caller = where.start(
             "caller",
             [sys.executable, "-m", "vcstream.bench.quality_call", "--base",
@@ -311,11 +329,13 @@ def convert_over_webrtc(
             time.sleep(0.1)
         report = _last_json(_finish(caller, 5, logs["caller"]))
         hung_up = time.monotonic()
+        dropped = _dropped(where)
     received = np.load(out)
     observed = {
         "seconds": seconds,
         "loss_pct": loss_pct,
         **{key: value for key, value in report.items() if key != "event"},
+        **dropped,
         "caller_total_s": hung_up - started,
         "stop_s": time.monotonic() - hung_up,
     }
