@@ -5,7 +5,7 @@ the worker is saturated (the one place a slowed encoder, a subclass of the real 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +34,7 @@ def _looped(samples: np.ndarray, seconds: float) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def worker() -> LiveQualityWorker:
+def worker() -> Iterator[LiveQualityWorker]:
     shared = LiveQualityWorker()
     yield shared
     shared.close()
@@ -104,8 +104,15 @@ def test_saturated_worker_drops_pieces_instead_of_blocking(flite_speech: Speech)
     try:
         call = held.open_call("world")
         call.set_voice("v")
-        first = _looped(slt, WINDOW_S + 2 * HANDOFF_S)
-        _feed(call, first, first)  # a window's worth: the worker loads CAM++, then holds in embed
+        # a second at a time, each taken before the next, until a window is whole and the worker
+        # (having loaded CAM++) holds in embed
+        second = round(HANDOFF_S * RATE)
+        first = _looped(slt, 3 * WINDOW_S)
+        for start in range(0, first.shape[0], second):
+            if _HeldEncoder.entered.is_set():
+                break
+            _feed(call, first[start : start + second], first[start : start + second])
+            wait_until(lambda: held.idle() or _HeldEncoder.entered.is_set(), 60, "the piece was taken")
         assert _HeldEncoder.entered.wait(60), "the worker never started an estimate"
         more = _looped(slt, 4 * WINDOW_S)
         feeder = threading.Thread(target=_feed, args=(call, more, more))
