@@ -16,8 +16,9 @@ speech it embeds that window with CAM++ (``vcstream.quality.speaker``) and compa
 Both are CAM++ cosine similarities clipped to [0, 1] (a negative cosine, i.e. unrelated voices, reads 0);
 the page shows them as percentages. On synthetic voices the same speaker scores 0.83-0.94 and different
 speakers 0.39-0.54 (STACK-NOTES), so "72 %" reads "closer to the chosen voice than a stranger, short of
-the same person". The encoder is loaded by the worker at its first piece (the first call), never at
-server start-up. CPU the worker spends is measured with ``time.thread_time`` (``WorkerStats``).
+the same person". The encoder is loaded by the worker when the first call starts it (once, before its
+priority is lowered), never at server start-up. The worker's CPU is measured with ``time.thread_time``
+(``WorkerStats``).
 """
 
 from __future__ import annotations
@@ -293,6 +294,9 @@ class LiveQualityWorker:
     # -- the worker thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # the encoder loads once, at normal priority (a niced import of torch starves on a busy
+        # server), while the first call's first window gathers in the queue; estimates yield to audio
+        self._encoder_or_none()
         lower_priority()
         while True:
             piece = self._queue.get()
