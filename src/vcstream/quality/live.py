@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: converted speech per estimate: CAM++ settles after a few seconds; shorter windows scatter more
 WINDOW_S = 4.0
+#: call seconds skipped after each estimate: an estimate every ~8 s of talk costs half as much CPU as
+#: back-to-back windows, and a voice does not change faster than that
+REST_S = 4.0
 #: the caller's own speech needed beside it for ``own_voice_similarity``
 MIN_OWN_SPEECH_S = 1.0
 #: audio copied per hand-off to the worker (one queue item per direction and second of call)
@@ -217,6 +220,9 @@ class _Speech:
     own: collections.deque[Audio] = field(default_factory=collections.deque)
     own_s: float = 0.0
     own_rate: int = 0
+    #: call seconds still to skip in each direction (after an estimate)
+    rest_output_s: float = 0.0
+    rest_input_s: float = 0.0
 
 
 class LiveQualityWorker:
@@ -335,12 +341,16 @@ class LiveQualityWorker:
         speech = call.speech
         if piece.voice_id != speech.voice_id:  # a new voice: what was gathered is of the old one
             speech.voice_id, speech.output, speech.output_s = piece.voice_id, [], 0.0
-        voiced = speech_only(piece.samples, piece.rate)
-        seconds = voiced.shape[0] / piece.rate
+            speech.rest_output_s = speech.rest_input_s = 0.0
         if piece.output:
             with self._lock:
                 self._stats.pieces += 1
                 self._stats.call_audio_s += piece.samples.shape[0] / piece.rate
+        if self._resting(speech, piece):
+            return
+        voiced = speech_only(piece.samples, piece.rate)
+        seconds = voiced.shape[0] / piece.rate
+        if piece.output:
             if voiced.size:
                 speech.output.append(voiced)
                 speech.output_s += seconds
@@ -354,10 +364,25 @@ class LiveQualityWorker:
         if speech.output_s >= WINDOW_S:
             self._estimate(call, speech)
 
+    @staticmethod
+    def _resting(speech: _Speech, piece: _Piece) -> bool:
+        """Whether this piece falls in the rest after an estimate (and counts it off)."""
+        seconds = piece.samples.shape[0] / piece.rate
+        if piece.output and speech.rest_output_s > 0:
+            speech.rest_output_s -= seconds
+            return True
+        if not piece.output and speech.rest_input_s > 0:
+            speech.rest_input_s -= seconds
+            return True
+        return False
+
     def _estimate(self, call: CallQuality, speech: _Speech) -> None:
         output = np.concatenate(speech.output)
         own = np.concatenate(speech.own) if speech.own_s >= MIN_OWN_SPEECH_S else None
         speech.output, speech.output_s = [], 0.0
+        speech.own.clear()
+        speech.own_s = 0.0
+        speech.rest_output_s = speech.rest_input_s = REST_S
         encoder = self._encoder_or_none()
         if encoder is None:
             return
