@@ -53,9 +53,10 @@ def test_call_shows_its_voice_similarity_without_late_blocks(tmp_path: Path, fli
                     metrics = await response.text()
                 worker = server.app[LIVE_QUALITY_KEY].stats()
         first = next(i for i, s in enumerate(call.of_type("stats")) if s["voice_similarity"] is not None)
+        late = [s["late_blocks"] for s in call.of_type("stats")]
         print(
             f"\nlive quality: voice {stats['voice_similarity']}, own voice {stats['own_voice_similarity']} "
-            f"after {first + 1} stats messages; worker {worker}"
+            f"in stats message {first + 1} (one a second); late blocks by message {late}; worker {worker}"
         )
         assert 0.0 <= stats["voice_similarity"] <= 1.0
         assert stats["own_voice_similarity"] is not None and 0.0 <= stats["own_voice_similarity"] <= 1.0
