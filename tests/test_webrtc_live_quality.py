@@ -52,6 +52,7 @@ def test_call_shows_its_voice_similarity_without_late_blocks(tmp_path: Path, fli
                 async with server.http.get(f"{server.base}/metrics") as response:
                     metrics = await response.text()
                 worker = server.app[LIVE_QUALITY_KEY].stats()
+                assert server.app[LIVE_QUALITY_KEY].knows_voice(voice)  # its reference was read
         first = next(i for i, s in enumerate(call.of_type("stats")) if s["voice_similarity"] is not None)
         late = [s["late_blocks"] for s in call.of_type("stats")]
         print(
@@ -81,6 +82,7 @@ def test_live_quality_can_be_turned_off(tmp_path: Path, flite_speech: Speech) ->
                 await call.talk(speech, lambda: len(call.of_type("stats")) >= 2, timeout_s=10.0)
                 stats = call.of_type("stats")
         assert len(stats) >= 2, stats
+        print(f"\nlive quality off: late blocks by message {[s['late_blocks'] for s in stats]}")
         assert all(s["voice_similarity"] is None and s["own_voice_similarity"] is None for s in stats)
 
     asyncio.run(main())
