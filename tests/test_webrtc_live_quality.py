@@ -57,7 +57,8 @@ def test_call_shows_its_voice_similarity_without_late_blocks(tmp_path: Path, fli
         late = [s["late_blocks"] for s in call.of_type("stats")]
         print(
             f"\nlive quality: voice {stats['voice_similarity']}, own voice {stats['own_voice_similarity']} "
-            f"in stats message {first + 1} (one a second); late blocks by message {late}; worker {worker}"
+            f"in stats message {first + 1} (one a second); late blocks by message {late}; worker {worker}, "
+            f"{worker.cpu_s_per_call_minute()} CPU s per call-minute"
         )
         assert 0.0 <= stats["voice_similarity"] <= 1.0
         assert stats["own_voice_similarity"] is not None and 0.0 <= stats["own_voice_similarity"] <= 1.0

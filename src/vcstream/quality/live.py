@@ -108,9 +108,9 @@ class Estimate:
 class WorkerStats:
     """The worker's counters (read with ``LiveQualityWorker.stats``)."""
 
-    #: CPU seconds of the worker thread (``time.thread_time``): gating, embedding, comparing
+    #: CPU seconds of the worker thread (``time.thread_time``) on calls: gating, embedding, comparing
     cpu_s: float = 0.0
-    #: of which loading the encoder (once)
+    #: CPU seconds loading the encoder (once, before the first piece; not in ``cpu_s``)
     load_cpu_s: float = 0.0
     #: seconds of converted call audio handed to the worker (dropped pieces not counted)
     call_audio_s: float = 0.0
@@ -123,7 +123,7 @@ class WorkerStats:
         """Worker CPU seconds (loading excluded) per minute of converted call audio."""
         if self.call_audio_s <= 0:
             return None
-        return (self.cpu_s - self.load_cpu_s) / (self.call_audio_s / 60)
+        return self.cpu_s / (self.call_audio_s / 60)
 
 
 @dataclass(frozen=True)
