@@ -8,7 +8,9 @@ Start-up (``cleanup_ctx``, in this order, before the server accepts connections)
    stored under ``ENGINE_KEY``; warm-up (one voice and two blocks through a session) continues in the
    background after start-up, and /readyz answers 503 until it is done;
 3. the voice library opens its database (``VOICES_KEY``);
-4. whatever ``vcstream.service.signalling.setup`` registered (it sees the keys above).
+4. unless ``live_quality`` is off, the calls' quality estimator (``LIVE_QUALITY_KEY``): its thread
+   starts, and CAM++ loads, with the first call;
+5. whatever ``vcstream.service.signalling.setup`` registered (it sees the keys above).
 
 Shutdown: ``drain`` marks the server draining (/readyz 503; ``health.session_refusal`` refuses new
 sessions), tells every running call's client to move (``draining``: make-before-break) and waits
