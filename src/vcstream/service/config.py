@@ -46,6 +46,16 @@ def optional_float(value: str) -> float | None:
     return float(value) if value else None
 
 
+def switch(value: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not on or off (1/0, true/false, yes/no, on/off)")
+
+
 def port_range(value: str) -> tuple[int, int]:
     """``"40000-40099"`` -> ``(40000, 40099)``."""
     return parse_port_range(value)
@@ -141,6 +151,10 @@ class ServiceSettings:
       container publishes a known range. ``announced_address`` (VCSTREAM_ANNOUNCED_ADDRESS, an IP;
       unset = none): the public address that forwards to this server; its host candidates carry
       it instead of the address they were gathered on (behind NAT, in a container or a pod).
+    Quality:
+      ``live_quality`` (VCSTREAM_LIVE_QUALITY, on; ``0`` turns it off): estimate each call's speaker
+      similarity to its voice on a low-priority thread (``vcstream.quality.live``): the ``stats``
+      message's ``voice_similarity``/``own_voice_similarity`` and ``vcstream_call_voice_similarity``.
     Process:
       ``shutdown_grace_s`` (VCSTREAM_SHUTDOWN_GRACE_S, 30): on SIGTERM the server reports not ready
       and refuses new sessions, then waits this long for running sessions to end before closing them.
@@ -288,6 +302,12 @@ class ServiceSettings:
         default=None,
         metadata=_meta(
             "VCSTREAM_ANNOUNCED_ADDRESS", ip_address, "public IP host candidates are rewritten to (NAT)"
+        ),
+    )
+    live_quality: bool = field(
+        default=True,
+        metadata=_meta(
+            "VCSTREAM_LIVE_QUALITY", switch, "estimate each call's speaker similarity to its voice (1/0)"
         ),
     )
     shutdown_grace_s: float = field(

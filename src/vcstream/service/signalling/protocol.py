@@ -49,7 +49,12 @@ Server -> client
                 ``drop_events``, ``engine_errors``, ``rtt_ms``, ``jitter_ms`` (of the audio the server
                 receives), ``remote_jitter_ms`` and ``remote_packets_lost`` (the client's reports on the
                 audio it receives),
-                ``bitrate_in_kbps``, ``bitrate_out_kbps``, and ``timeline`` (ms from the offer to the
+                ``bitrate_in_kbps``, ``bitrate_out_kbps``,
+                ``voice_similarity`` and ``own_voice_similarity`` (live quality: CAM++ speaker
+                similarity, cosine clipped to 0..1, of the last few seconds of converted speech to the
+                chosen voice and to the caller's own speech; null until the first estimate, or with
+                ``VCSTREAM_LIVE_QUALITY=0``; ``vcstream.quality.live``),
+                and ``timeline`` (ms from the offer to the
                 answer, to the connection, to the first audio in and the first converted audio out).
   ``voice``, ``settings``: acknowledgements (above).
   ``error``     ``{"code", "message", "fatal", "retry_after_s"?}``; after a fatal one the server closes
