@@ -15,8 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import hdrs, web
 
+from vcstream.service.budget import AddressBudget
 from vcstream.service.forwarded import TrustedProxies
-from vcstream.service.signalling.budget import AddressBudget
 from vcstream.service.tenancy import tokens
 from vcstream.service.tenancy.api_keys import looks_like_key
 from vcstream.service.tenancy.store import Tenant, TenantStore

@@ -21,7 +21,7 @@ from vcstream.service.tenancy.metering import UsageLedger, month_bounds
 AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator")
 LEDGER_KEY: web.AppKey[UsageLedger] = web.AppKey("ledger")
 #: where a request's principal is kept for its handler
-PRINCIPAL = "vcstream.principal"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 #: routes anyone may read, whatever the mode: what the server is, and how to talk to it
 PUBLIC_PATHS = frozenset({"/api/info", "/api/openapi.json"})
 
@@ -29,8 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def principal_of(request: web.Request) -> Principal:
-    principal: Principal = request[PRINCIPAL]
-    return principal
+    return request[PRINCIPAL]
 
 
 @web.middleware
