@@ -47,7 +47,7 @@ class CallMeter:
         #: converted seconds of the call's earlier sessions (settings changes re-open the session and
         #: its counter starts at 0), the current session and its last figure
         self._before_s = 0.0
-        self._session: object = None
+        self._session: int | None = None
         self._session_s = 0.0
 
     @property
@@ -72,9 +72,11 @@ class CallMeter:
         allowance is used up, else None."""
         if not self.started or self._ended:
             return None
-        if session is not self._session:
+        # the session's id, not the session: a finished call's engine session must not live on here
+        # (and a counter that went back is a new session even if its id was reused)
+        if id(session) != self._session or session_s < self._session_s:
             self._before_s += self._session_s
-            self._session, self._session_s = session, 0.0
+            self._session, self._session_s = id(session), 0.0
         self._session_s = session_s
         converted_s = self.converted_s
         now = time.monotonic()

@@ -157,6 +157,8 @@ class SessionRegistry:
                 self._app[ADMISSION_KEY].release(held)
                 self._app[METRICS_KEY].session_ended()
                 log.info("connection %s: session ended", connection_id)
+            # the closed call is let go before the (slower) database write, so nothing of it lives on
+            target = call = None
             if meter is not None:
                 await meter.end()
 
