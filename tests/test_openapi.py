@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from aiohttp import ClientResponse, hdrs, web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_urldispatcher import StaticResource
@@ -22,9 +23,12 @@ from openapi_spec_validator import validate as validate_openapi
 from test_service_api import UPLOAD_LIMIT, SpeechMaker, form, run, serving, settings_for, wav_bytes
 from vcstream.engines.world import WorldEngine
 from vcstream.service.app import create_app, drain
+from vcstream.service.db.migrate import upgrade
 from vcstream.service.openapi import UndocumentedRouteError, operation, reply
 from vcstream.service.schemas import VoicePath
 from vcstream.service.signalling.registry import CONNECT_BURST
+from vcstream.service.tenancy.plans import BUILT_IN
+from vcstream.service.tenancy.store import TenantStore
 from vcstream.service.upload_slots import UPLOAD_SLOTS_KEY
 
 Client = TestClient[web.Request, web.Application]
@@ -187,11 +191,48 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
                 response.close()
             assert (await check("get", "/ws", response))["error"] == "too_many_connections"
 
+            tokens_path, usage_path = "/api/tokens", "/api/usage"
+            refused = await check("post", tokens_path, await client.post(tokens_path, json={}))
+            assert refused["error"] == "api_key_required"  # an open server has no keys
             await drain(client.app, grace_s=0)
             assert (await check("get", "/readyz", await client.get("/readyz")))["error"] == "not_ready"
+
+        # the tenant routes of a paid service (auth required)
+        key = tenant_key(tmp_path / "paid")
+        paid = settings_for(tmp_path / "paid", auth="required", token_secret="t" * 40)
+        async with serving(paid) as client:
+            bearer = {"Authorization": f"Bearer {key}"}
+            assert (await check("get", usage_path, await client.get(usage_path)))["error"] == "unauthorized"
+            made = await check("post", tokens_path, await client.post(tokens_path, json={}, headers=bearer))
+            bad = await client.post(tokens_path, json={"ttl_s": 10**6}, headers=bearer)
+            assert (await check("post", tokens_path, bad))["error"] == "invalid_request"
+            as_token = {"Authorization": f"Bearer {made['token']}"}
+            by_token = await client.post(tokens_path, json={}, headers=as_token)
+            assert (await check("post", tokens_path, by_token))["error"] == "api_key_required"
+            wrong = await client.post(tokens_path, json={}, headers={"Authorization": "Bearer vcsk_nope"})
+            assert (await check("post", tokens_path, wrong))["error"] == "unauthorized"
+            month = await check("get", usage_path, await client.get(usage_path, headers=as_token))
+            assert month["calls"] == 0 and month["allowance_minutes"] == 10
+            csv_usage = await client.get(f"{usage_path}?format=csv", headers=bearer)
+            assert (await check("get", usage_path, csv_usage)).startswith(b"day,calls,converted_s")
+            bad_month = await client.get(f"{usage_path}?month=2026-13", headers=bearer)
+            assert (await check("get", usage_path, bad_month))["error"] == "invalid_query"
         return checker
 
     assert asyncio.run(scenario()).unseen() == set()
+
+
+def tenant_key(data_dir: Path) -> str:
+    """A tenant on the free plan in ``data_dir``'s database, and an API key of it."""
+    data_dir.mkdir(parents=True)
+    database = sa.create_engine(f"sqlite:///{data_dir / 'vcstream.db'}")
+    try:
+        upgrade(database)
+        store = TenantStore(database, BUILT_IN)
+        store.create_tenant("Acme")
+        return store.create_key("Acme").key
+    finally:
+        database.dispose()
 
 
 # -- a route that does not fit the document stops start-up --------------------------------------------

@@ -62,7 +62,8 @@ def register(
 
 
 @contextmanager
-def _database(args: argparse.Namespace) -> Iterator[sa.Engine]:
+def database_of(args: argparse.Namespace) -> Iterator[sa.Engine]:
+    """The database the command's settings name; a database error is a ConfigurationError."""
     import sqlalchemy as sa
 
     from vcstream.service.db.connect import create_database_engine, shown_url
@@ -82,7 +83,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from vcstream.service.db.migrate import upgrade
 
     voices_dir = settings_from_args(args).effective_voices_dir
-    with _database(args) as engine:
+    with database_of(args) as engine:
         ensure_sqlite_folder(engine)
         result = upgrade(
             engine, voices_dir=voices_dir, forget_missing_recordings=args.forget_missing_recordings
@@ -100,7 +101,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_db_current(args: argparse.Namespace) -> int:
     from vcstream.service.db.migrate import current_revision, head_revision
 
-    with _database(args) as engine, engine.connect() as connection:
+    with database_of(args) as engine, engine.connect() as connection:
         revision = current_revision(connection)
     print(revision or "none")
     head = head_revision()

@@ -27,21 +27,24 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aiohttp import hdrs, web
 
 from vcstream.engines.base import Engine
 from vcstream.media.mainloop import Runtime
 from vcstream.quality.live import LiveQualityWorker
-from vcstream.service import api, health
+from vcstream.service import api, health, tenant_api
 from vcstream.service.admission import Admission, EngineSlot
+from vcstream.service.auth import Authenticator
 from vcstream.service.call_choices import CallChoices
 from vcstream.service.capacity_metrics import CapacitySources
 from vcstream.service.config import ServiceSettings
 from vcstream.service.connection_guard import body_deadline
+from vcstream.service.db.connect import create_database_engine
 from vcstream.service.engine_loader import (
     LoadedEngine,
     load_engine,
@@ -50,6 +53,7 @@ from vcstream.service.engine_loader import (
     measure_capacity,
     warm_engine,
 )
+from vcstream.service.forwarded import TrustedProxies
 from vcstream.service.health import STATE_KEY, ServiceState
 from vcstream.service.keys import (
     ADMISSION_KEY,
@@ -68,11 +72,16 @@ from vcstream.service.keys import (
 )
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.service.openapi import Media, error, operation, reply
+from vcstream.service.tenancy.metering import UsageLedger
+from vcstream.service.tenancy.plans import load_plans
+from vcstream.service.tenancy.store import TenantStore
 from vcstream.service.voices import VoiceLibrary
 from vcstream.streaming.capacity import MEDIA_CORES_PER_SESSION, available_cores
 from vcstream.streaming.scheduler import BlockScheduler, SchedulerConfig
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: the runtime's thread pools and their workers
 POOLS = {MEDIA_POOL: 8, ENGINE_POOL: 1, VOICES_DB_POOL: 4, VOICES_WORK_POOL: 2}
@@ -88,7 +97,7 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
         # the upload handler streams with its own cap; this bounds every other body read
         client_max_size=settings.max_upload_bytes + api.MULTIPART_OVERHEAD,
         # the body deadline inside json_errors: what it cuts short is not reported as a failure
-        middlewares=[api.json_errors, body_deadline(settings.header_timeout_s)],
+        middlewares=[api.json_errors, tenant_api.authenticated, body_deadline(settings.header_timeout_s)],
     )
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = ServiceMetrics()
@@ -99,9 +108,11 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
     app.cleanup_ctx.append(_voices_context)
     if settings.live_quality:
         app.cleanup_ctx.append(_live_quality_context)
+    app.cleanup_ctx.append(_tenancy_context)
     app.on_shutdown.append(_mark_draining)
 
     api.setup(app)
+    tenant_api.setup(app)
     health.setup(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
@@ -257,6 +268,26 @@ async def _live_quality_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[RUNTIME_KEY].run_blocking(MEDIA_POOL, worker.close)
+
+
+async def _tenancy_context(app: web.Application) -> AsyncIterator[None]:
+    """Tenants, keys and metering, on the library's database (its schema is at head by now)."""
+    settings, runtime = app[SETTINGS_KEY], app[RUNTIME_KEY]
+    plans = load_plans(settings.plans_file)
+    database = create_database_engine(settings.effective_database_url)
+
+    def blocking(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        return runtime.run_blocking(VOICES_DB_POOL, fn, *args)
+
+    proxies = TrustedProxies(settings.trusted_proxies)
+    store = TenantStore(database, plans)
+    app[tenant_api.AUTH_KEY] = Authenticator(settings.auth, settings.token_secret, store, proxies, blocking)
+    app[tenant_api.LEDGER_KEY] = UsageLedger(database, plans, settings.replica_name)
+    log.info("auth %s; plans: %s", settings.auth, ", ".join(sorted(plans.by_name)))
+    try:
+        yield
+    finally:
+        await runtime.run_blocking(VOICES_DB_POOL, database.dispose)
 
 
 async def _mark_draining(app: web.Application) -> None:

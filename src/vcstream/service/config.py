@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,10 @@ ENGINE_CHOICES = ("auto", *ENGINE_NAMES)
 #: engines that need no GPU, for the sessions a full primary engine turns away
 OVERFLOW_ENGINES = ("world", "passthrough")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+AUTH_MODES = ("open", "required")
+#: HS256 with a shorter secret can be brute-forced offline from any token
+MIN_TOKEN_SECRET_BYTES = 32
+_ORIGIN = re.compile(r"^https?://[^/\s]+$")
 _ICE_URL = re.compile(r"^(stun|stuns|turn|turns):[^\s,]+$")
 
 
@@ -155,6 +160,18 @@ class ServiceSettings:
       ``live_quality`` (VCSTREAM_LIVE_QUALITY, on; ``0`` turns it off): estimate each call's speaker
       similarity to its voice on a low-priority thread (``vcstream.quality.live``): the ``stats``
       message's ``voice_similarity``/``own_voice_similarity`` and ``vcstream_call_voice_similarity``.
+    Tenants (see ``vcstream.service.tenancy``):
+      ``auth`` (VCSTREAM_AUTH, ``open`` or ``required``; default open): open is one local library that
+      anyone who reaches the server uses (what ``scripts/run.sh`` starts); required is a paid service:
+      the REST API takes an API key or an access token (``Authorization: Bearer``) and a call's
+      ``hello`` an access token. ``token_secret`` (VCSTREAM_TOKEN_SECRET, environment only, at least
+      32 bytes, the same on every replica): signs access tokens; required with ``auth=required``.
+      ``plans_file`` (VCSTREAM_PLANS_FILE, JSON; unset = the built-in free and unlimited plans).
+      ``allowed_origins`` (VCSTREAM_ALLOWED_ORIGINS, comma-separated ``https://host[:port]``; unset =
+      the server's own origin only): pages that may open a signalling WebSocket (a browser sends its
+      cookies and the page's origin, so another site could otherwise open calls as its visitor).
+      ``replica_name`` (VCSTREAM_REPLICA_NAME, unset = the host name): names this replica in the
+      call records (a pod's name).
     Process:
       ``shutdown_grace_s`` (VCSTREAM_SHUTDOWN_GRACE_S, 30): on SIGTERM the server reports not ready
       and refuses new sessions, then waits this long for running sessions to end before closing them.
@@ -310,6 +327,34 @@ class ServiceSettings:
             "VCSTREAM_LIVE_QUALITY", switch, "estimate each call's speaker similarity to its voice (1/0)"
         ),
     )
+    auth: str = field(
+        default="open",
+        metadata=_meta(
+            "VCSTREAM_AUTH", text, "open (one local library, no keys) or required (API keys, tokens)"
+        ),
+    )
+    token_secret: str | None = field(
+        default=None,
+        metadata=_meta(
+            "VCSTREAM_TOKEN_SECRET", optional_text, "signs access tokens (>= 32 bytes)", flag=False
+        ),
+    )
+    plans_file: Path | None = field(
+        default=None,
+        metadata=_meta("VCSTREAM_PLANS_FILE", path, "JSON file of plans (default: free, unlimited)"),
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "VCSTREAM_ALLOWED_ORIGINS", comma_list, "origins whose pages may open calls (default: own)"
+        ),
+    )
+    replica_name: str = field(
+        default_factory=socket.gethostname,
+        metadata=_meta(
+            "VCSTREAM_REPLICA_NAME", text, "this replica's name in call records (default: host name)"
+        ),
+    )
     shutdown_grace_s: float = field(
         default=30.0,
         metadata=_meta("VCSTREAM_SHUTDOWN_GRACE_S", float, "seconds to let sessions finish after SIGTERM"),
@@ -319,7 +364,15 @@ class ServiceSettings:
     )
 
     def __post_init__(self) -> None:
-        for name in ("tls_cert", "tls_key", "model_cache", "data_dir", "voices_dir", "capacity_file"):
+        for name in (
+            "tls_cert",
+            "tls_key",
+            "model_cache",
+            "data_dir",
+            "voices_dir",
+            "capacity_file",
+            "plans_file",
+        ):
             value = getattr(self, name)
             if isinstance(value, str):  # built directly with strings: keep the declared types
                 object.__setattr__(self, name, Path(value))
@@ -381,6 +434,16 @@ class ServiceSettings:
                 found.append(f"announced_address {self.announced_address!r} is not an IP address")
         if self.turn_urls and not self.turn_secret:
             found.append("turn_urls need turn_secret (VCSTREAM_TURN_SECRET) for TURN credentials")
+        if self.auth not in AUTH_MODES:
+            found.append(f"auth {self.auth!r} is not one of {', '.join(AUTH_MODES)}")
+        if self.auth == "required" and len((self.token_secret or "").encode()) < MIN_TOKEN_SECRET_BYTES:
+            found.append(
+                f"auth=required needs VCSTREAM_TOKEN_SECRET of at least {MIN_TOKEN_SECRET_BYTES} bytes "
+                "(the same on every replica), e.g. from `openssl rand -base64 48`"
+            )
+        for origin in self.allowed_origins:
+            if not _ORIGIN.match(origin):
+                found.append(f"allowed origin {origin!r} must look like https://host[:port]")
         if self.log_level not in _LOG_LEVELS:
             found.append(f"log_level {self.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
         return found

@@ -26,6 +26,10 @@ class VoiceRecord(Base):
     sample_rate: Mapped[int] = mapped_column(sa.Integer)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), index=True)
     notices: Mapped[list[str]] = mapped_column(sa.JSON)
+    #: the tenant that owns it; None on a server with --auth open (one local library)
+    tenant_id: Mapped[str | None] = mapped_column(
+        sa.String(32), sa.ForeignKey("tenants.id", name="fk_voices_tenant_id", ondelete="CASCADE"), index=True
+    )
 
 
 class VoiceAudio(Base):
@@ -40,3 +44,54 @@ class VoiceAudio(Base):
         primary_key=True,
     )
     wav: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
+class TenantRecord(Base):
+    """A customer: its calls, voices and usage are its own. The plan is a name from the configured plans
+    (vcstream.service.tenancy.plans), so limits change with the configuration, not with a migration."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(MAX_NAME_CHARS), unique=True)
+    plan: Mapped[str] = mapped_column(sa.String(40))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class ApiKeyRecord(Base):
+    """An API key: its public id and the SHA-256 of its secret (the secret is shown once, never stored)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(24), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        sa.String(32),
+        sa.ForeignKey("tenants.id", name="fk_api_keys_tenant_id", ondelete="CASCADE"),
+        index=True,
+    )
+    secret_sha256: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class CallUsageRecord(Base):
+    """One call's metered time: written every few seconds while it runs (a crashed replica loses at most
+    that much) and at its end. A running call's ``updated_at`` is also its heartbeat: the concurrent-call
+    limit counts only calls written to recently, so the calls of a replica that died stop counting."""
+
+    __tablename__ = "call_usage"
+    __table_args__ = (sa.Index("ix_call_usage_tenant_started", "tenant_id", "started_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    #: None for the calls of a server with --auth open
+    tenant_id: Mapped[str | None] = mapped_column(
+        sa.String(32), sa.ForeignKey("tenants.id", name="fk_call_usage_tenant_id", ondelete="CASCADE")
+    )
+    plan: Mapped[str | None] = mapped_column(sa.String(40))
+    engine: Mapped[str] = mapped_column(sa.String(40))
+    replica: Mapped[str] = mapped_column(sa.String(255))
+    started_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    converted_s: Mapped[float] = mapped_column(sa.Float)
+    end_reason: Mapped[str | None] = mapped_column(sa.String(64))

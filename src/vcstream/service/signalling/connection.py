@@ -22,6 +22,8 @@ from vcstream.errors import VcstreamError
 from vcstream.media.webrtc import InvalidSdpError, opus_payload_type
 from vcstream.quality.live import CallQuality
 from vcstream.service.admission import EngineSlot
+from vcstream.service.auth import OPEN, AuthError, Principal
+from vcstream.service.budget import TokenBucket
 from vcstream.service.health import session_refusal
 from vcstream.service.ice import ice_servers
 from vcstream.service.keys import (
@@ -33,7 +35,7 @@ from vcstream.service.keys import (
     VOICES_KEY,
 )
 from vcstream.service.metrics import ServiceMetrics
-from vcstream.service.signalling.budget import TokenBucket
+from vcstream.service.signalling.call_meter import CallMeter
 from vcstream.service.signalling.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_REMOTE_CANDIDATES,
@@ -46,6 +48,7 @@ from vcstream.service.signalling.protocol import (
     validate_settings,
 )
 from vcstream.service.signalling.stats import CallStatistics
+from vcstream.service.tenant_api import AUTH_KEY, LEDGER_KEY
 from vcstream.service.voices import VoiceNotFoundError
 from vcstream.transports.webrtc_call import Call
 
@@ -98,8 +101,15 @@ class Connection:
         app: web.Application,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport | None = None,
+        client_address: str = "?",
     ) -> None:
         self.registry = registry
+        #: the client's address (through trusted proxies): failed credentials are charged to it
+        self.client_address = client_address
+        #: who this connection acts for, known at hello
+        self.principal: Principal = OPEN
+        #: the call's entry in the usage ledger, from the offer
+        self._meter: CallMeter | None = None
         self.app = app
         self.ws = ws
         #: the socket under ``ws``: reading stops at once when a client is cut off for abuse
@@ -170,6 +180,8 @@ class Connection:
         client's close frame."""
         if not self._closing:
             self._closing = True
+            if self._meter is not None:
+                self._meter.end_reason = reason or "closed"
             if abrupt and self.transport is not None:
                 # nothing more of what it floods in is parsed (aiohttp reads ahead 128 KiB of messages)
                 self.transport.pause_reading()
@@ -299,6 +311,7 @@ class Connection:
         refusal = self._refusal()
         if refusal is not None:
             raise refusal
+        self.principal = await self._authenticated(data.get("token"))
         app = self.app
         slot = app[ADMISSION_KEY].choose()
         if slot is None:  # taken since the refusal check
@@ -332,6 +345,28 @@ class Connection:
             max_message_bytes=MAX_MESSAGE_BYTES,
             stats_interval_s=STATS_INTERVAL_S,
         )
+
+    async def _authenticated(self, token: object) -> Principal:
+        """The principal of hello's ``token`` (an access token, or a backend's API key)."""
+        authenticator = self.app[AUTH_KEY]
+        if authenticator.open:
+            return OPEN
+        if not isinstance(token, str) or not token:
+            raise SignallingError(
+                "unauthorized", 'this server needs an access token in hello ("token")', fatal=True
+            )
+        try:
+            return await authenticator.of_credential(token, self.client_address)
+        except AuthError as exc:
+            raise SignallingError(
+                exc.code, exc.message, fatal=True, retry_after_s=exc.retry_after_s
+            ) from None
+
+    async def _metered(self, slot: EngineSlot) -> CallMeter:
+        """The call admitted under the tenant's plan and recorded (a fatal error when it is not)."""
+        meter = CallMeter(self.app[LEDGER_KEY], self.registry.blocking, self.principal, slot.engine.name)
+        await meter.start()
+        return meter
 
     async def _profile(self, voice_id: object) -> tuple[str, VoiceProfile]:
         if not isinstance(voice_id, str) or not voice_id:
@@ -387,6 +422,15 @@ class Connection:
                 raise refusal
             if not self.app[ADMISSION_KEY].take(slot):
                 raise self._full()
+        try:
+            self._meter = await self._metered(slot)
+        except SignallingError:
+            self.app[ADMISSION_KEY].release(slot)  # the plan refused the call: its place was never used
+            raise
+        if self._closing:  # the client left while the ledger admitted it
+            self.app[ADMISSION_KEY].release(slot)
+            self._spawn(self._meter.end("closed"), "usage")
+            return
         self._held = slot
         self.metrics.session_started()
         self.state = "calling"
@@ -564,6 +608,26 @@ class Connection:
             if engine_failed:
                 self.send("error", code="engine_error", message="the engine failed on a block", fatal=False)
             self.send("stats", **fields)
+            if self._meter is not None:
+                await self._allowance(await self._meter.observe(live, stats.samples_out / call.io_rate))
+
+    async def _allowance(self, verdict: str | None) -> None:
+        """Tell the caller a minute before its plan's minutes run out; end the call when they have."""
+        meter = self._meter
+        if verdict is None or meter is None:
+            return
+        if verdict == "warn":
+            left = meter.seconds_left(meter.converted_s) or 0.0
+            self.send(
+                "warning",
+                code="minutes_ending",
+                message=f"this month's minutes run out in {left:.0f} s; the call will end then",
+                seconds_left=round(left, 1),
+            )
+        elif verdict == "end":
+            self.send_error(
+                "minutes_used_up", "this month's minutes are used up; the call has ended", fatal=True
+            )
 
     # -- live quality ---------------------------------------------------------------------------------
 
@@ -610,6 +674,7 @@ class Connection:
         target: Call | asyncio.Future[Call] | None = self.call or self._opening
         self.call, self._opening = None, None
         held, self._held = self._held, None
+        meter, self._meter = self._meter, None
         if target is None and held is None:
             return None
-        return self.registry.retire(self.id, target, held)
+        return self.registry.retire(self.id, target, held, meter)

@@ -25,6 +25,7 @@ from vcstream.media.mainloop import RuntimeClosedError
 from vcstream.media.webrtc import PeerConfig, prepare
 from vcstream.service.admission import EngineSlot
 from vcstream.service.api import error_response
+from vcstream.service.budget import AddressBudget
 from vcstream.service.forwarded import TrustedProxies
 from vcstream.service.ice import ice_servers
 from vcstream.service.keys import (
@@ -36,7 +37,8 @@ from vcstream.service.keys import (
     SETTINGS_KEY,
 )
 from vcstream.service.openapi import error, operation, reply
-from vcstream.service.signalling.budget import AddressBudget
+from vcstream.service.origins import origin_allowed
+from vcstream.service.signalling.call_meter import CallMeter
 from vcstream.service.signalling.connection import Connection
 from vcstream.service.signalling.protocol import FRAME_LIMIT, PROTOCOL_DESCRIPTION, SignallingError
 from vcstream.transports.webrtc_call import Call
@@ -118,18 +120,26 @@ class SessionRegistry:
         return len(told)
 
     def retire(
-        self, connection_id: str, target: Call | asyncio.Future[Call] | None, held: EngineSlot | None
+        self,
+        connection_id: str,
+        target: Call | asyncio.Future[Call] | None,
+        held: EngineSlot | None,
+        meter: CallMeter | None = None,
     ) -> asyncio.Task[None]:
         """Close a call on a task of the registry's own (a cancelled handler cannot interrupt it),
         count the session as ended and give its place back on ``held`` (after the call is closed,
-        so the engine never runs more sessions than its places)."""
-        task = asyncio.get_running_loop().create_task(self._close_call(connection_id, target, held))
+        so the engine never runs more sessions than its places), and write its final usage."""
+        task = asyncio.get_running_loop().create_task(self._close_call(connection_id, target, held, meter))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return task
 
     async def _close_call(
-        self, connection_id: str, target: Call | asyncio.Future[Call] | None, held: EngineSlot | None
+        self,
+        connection_id: str,
+        target: Call | asyncio.Future[Call] | None,
+        held: EngineSlot | None,
+        meter: CallMeter | None,
     ) -> None:
         try:
             call = target
@@ -147,6 +157,10 @@ class SessionRegistry:
                 self._app[ADMISSION_KEY].release(held)
                 self._app[METRICS_KEY].session_ended()
                 log.info("connection %s: session ended", connection_id)
+            # the closed call is let go before the (slower) database write, so nothing of it lives on
+            target = call = None
+            if meter is not None:
+                await meter.end()
 
     # -- services to connections ------------------------------------------------------------------
 
@@ -201,11 +215,22 @@ class SessionRegistry:
         {
             101: reply("Switching Protocols: the WebSocket is open; messages as described above"),
             400: error("bad_request: not a WebSocket upgrade request"),
+            403: error(
+                "origin_not_allowed: the page's Origin may not open calls here (VCSTREAM_ALLOWED_ORIGINS)"
+            ),
             429: error("too_many_connections: this address opens WebSockets too fast (Retry-After)"),
         },
         description=PROTOCOL_DESCRIPTION,
     )
     async def websocket(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if not origin_allowed(origin, request.host, self._app[SETTINGS_KEY].allowed_origins):
+            return error_response(
+                403,
+                "origin_not_allowed",
+                f"pages from {origin[:200] if origin else '?'} may not open calls on this server "
+                "(the operator lists the allowed ones in VCSTREAM_ALLOWED_ORIGINS)",
+            )
         client = self._proxies.client(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []))
         retry_s = self._connects.take(client)
         if retry_s is not None:
@@ -226,18 +251,18 @@ class SessionRegistry:
             )
         self._open_by_address[client] += 1
         try:
-            return await self._serve(request)
+            return await self._serve(request, client)
         finally:
             self._open_by_address[client] -= 1
             if not self._open_by_address[client]:
                 del self._open_by_address[client]
 
-    async def _serve(self, request: web.Request) -> web.WebSocketResponse:
+    async def _serve(self, request: web.Request, client: str) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=FRAME_LIMIT, heartbeat=20.0, timeout=2.0)
         await ws.prepare(request)
         transport = request.transport
         connection = Connection(
-            self, request.app, ws, transport if isinstance(transport, asyncio.Transport) else None
+            self, request.app, ws, transport if isinstance(transport, asyncio.Transport) else None, client
         )
         if self.closing:
             connection.shutdown("shutdown")

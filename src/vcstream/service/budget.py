@@ -50,3 +50,12 @@ class AddressBudget:
         if bucket.take(cost):
             return None
         return bucket.wait_s(cost)
+
+    def blocked_s(self, address: str, cost: float = 1.0) -> float | None:
+        """Like ``take`` without spending: None if ``address`` could spend ``cost`` now."""
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            return None
+        bucket.take(0.0)  # refill to now
+        wait = bucket.wait_s(cost)
+        return wait if wait > 0 else None
