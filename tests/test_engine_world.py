@@ -13,7 +13,8 @@ from scipy.signal import resample_poly
 from conftest import median_f0
 from vcstream.engines.base import VoiceProfile
 from vcstream.engines.settings import SettingsError
-from vcstream.engines.world import ENV_GRID_HZ, WorldEngine, WorldSession, estimate_warp
+from vcstream.engines.world import WorldEngine, WorldSession
+from vcstream.engines.world_envelope import ENV_GRID_HZ, estimate_warp
 
 Speech = Callable[..., tuple[np.ndarray, int]]
 RATE = 16000

@@ -1,9 +1,9 @@
 """Weight-free zero-shot voice conversion on the CPU with the WORLD vocoder (pyworld).
 
 Per block the session analyses the input (DIO + StoneMask F0, CheapTrick envelope, D4C aperiodicity,
-5 ms frames), maps F0 toward the target in the log domain (mean/std), warps the envelope's frequency
-axis by a factor estimated from the running average input envelope against the reference's (plus a
-mild smoothed colour correction), and resynthesises.
+5 ms frames), maps F0 toward the target in the log domain (mean/std), moves the envelope toward the
+reference's (a frequency warp for formant positions and a per-band equalisation, estimated from the
+caller's running statistics: ``world_caller``, ``world_envelope``), and resynthesises.
 
 Streaming specifics:
 
@@ -32,6 +32,13 @@ from scipy.signal import resample_poly
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
 from vcstream.engines.settings import SessionSettings
+from vcstream.engines.world_caller import CallerVoice
+from vcstream.engines.world_envelope import (
+    BINS,
+    FFT_SIZE,
+    WarpTable,
+    grid_envelope,
+)
 from vcstream.engines.world_settings import FRAME, SAMPLE_RATE, WorldSettings
 from vcstream.errors import InvalidAudioError
 
@@ -39,8 +46,6 @@ FloatArray = npt.NDArray[np.float64]
 
 #: WORLD frame period: 5 ms
 FRAME_PERIOD_MS = 1000.0 * FRAME / SAMPLE_RATE
-FFT_SIZE = 1024  # CheapTrick's size for a 60 Hz floor at 16 kHz
-BINS = FFT_SIZE // 2 + 1
 F0_FLOOR = 60.0
 F0_CEIL = 500.0
 #: left context of each analysis window (DIO's voicing decisions degrade within ~80 ms of an edge)
@@ -52,62 +57,6 @@ RESPONSE = FFT_SIZE // 2
 #: longest unvoiced run (frames) between voiced frames of similar F0 treated as a tracking dropout
 MAX_GAP_FRAMES = 4
 GAP_MAX_LOG_RATIO = 0.2
-
-#: log-spaced frequency grid of the envelope description used for warp estimation
-ENV_GRID_HZ: FloatArray = np.geomspace(100.0, 6000.0, 160)
-#: band compared when estimating the warp (below it F0/glottal energy dominates, above it codecs)
-WARP_BAND_HZ = (300.0, 4000.0)
-WARP_MIN, WARP_MAX = 0.75, 1.33
-#: prior on log(warp) = GAMMA * log(f0_target / f0_source): formants scale with speaker size more
-#: weakly than F0 does (male/female ~1.17 against ~1.8)
-WARP_F0_GAMMA = 0.25
-#: weight of that prior against the envelope mismatch (natural-log power units squared)
-WARP_PRIOR_WEIGHT = 8.0
-#: voiced frames of input envelope after which the envelope evidence counts half
-WARP_EVIDENCE_FRAMES = 100
-#: colour correction limit (natural-log power: +-6 dB) and smoothing width (octaves)
-CORRECTION_LIMIT = math.log(10 ** (6.0 / 10))
-CORRECTION_SMOOTH_OCT = 1.0 / 3.0
-
-#: online source log-F0 statistics: prior (Hz, log std), its weight in voiced frames, and the
-#: longest memory in voiced frames (~5 s of voicing)
-SOURCE_PRIOR_F0 = 150.0
-SOURCE_PRIOR_STD = 0.1
-SOURCE_PRIOR_FRAMES = 30
-SOURCE_MEMORY_FRAMES = 1000
-
-
-def _grid_interpolation() -> tuple[npt.NDArray[np.int64], FloatArray]:
-    """Lower CheapTrick bin and weight of the upper one for each point of ``ENV_GRID_HZ``."""
-    pos = ENV_GRID_HZ / (SAMPLE_RATE / FFT_SIZE)
-    lo = np.floor(pos).astype(np.int64)
-    return lo, pos - lo
-
-
-_GRID_LO, _GRID_FRAC = _grid_interpolation()
-_LOG_GRID = np.log(ENV_GRID_HZ)
-_GRID_STEP = float(_LOG_GRID[1] - _LOG_GRID[0])
-
-
-def _in_band(freqs: FloatArray, low: float, high: float) -> npt.NDArray[np.bool_]:
-    mask: npt.NDArray[np.bool_] = (freqs >= low) & (freqs <= high)
-    return mask
-
-
-_BAND = _in_band(ENV_GRID_HZ, *WARP_BAND_HZ)
-#: candidate warps: half-grid steps (~0.6 %) over [WARP_MIN, WARP_MAX]
-_LOG_ALPHAS = np.arange(math.log(WARP_MIN), math.log(WARP_MAX), _GRID_STEP / 2)
-
-
-def _detrend_projection() -> FloatArray:
-    """Matrix removing the best straight line (over log frequency) from a curve on the warp band."""
-    x = _LOG_GRID[_BAND]
-    a = np.stack([np.ones_like(x), x], axis=1)
-    proj: FloatArray = np.eye(x.size) - a @ np.linalg.pinv(a)
-    return proj
-
-
-_DETREND = _detrend_projection()
 
 
 @dataclass(frozen=True)
@@ -127,12 +76,6 @@ def _f0_track(x: FloatArray) -> tuple[FloatArray, FloatArray]:
     return np.asarray(f0, dtype=np.float64), np.asarray(times, dtype=np.float64)
 
 
-def _grid_envelope(log_sp: FloatArray) -> FloatArray:
-    # a gather, not a (sparse) matrix product: BLAS threads would cost more than the arithmetic
-    grid: FloatArray = log_sp[..., _GRID_LO] * (1 - _GRID_FRAC) + log_sp[..., _GRID_LO + 1] * _GRID_FRAC
-    return grid
-
-
 def _log_power(sp: FloatArray) -> FloatArray:
     out: FloatArray = np.log(np.maximum(sp, 1e-20))
     return out
@@ -144,34 +87,6 @@ def _robust_log_stats(lf0: FloatArray) -> tuple[float, float]:
     mad = float(np.median(np.abs(lf0 - med))) * 1.4826
     keep = lf0[np.abs(lf0 - med) <= 3 * max(mad, 0.02)]
     return float(keep.mean()), float(max(keep.std(), 0.02))
-
-
-def estimate_warp(
-    source_env: FloatArray,
-    target_env: FloatArray,
-    evidence: float = 1.0,
-    prior_log_warp: float = 0.0,
-    prior_weight: float = WARP_PRIOR_WEIGHT,
-) -> float:
-    """Frequency-warp factor ``a`` such that the source envelope sampled at f/a best matches the
-    target's (both mean log-power envelopes on ``ENV_GRID_HZ``). Spectral tilt is ignored (each curve
-    is detrended over the warp band); ``evidence`` in [0, 1] scales the envelope mismatch against a
-    Gaussian prior on log(a) centred on ``prior_log_warp``."""
-    # Warping by a is a shift by log(a) on the log-frequency grid.
-    pos = np.clip((_LOG_GRID[_BAND][None, :] - _LOG_ALPHAS[:, None] - _LOG_GRID[0]) / _GRID_STEP, 0, None)
-    lo = np.minimum(pos.astype(np.int64), ENV_GRID_HZ.size - 2)
-    frac = np.minimum(pos - lo, 1.0)
-    warped = source_env[lo] * (1 - frac) + source_env[lo + 1] * frac
-    residual = warped @ _DETREND.T - _DETREND @ target_env[_BAND]
-    cost = evidence * np.mean(residual**2, axis=1) + prior_weight * (_LOG_ALPHAS - prior_log_warp) ** 2
-    i = int(np.argmin(cost))
-    log_warp = float(_LOG_ALPHAS[i])
-    if 0 < i < cost.size - 1:  # parabolic refinement between grid steps
-        c0, c1, c2 = float(cost[i - 1]), float(cost[i]), float(cost[i + 1])
-        denom = c0 - 2 * c1 + c2
-        if denom > 0:
-            log_warp += 0.5 * (c0 - c2) / denom * float(_LOG_ALPHAS[1] - _LOG_ALPHAS[0])
-    return math.exp(log_warp)
 
 
 def _minimum_phase(log_amplitude: FloatArray) -> npt.NDArray[np.complex128]:
@@ -186,28 +101,6 @@ def _minimum_phase(log_amplitude: FloatArray) -> npt.NDArray[np.complex128]:
 _BIN_INDEX = np.arange(BINS, dtype=np.float64)
 #: removes a pulse response's DC with a smooth bump instead of a step (as WORLD does)
 _DC_WINDOW = np.hanning(RESPONSE + 2)[1:-1] / np.hanning(RESPONSE + 2)[1:-1].sum()
-
-
-class _LogF0Tracker:
-    """Exponentially forgetting mean/variance of the input's log-F0, starting from a prior."""
-
-    def __init__(self) -> None:
-        self.mean = math.log(SOURCE_PRIOR_F0)
-        self.var = SOURCE_PRIOR_STD**2
-        self.count = float(SOURCE_PRIOR_FRAMES)
-
-    def update(self, lf0: FloatArray) -> None:
-        for value in lf0.tolist():
-            limit = 3.0 * math.sqrt(self.var)
-            d = min(max(value - self.mean, -limit), limit)  # octave errors must not inflate the std
-            self.count = min(self.count + 1.0, SOURCE_MEMORY_FRAMES)
-            a = 1.0 / self.count
-            self.mean += a * d
-            self.var = max((1.0 - a) * (self.var + a * d * d), 1e-4)
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var)
 
 
 class WorldSession(EngineSession):
@@ -230,19 +123,14 @@ class WorldSession(EngineSession):
         self._frames = self.block_size // FRAME
         self._ring = np.zeros(CONTEXT + self.block_size + self._lookahead)
         self._f0_history = np.zeros(MAX_GAP_FRAMES + 1)
-        self._source_f0 = _LogF0Tracker()
-        self._source_env = np.zeros(ENV_GRID_HZ.size)
-        self._env_count = 0.0
-        self._warp = 1.0
+        self._caller = CallerVoice()
+        self._warp = WarpTable()
         # the previous block's last frame (frame 0 of this block's synthesis)
         self._last_f0 = 0.0
         self._last_periodic = np.zeros(BINS, dtype=np.complex128)
         # pulse phase (cycles) at the end of the previous block, None after an unvoiced sample
         self._phase: float | None = None
         self._ola = np.zeros(self.block_size + RESPONSE + FRAME)
-        self._warp_lo = np.zeros(BINS, dtype=np.int64)
-        self._warp_frac = np.zeros(BINS)
-        self._warp_positions(1.0)
 
     @property
     def latency_samples(self) -> int:
@@ -251,12 +139,12 @@ class WorldSession(EngineSession):
     @property
     def warp_factor(self) -> float:
         """Current envelope frequency-warp factor (>1 raises formants)."""
-        return self._warp
+        return self._warp.factor
 
     @property
     def source_f0(self) -> tuple[float, float]:
         """Running estimate of the input's log-F0 mean and std."""
-        return self._source_f0.mean, self._source_f0.std
+        return self._caller.f0.mean, self._caller.f0.std
 
     def set_voice(self, voice: VoiceProfile) -> None:
         self._features = _features_of(voice)
@@ -267,7 +155,7 @@ class WorldSession(EngineSession):
         self._ring[:-n] = self._ring[n:]
         self._ring[-n:] = x
         f0, log_sp, ap = self._analyse()
-        self._update_source(f0, log_sp)
+        self._caller.update(f0, log_sp)
         f0_out, periodic, aperiodic = self._convert(f0, log_sp, ap)
         self._synthesise(f0_out, periodic, aperiodic)
         out = self._ola[:n].copy()
@@ -323,47 +211,25 @@ class WorldSession(EngineSession):
         self._f0_history = out[-self._f0_history.size :].copy()
         return out
 
-    def _update_source(self, f0: FloatArray, log_sp: FloatArray) -> None:
-        voiced = f0 > 0
-        if not voiced.any():
-            return
-        self._source_f0.update(np.log(f0[voiced]))
-        for env in _grid_envelope(log_sp[voiced]):
-            self._env_count = min(self._env_count + 1.0, SOURCE_MEMORY_FRAMES)
-            self._source_env += (env - self._source_env) / self._env_count
-
     # -- conversion ----------------------------------------------------------------------------
-
-    def _warp_positions(self, warp: float) -> None:
-        pos = np.minimum(_BIN_INDEX / warp, BINS - 1.0)
-        self._warp_lo = np.minimum(pos.astype(np.int64), BINS - 2)
-        self._warp_frac = pos - self._warp_lo
 
     def _convert(
         self, f0: FloatArray, log_sp: FloatArray, ap: FloatArray
     ) -> tuple[FloatArray, npt.NDArray[np.complex128], npt.NDArray[np.complex128]]:
         target = self._features
-        src_mean, src_std = self._source_f0.mean, self._source_f0.std
+        src_mean, src_std = self._caller.f0.mean, self._caller.f0.std
         voiced = f0 > 0
         f0_out = np.zeros_like(f0)
         ratio = min(max(target.lf0_std / src_std, 0.5), 2.0)
         f0_out[voiced] = np.exp(target.lf0_mean + ratio * (np.log(f0[voiced]) - src_mean))
         f0_out[voiced] = np.clip(f0_out[voiced], 0.8 * F0_FLOOR, F0_CEIL)
 
-        evidence = self._env_count / (self._env_count + WARP_EVIDENCE_FRAMES)
-        prior = WARP_F0_GAMMA * (target.lf0_mean - src_mean)
-        if self._env_count > 0:
-            warp = estimate_warp(self._source_env, target.envelope, evidence, prior)
-        else:
-            warp = math.exp(prior)
-        if warp != self._warp:
-            self._warp = warp
-            self._warp_positions(warp)
-        warped = (
-            log_sp[:, self._warp_lo] * (1 - self._warp_frac) + log_sp[:, self._warp_lo + 1] * self._warp_frac
-        )
-        if self._env_count > 0 and self._correction > 0:
-            warped += self._colour_correction(warp, evidence)
+        warp = self._caller.warp_toward(target.lf0_mean, target.envelope)
+        self._warp.set(warp)
+        warped = self._warp.apply(log_sp)
+        correction = self._caller.equalisation_toward(target.envelope, warp, self._correction)
+        if correction.size:
+            warped += correction
 
         # WORLD's split: periodic power sp*(1-ap^2), aperiodic sp*ap^2; unvoiced frames are all noise
         ap = np.clip(ap, 0.001, 1.0)
@@ -372,23 +238,6 @@ class WorldSession(EngineSession):
         periodic = _minimum_phase(0.5 * (warped + np.log(np.maximum(1.0 - power_ap, 1e-6))))
         aperiodic = _minimum_phase(0.5 * (warped + np.log(power_ap)))
         return f0_out, periodic, aperiodic
-
-    def _colour_correction(self, warp: float, evidence: float) -> FloatArray:
-        """Smoothed, level-neutral difference between the target's mean envelope and the warped
-        source mean, on CheapTrick's bins."""
-        target = self._features.envelope
-        warped_src = np.interp(_LOG_GRID - math.log(warp), _LOG_GRID, self._source_env)
-        diff = target - warped_src
-        width = max(1, round(CORRECTION_SMOOTH_OCT * math.log(2) / _GRID_STEP))
-        kernel = np.hanning(2 * width + 1)
-        padded = np.pad(diff, width, mode="edge")
-        diff = np.convolve(padded, kernel / kernel.sum(), mode="valid")
-        weights = np.exp(target - target.max())
-        diff -= float(np.sum(diff * weights) / np.sum(weights))  # keep the loudness
-        diff = np.clip(diff, -CORRECTION_LIMIT, CORRECTION_LIMIT) * (self._correction * evidence)
-        freqs = np.maximum(_BIN_INDEX * (SAMPLE_RATE / FFT_SIZE), ENV_GRID_HZ[0])
-        out: FloatArray = np.interp(np.log(freqs), _LOG_GRID, diff)
-        return out
 
     # -- synthesis -----------------------------------------------------------------------------
 
@@ -507,7 +356,7 @@ class WorldEngine(Engine):
             raise InvalidAudioError("reference holds too little voiced speech to take a voice from")
         lf0_mean, lf0_std = _robust_log_stats(np.log(f0[voiced]))
         sp = pyworld.cheaptrick(x, f0, times, SAMPLE_RATE, f0_floor=F0_FLOOR, fft_size=FFT_SIZE)
-        envelope = _grid_envelope(_log_power(np.asarray(sp, dtype=np.float64)[voiced])).mean(axis=0)
+        envelope = grid_envelope(_log_power(np.asarray(sp, dtype=np.float64)[voiced])).mean(axis=0)
         envelope.flags.writeable = False
         features = WorldVoiceFeatures(lf0_mean, lf0_std, envelope, float(voiced.sum()) * FRAME / SAMPLE_RATE)
         return VoiceProfile(self.name, sample_rate, reference.shape[0] / sample_rate, features)
