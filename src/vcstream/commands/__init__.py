@@ -19,6 +19,6 @@ class Registrar(Protocol):
 
 def registrars() -> list[Registrar]:
     # One import per feature module; add yours here.
-    from vcstream.commands import capacity, db, load, rtp, serve
+    from vcstream.commands import capacity, db, load, quality, rtp, serve
 
-    return [serve.register, db.register, rtp.register, capacity.register, load.register]
+    return [serve.register, db.register, rtp.register, capacity.register, load.register, quality.register]
