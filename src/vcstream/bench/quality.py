@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -179,8 +179,13 @@ def run_quality_bench(plan: QualityPlan, scorers: Scorers | None = None) -> Qual
     offline_options = EngineOptions(
         device=plan.options.device, model_cache=plan.options.model_cache, local_paths=plan.options.local_paths
     )
-    references = {path: decode_file(path, SCORING_RATE, channels=1) for path in plan.references}
-    reference_embeddings = {path: scorers.speaker.embed(a, SCORING_RATE) for path, a in references.items()}
+    # Baselines are scored once; only their similarity to the other clip of each pair changes.
+    reference_scores: dict[Path, ClipScores] = {}
+    reference_embeddings: dict[Path, np.ndarray] = {}
+    for path in plan.references:
+        samples = decode_file(path, SCORING_RATE, channels=1)
+        reference_embeddings[path] = embedding = scorers.speaker.embed(samples, SCORING_RATE)
+        reference_scores[path] = scorers.score(samples, SCORING_RATE, embedding, embedding, None)
     rows: list[PathResult] = []
     expected_texts: dict[str, str] = {}
     for source, text in zip(plan.sources, texts, strict=True):
@@ -188,19 +193,22 @@ def run_quality_bench(plan: QualityPlan, scorers: Scorers | None = None) -> Qual
         source_embedding = scorers.speaker.embed(original, SCORING_RATE)
         expected = text if text is not None else scorers.transcriber.transcribe(original, SCORING_RATE)
         expected_texts[source.name] = expected
-
+        unconverted = scorers.score(original, SCORING_RATE, source_embedding, source_embedding, expected)
         for reference in plan.references:
             pair = (source.name, reference.name)
             to_reference = reference_embeddings[reference]
+            apart = cosine(source_embedding, to_reference)
+            rows.append(
+                PathResult(*pair, UNCONVERTED, "-", replace(unconverted, similarity_to_reference=apart))
+            )
+            own = replace(reference_scores[reference], similarity_to_source=apart)
+            rows.append(PathResult(*pair, REFERENCE, "-", own))
             score: Score = partial(
                 scorers.score,
                 reference_embedding=to_reference,
                 source_embedding=source_embedding,
                 expected_text=expected,
             )
-            rows.append(PathResult(*pair, UNCONVERTED, "-", score(original, SCORING_RATE)))
-            own = scorers.score(references[reference], SCORING_RATE, to_reference, source_embedding, None)
-            rows.append(PathResult(*pair, REFERENCE, "-", own))
             for engine in plan.engines:
                 rows.append(_converted(plan, engine, source, reference, score))
             if plan.offline_baseline:
@@ -244,7 +252,7 @@ def _converted(
 
 def _fmt(value: float | None, spec: str) -> str:
     """``value`` formatted by ``spec`` ("6.1%"), or a dash just as wide when there is none."""
-    return "-".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
+    return "-".rjust(int(spec.partition(".")[0])) if value is None else format(value, spec)
 
 
 def format_table(result: QualityResult) -> str:
