@@ -190,6 +190,9 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
                     break
                 response.close()
             assert (await check("get", "/ws", response))["error"] == "too_many_connections"
+            hijack = {**upgrade, "Sec-WebSocket-Key": key, "Origin": "https://evil.example"}
+            foreign = await check("get", "/ws", await client.get("/ws", headers=hijack))
+            assert foreign["error"] == "origin_not_allowed"
 
             tokens_path, usage_path = "/api/tokens", "/api/usage"
             refused = await check("post", tokens_path, await client.post(tokens_path, json={}))

@@ -19,6 +19,14 @@ class Registrar(Protocol):
 
 def registrars() -> list[Registrar]:
     # One import per feature module; add yours here.
-    from vcstream.commands import capacity, db, load, rtp, serve, tenants
+    from vcstream.commands import capacity, db, load, quality, rtp, serve, tenants
 
-    return [serve.register, db.register, rtp.register, capacity.register, load.register, tenants.register]
+    return [
+        serve.register,
+        db.register,
+        rtp.register,
+        capacity.register,
+        load.register,
+        quality.register,
+        tenants.register,
+    ]
