@@ -27,7 +27,7 @@ from vcstream.service.db.migrate import upgrade
 from vcstream.service.openapi import UndocumentedRouteError, operation, reply
 from vcstream.service.schemas import VoicePath
 from vcstream.service.signalling.registry import CONNECT_BURST
-from vcstream.service.tenancy.plans import BUILT_IN
+from vcstream.service.tenancy.plans import load_plans
 from vcstream.service.tenancy.store import TenantStore
 from vcstream.service.upload_slots import UPLOAD_SLOTS_KEY
 
@@ -202,7 +202,12 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
 
         # the tenant routes of a paid service (auth required)
         key = tenant_key(tmp_path / "paid")
-        paid = settings_for(tmp_path / "paid", auth="required", token_secret="t" * 40)
+        paid = settings_for(
+            tmp_path / "paid",
+            auth="required",
+            token_secret="t" * 40,
+            plans_file=tmp_path / "paid" / "plans.json",
+        )
         async with serving(paid) as client:
             bearer = {"Authorization": f"Bearer {key}"}
             assert (await check("get", usage_path, await client.get(usage_path)))["error"] == "unauthorized"
@@ -220,18 +225,42 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
             assert (await check("get", usage_path, csv_usage)).startswith(b"day,calls,converted_s")
             bad_month = await client.get(f"{usage_path}?month=2026-13", headers=bearer)
             assert (await check("get", usage_path, bad_month))["error"] == "invalid_query"
+
+            # the voice routes of a tenant: a credential, the plan's voices, a token's rights
+            own = await check(
+                "post", voices, await client.post(voices, data=form(speech_wav), headers=bearer)
+            )
+            one_of_them = f"{voices}/{own['id']}"
+            for method, template, url in (
+                ("post", voices, voices),
+                ("get", voices, voices),
+                ("get", one, one_of_them),
+                ("get", audio, f"{one_of_them}/audio"),
+                ("delete", one, one_of_them),
+            ):
+                refused = await check(method, template, await client.request(method, url))
+                assert refused["error"] == "unauthorized", (method, url)
+            second = await client.post(voices, data=form(speech_wav, name="Bob"), headers=bearer)
+            assert (await check("post", voices, second))["error"] == "voice_limit"  # the plan's one voice
+            not_managing = await client.post(voices, data=form(speech_wav, name="Bob"), headers=as_token)
+            assert (await check("post", voices, not_managing))["error"] == "not_allowed"
+            not_deleting = await client.delete(one_of_them, headers=as_token)
+            assert (await check("delete", one, not_deleting))["error"] == "not_allowed"
         return checker
 
     assert asyncio.run(scenario()).unseen() == set()
 
 
 def tenant_key(data_dir: Path) -> str:
-    """A tenant on the free plan in ``data_dir``'s database, and an API key of it."""
+    """A tenant on a free plan of one voice in ``data_dir``'s database (plans in plans.json there),
+    and an API key of it."""
     data_dir.mkdir(parents=True)
+    plans = '{"plans": {"free": {"concurrent_calls": 1, "monthly_minutes": 10, "voices": 1}}}'
+    (data_dir / "plans.json").write_text(plans)
     database = sa.create_engine(f"sqlite:///{data_dir / 'vcstream.db'}")
     try:
         upgrade(database)
-        store = TenantStore(database, BUILT_IN)
+        store = TenantStore(database, load_plans(data_dir / "plans.json"))
         store.create_tenant("Acme")
         return store.create_key("Acme").key
     finally:

@@ -43,6 +43,7 @@ from vcstream.service.schemas import (
     VoiceUploadForm,
     json_reply,
 )
+from vcstream.service.tenant_api import principal_of, voice_limit
 from vcstream.service.upload_form import (
     MAX_UPLOAD_PARTS,
     MULTIPART_OVERHEAD,
@@ -56,6 +57,7 @@ from vcstream.service.voices import (
     InvalidVoiceNameError,
     UnsupportedAudioError,
     UploadTooLargeError,
+    VoiceLimitError,
     VoiceNameTakenError,
     VoiceNotFoundError,
 )
@@ -89,6 +91,7 @@ class ApiError(Exception):
 #: domain exception -> (status, code); the first matching class wins (subclasses before bases)
 DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (VoiceNotFoundError, 404, "voice_not_found"),
+    (VoiceLimitError, 403, "voice_limit"),
     (InvalidVoiceNameError, 400, "invalid_name"),
     (VoiceNameTakenError, 409, "name_taken"),
     (EmptyUploadError, 400, "empty_file"),
@@ -165,7 +168,29 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 _WAV = Media("audio/wav", {"type": "string", "contentMediaType": "audio/wav"})
-_VOICE_NOT_FOUND = error("no voice with this id (error voice_not_found)")
+_VOICE_NOT_FOUND = error("no voice with this id (error voice_not_found), or not one of the caller's")
+#: with --auth required, every voice route needs a credential
+_UNAUTHORIZED = error("unauthorized: no valid API key or access token (only with --auth required)")
+_NOT_ALLOWED = "not_allowed: an access token minted without manage_voices"
+
+
+def _owner(request: web.Request) -> str | None:
+    """The voices' owner for this request: the caller's tenant (None on an open server)."""
+    return principal_of(request).tenant_id
+
+
+def _usable_voice_id(request: web.Request) -> str:
+    """The path's voice id, if the caller's access token may use it (else: not found, as for any
+    voice of another tenant)."""
+    voice_id = _voice_id(request)
+    if not principal_of(request).may_use(voice_id):
+        raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
+    return voice_id
+
+
+def _require_manage(request: web.Request, what: str) -> None:
+    if not principal_of(request).may_manage_voices:
+        raise ApiError(403, "not_allowed", f"this access token may not {what} (minted without manage_voices)")
 
 
 @operation(
@@ -179,6 +204,8 @@ _VOICE_NOT_FOUND = error("no voice with this id (error voice_not_found)")
             "unnamed_part, duplicate_field (two 'file' or 'name' fields) or "
             f"too_many_parts (over {MAX_UPLOAD_PARTS} form fields)"
         ),
+        401: _UNAUTHORIZED,
+        403: error(f"{_NOT_ALLOWED}; voice_limit: the plan's voices are all used"),
         409: error("name_taken: a voice has this name (ignoring case and Unicode normalisation)"),
         413: error("file_too_large: above the server's upload limit (max_upload_bytes of /api/info)"),
         415: error("unsupported_media_type (not audio) or not_multipart"),
@@ -190,6 +217,7 @@ _VOICE_NOT_FOUND = error("no voice with this id (error voice_not_found)")
 async def upload_voice(request: web.Request) -> web.Response:
     library = request.app[VOICES_KEY]
     limit = library.max_upload_bytes
+    _require_manage(request, "add voices")
     if request.content_type != "multipart/form-data":
         raise ApiError(
             415,
@@ -205,18 +233,29 @@ async def upload_voice(request: web.Request) -> web.Response:
                 raise ApiError(
                     400, "missing_file", "the form field 'file' (the reference recording) is missing"
                 )
-            info = await library.add(form.name, form.filename, form.content_type, form.recording)
+            info = await library.add(
+                form.name,
+                form.filename,
+                form.content_type,
+                form.recording,
+                owner=_owner(request),
+                max_voices=voice_limit(request),
+            )
         finally:
             form.close()
     return json_reply(Voice.of(info), 201, headers={hdrs.LOCATION: f"/api/voices/{info.id}"})
 
 
 @operation(
-    "listVoices", "List the voices of the library, oldest first", {200: reply("the voices", VoiceList)}
+    "listVoices",
+    "List the caller's voices, oldest first",
+    {200: reply("the voices", VoiceList), 401: _UNAUTHORIZED},
 )
 async def list_voices(request: web.Request) -> web.Response:
-    voices = await request.app[VOICES_KEY].list()
-    return json_reply(VoiceList(voices=[Voice.of(voice) for voice in voices]))
+    principal = principal_of(request)
+    voices = await request.app[VOICES_KEY].list(principal.tenant_id)
+    usable = [voice for voice in voices if principal.may_use(voice.id)]
+    return json_reply(VoiceList(voices=[Voice.of(voice) for voice in usable]))
 
 
 def _voice_id(request: web.Request) -> str:
@@ -229,6 +268,7 @@ def _voice_id(request: web.Request) -> str:
     {
         200: reply("the voice (or with ?audio=1 its 16-bit WAV recording)", Voice, _WAV),
         400: error("invalid_query: audio is not a boolean"),
+        401: _UNAUTHORIZED,
         404: _VOICE_NOT_FOUND,
     },
     path=VoicePath,
@@ -242,19 +282,19 @@ async def get_voice(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "invalid_query", problems) from exc
     if query.audio:
         return await voice_audio(request)
-    info = await request.app[VOICES_KEY].get(_voice_id(request))
+    info = await request.app[VOICES_KEY].get(_usable_voice_id(request), _owner(request))
     return json_reply(Voice.of(info))
 
 
 @operation(
     "getVoiceAudio",
     "The stored recording (trimmed reference, 16-bit WAV, 48 kHz mono)",
-    {200: reply("the recording", _WAV), 404: _VOICE_NOT_FOUND},
+    {200: reply("the recording", _WAV), 401: _UNAUTHORIZED, 404: _VOICE_NOT_FOUND},
     path=VoicePath,
 )
 async def voice_audio(request: web.Request) -> web.StreamResponse:
-    voice_id = _voice_id(request)
-    wav = await request.app[VOICES_KEY].audio(voice_id)
+    voice_id = _usable_voice_id(request)
+    wav = await request.app[VOICES_KEY].audio(voice_id, _owner(request))
     headers = {hdrs.CONTENT_DISPOSITION: f'inline; filename="{voice_id}.wav"'}
     return web.Response(body=wav, content_type="audio/wav", headers=headers)
 
@@ -262,11 +302,12 @@ async def voice_audio(request: web.Request) -> web.StreamResponse:
 @operation(
     "deleteVoice",
     "Delete a voice and its recording",
-    {204: reply("deleted"), 404: _VOICE_NOT_FOUND},
+    {204: reply("deleted"), 401: _UNAUTHORIZED, 403: error(_NOT_ALLOWED), 404: _VOICE_NOT_FOUND},
     path=VoicePath,
 )
 async def delete_voice(request: web.Request) -> web.Response:
-    await request.app[VOICES_KEY].delete(_voice_id(request))
+    _require_manage(request, "delete voices")
+    await request.app[VOICES_KEY].delete(_usable_voice_id(request), _owner(request))
     return web.Response(status=204)
 
 

@@ -283,6 +283,7 @@ async def _tenancy_context(app: web.Application) -> AsyncIterator[None]:
     store = TenantStore(database, plans)
     app[tenant_api.AUTH_KEY] = Authenticator(settings.auth, settings.token_secret, store, proxies, blocking)
     app[tenant_api.LEDGER_KEY] = UsageLedger(database, plans, settings.replica_name)
+    app[tenant_api.PLANS_KEY] = plans
     log.info("auth %s; plans: %s", settings.auth, ", ".join(sorted(plans.by_name)))
     try:
         yield

@@ -17,9 +17,11 @@ from vcstream.service.openapi import Media, error, operation, reply
 from vcstream.service.schemas import Body, ErrorBody, json_reply
 from vcstream.service.tenancy import tokens
 from vcstream.service.tenancy.metering import UsageLedger, month_bounds
+from vcstream.service.tenancy.plans import Plans
 
 AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator")
 LEDGER_KEY: web.AppKey[UsageLedger] = web.AppKey("ledger")
+PLANS_KEY: web.AppKey[Plans] = web.AppKey("plans")
 #: where a request's principal is kept for its handler
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 #: routes anyone may read, whatever the mode: what the server is, and how to talk to it
@@ -30,6 +32,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def principal_of(request: web.Request) -> Principal:
     return request[PRINCIPAL]
+
+
+def voice_limit(request: web.Request) -> int | None:
+    """The voices the caller's plan allows (None: no limit, or an open server)."""
+    tenant = principal_of(request).tenant
+    return None if tenant is None else request.app[PLANS_KEY].get(tenant.plan).voices
 
 
 @web.middleware

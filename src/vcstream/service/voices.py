@@ -61,6 +61,24 @@ T = TypeVar("T")
 #: rate of the stored recordings: WebRTC's and Opus's rate, above every engine's own
 STORE_RATE = 48000
 _ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class _AnyOwner:
+    """Internal reads after the owner was checked (a profile computed for a call)."""
+
+
+_ANY_OWNER = _AnyOwner()
+#: a tenant's id, None (the open server's library) or, internally, any owner
+Owner = str | None | _AnyOwner
+
+
+def _owned_by(owner: Owner) -> sa.ColumnElement[bool]:
+    if isinstance(owner, _AnyOwner):
+        return sa.true()
+    column = VoiceRecord.tenant_id
+    return column.is_(None) if owner is None else column == owner
+
+
 #: bytes copied at a time from an upload's spool to the file the decoder reads
 _COPY_CHUNK = 1 << 20
 
@@ -79,6 +97,10 @@ __all__ = [
     "VoiceNameTakenError",
     "VoiceNotFoundError",
 ]
+
+
+class VoiceLimitError(VcstreamError):
+    """The owner's plan allows no more voices."""
 
 
 class VoiceNameTakenError(VcstreamError):
@@ -191,50 +213,58 @@ class VoiceLibrary:
 
     # -- queries ----------------------------------------------------------------------------------
 
-    async def list(self) -> builtins.list[VoiceInfo]:
+    # Every voice belongs to an owner: a tenant's id, or None for the library of an --auth open
+    # server. A voice of another owner does not exist for a caller (VoiceNotFoundError, a 404): ids
+    # of other tenants' voices must not be confirmed by a different answer.
+
+    async def list(self, owner: str | None = None) -> builtins.list[VoiceInfo]:
         def query() -> builtins.list[VoiceInfo]:
             with self._sessions() as session:
                 rows = session.scalars(
-                    sa.select(VoiceRecord).order_by(VoiceRecord.created_at, VoiceRecord.id)
+                    sa.select(VoiceRecord)
+                    .where(_owned_by(owner))
+                    .order_by(VoiceRecord.created_at, VoiceRecord.id)
                 )
                 return [VoiceInfo.of(row) for row in rows]
 
         return await self._in(VOICES_DB_POOL, query)
 
-    async def get(self, voice_id: str) -> VoiceInfo:
-        return VoiceInfo.of(await self._current_record(voice_id))
+    async def get(self, voice_id: str, owner: str | None = None) -> VoiceInfo:
+        return VoiceInfo.of(await self._current_record(voice_id, owner))
 
-    async def _current_record(self, voice_id: str) -> VoiceRecord:
+    async def _current_record(self, voice_id: str, owner: str | None) -> VoiceRecord:
         """The voice's row; a voice gone from the database (deleted through any replica) is also
         dropped from this replica's cache."""
         try:
-            return await self._in(VOICES_DB_POOL, self._record, voice_id)
+            return await self._in(VOICES_DB_POOL, self._record, voice_id, owner)
         except VoiceNotFoundError:
-            self._forget(voice_id)
+            self._forget(voice_id)  # harmless if it is only another owner's: refilled on its next use
             raise
 
-    def _record(self, voice_id: str) -> VoiceRecord:
+    def _record(self, voice_id: str, owner: Owner) -> VoiceRecord:
         record = None
         if _ID.match(voice_id):
             with self._sessions() as session:
-                record = session.get(VoiceRecord, voice_id)
+                record = session.scalar(
+                    sa.select(VoiceRecord).where(VoiceRecord.id == voice_id, _owned_by(owner))
+                )
         if record is None:
             raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
         return record
 
-    async def audio(self, voice_id: str) -> bytes:
+    async def audio(self, voice_id: str, owner: str | None = None) -> bytes:
         """The stored 16-bit 48 kHz WAV of a voice."""
-        try:
-            return await self._in(VOICES_DB_POOL, self._wav, voice_id)
-        except VoiceNotFoundError:
-            self._forget(voice_id)
-            raise
+        return await self._in(VOICES_DB_POOL, self._wav, voice_id, owner)
 
-    def _wav(self, voice_id: str) -> bytes:
+    def _wav(self, voice_id: str, owner: Owner) -> bytes:
         wav = None
         if _ID.match(voice_id):
             with self._sessions() as session:
-                wav = session.scalar(sa.select(VoiceAudio.wav).where(VoiceAudio.voice_id == voice_id))
+                wav = session.scalar(
+                    sa.select(VoiceAudio.wav)
+                    .join(VoiceRecord, VoiceRecord.id == VoiceAudio.voice_id)
+                    .where(VoiceAudio.voice_id == voice_id, _owned_by(owner))
+                )
         if wav is None:
             raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
         return wav
@@ -247,13 +277,20 @@ class VoiceLibrary:
     # -- changes ----------------------------------------------------------------------------------
 
     async def add(
-        self, name: str | None, filename: str | None, content_type: str | None, recording: bytes | IO[bytes]
+        self,
+        name: str | None,
+        filename: str | None,
+        content_type: str | None,
+        recording: bytes | IO[bytes],
+        owner: str | None = None,
+        max_voices: int | None = None,
     ) -> VoiceInfo:
         """Validate and store an uploaded reference (``recording``: its bytes, or a readable,
         seekable file of them, read in chunks on a worker thread). Raises InvalidVoiceNameError,
         VoiceNameTakenError, EmptyUploadError, UploadTooLargeError, UnsupportedAudioError (not audio)
         or InvalidAudioError (audio that cannot serve as a voice: silent, too short, NaN...). The
-        returned ``notices`` say what was changed (trimmed to 30 s)."""
+        returned ``notices`` say what was changed (trimmed to 30 s). ``max_voices``: the owner's plan
+        allows at most this many (VoiceLimitError beyond)."""
         clean_name = normalise_name(name)
         shown_name = shown_filename(filename)
         source = io.BytesIO(recording) if isinstance(recording, bytes) else recording
@@ -267,17 +304,17 @@ class VoiceLibrary:
             )
         content = (content_type or "")[:255] or None
         info, profile = await self._in(
-            VOICES_WORK_POOL, self._add_blocking, clean_name, shown_name, content, source
+            VOICES_WORK_POOL, self._add_blocking, clean_name, shown_name, content, source, owner, max_voices
         )
         self._profiles.put((info.id, self.engine.name), profile)
         log.info("voice %s %r added: %.1f s from %s", info.id, info.name, info.duration_s, shown_name)
         return info
 
     @staticmethod
-    def _refuse_taken(session: Session, name: str) -> None:
+    def _refuse_taken(session: Session, name: str, owner: str | None) -> None:
         # compared in Python: NFC and case folding are not portable SQL; a library has few voices
         key = name_key(name)
-        for taken in session.scalars(sa.select(VoiceRecord.name)):
+        for taken in session.scalars(sa.select(VoiceRecord.name).where(_owned_by(owner))):
             if name_key(taken) == key:
                 raise VoiceNameTakenError(
                     f"a voice named {taken!r} exists already (names are compared ignoring case and "
@@ -285,7 +322,13 @@ class VoiceLibrary:
                 )
 
     def _add_blocking(
-        self, name: str, filename: str | None, content_type: str | None, recording: IO[bytes]
+        self,
+        name: str,
+        filename: str | None,
+        content_type: str | None,
+        recording: IO[bytes],
+        owner: str | None,
+        max_voices: int | None,
     ) -> tuple[VoiceInfo, VoiceProfile]:
         reference = self._decode_upload(filename, recording)
         # the engine's verdict too (e.g. no voiced speech) before anything is stored
@@ -301,17 +344,24 @@ class VoiceLibrary:
             sample_rate=reference.sample_rate,
             created_at=datetime.now(UTC),
             notices=list(reference.notices),
+            tenant_id=owner,
         )
-        self._insert(record, wav)
+        self._insert(record, wav, max_voices)
         return VoiceInfo.of(record), profile
 
-    def _insert(self, record: VoiceRecord, wav: bytes) -> None:
+    def _insert(self, record: VoiceRecord, wav: bytes, max_voices: int | None) -> None:
         """The row and its audio in one transaction, or neither, if no voice has the name. Checked
         here, after the recording passed (what is wrong with the file is said first), under a lock
         that orders this process's uploads; two replicas inserting one name in the same instant can
         still both succeed (no unique index: names stored before NFC may already collide)."""
         with self._naming, self._sessions.begin() as session:
-            self._refuse_taken(session, record.name)
+            self._refuse_taken(session, record.name, record.tenant_id)
+            if max_voices is not None:
+                stored = session.scalar(
+                    sa.select(sa.func.count()).select_from(VoiceRecord).where(_owned_by(record.tenant_id))
+                )
+                if (stored or 0) >= max_voices:
+                    raise VoiceLimitError(f"the plan allows {max_voices} voice(s); delete one to add another")
             session.add(record)
             session.flush()  # the row first: the audio's foreign key names it
             session.add(VoiceAudio(voice_id=record.id, wav=wav))
@@ -347,7 +397,7 @@ class VoiceLibrary:
             )
         return InvalidAudioError(message.replace(f"audio file {str(temp)!r}", described))
 
-    async def delete(self, voice_id: str) -> None:
+    async def delete(self, voice_id: str, owner: str | None = None) -> None:
         """Remove a voice: its row and recording (one transaction), then this replica's cached
         features. Other replicas drop theirs when they next try to use it."""
 
@@ -356,6 +406,14 @@ class VoiceLibrary:
                 raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
             with self._sessions.begin() as session:
                 # explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only on request
+                session.execute(sa.delete(VoiceAudio).where(VoiceAudio.voice_id == voice_id))
+                if (
+                    session.scalar(
+                        sa.select(VoiceRecord.id).where(VoiceRecord.id == voice_id, _owned_by(owner))
+                    )
+                    is None
+                ):
+                    raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
                 session.execute(sa.delete(VoiceAudio).where(VoiceAudio.voice_id == voice_id))
                 removed = session.execute(sa.delete(VoiceRecord).where(VoiceRecord.id == voice_id))
                 if removed.rowcount == 0:  # type: ignore[attr-defined]
@@ -373,21 +431,23 @@ class VoiceLibrary:
 
     # -- engine features --------------------------------------------------------------------------
 
-    async def profile(self, voice_id: str, engine: Engine | None = None) -> VoiceProfile:
+    async def profile(
+        self, voice_id: str, engine: Engine | None = None, owner: str | None = None
+    ) -> VoiceProfile:
         """An engine's features for a voice (default: the library's engine; another one is the
         overflow engine of a full server), computed on first use (its recording read from the
         database, the work in a worker thread) and cached per (voice, engine); concurrent calls for
         one voice share one computation. Raises VoiceNotFoundError if the voice is not (or no longer)
         in the database, and then drops it from this replica's cache."""
-        _, profile = await self.voice_for_call(voice_id, engine)
+        _, profile = await self.voice_for_call(voice_id, engine, owner)
         return profile
 
     async def voice_for_call(
-        self, voice_id: str, engine: Engine | None = None
+        self, voice_id: str, engine: Engine | None = None, owner: str | None = None
     ) -> tuple[VoiceInfo, VoiceProfile]:
         """The voice's record and its engine features (see ``profile``), the row read once."""
         # the row is checked on every use: another replica sharing the database may have deleted it
-        info = VoiceInfo.of(await self._current_record(voice_id))
+        info = VoiceInfo.of(await self._current_record(voice_id, owner))
         return info, await self._features(voice_id, engine or self.engine)
 
     async def _features(self, voice_id: str, engine: Engine) -> VoiceProfile:
@@ -404,7 +464,7 @@ class VoiceLibrary:
         return await asyncio.shield(pending)
 
     async def _compute_profile(self, voice_id: str, engine: Engine) -> VoiceProfile:
-        wav = await self._in(VOICES_DB_POOL, self._wav, voice_id)
+        wav = await self._in(VOICES_DB_POOL, self._wav, voice_id, _ANY_OWNER)  # checked by the caller
         return await self._in(VOICES_WORK_POOL, self._profile_of, wav, engine)
 
     @staticmethod

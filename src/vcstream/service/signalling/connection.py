@@ -324,7 +324,8 @@ class Connection:
             self._reserved = slot
             self._reserve_timer = asyncio.get_running_loop().call_later(RESERVE_S, self._unreserve)
         settings, engine = app[SETTINGS_KEY], slot.engine
-        voices = await app[VOICES_KEY].list()
+        principal = self.principal
+        voices = [v for v in await app[VOICES_KEY].list(principal.tenant_id) if principal.may_use(v.id)]
         self.slot, self.settings = slot, slot.defaults
         self.state = "ready"
         self.send(
@@ -373,8 +374,10 @@ class Connection:
             raise SignallingError("voice_required", 'choose a voice ("voice": a voice id from the library)')
         library = self.app[VOICES_KEY]
         try:
+            if not self.principal.may_use(voice_id):  # as if it did not exist: ids do not leak
+                raise VoiceNotFoundError(f"no voice with id {voice_id!r}")
             engine = self.slot.engine if self.slot is not None else None
-            info, profile = await library.voice_for_call(voice_id, engine)
+            info, profile = await library.voice_for_call(voice_id, engine, self.principal.tenant_id)
             return info.name, profile
         except VoiceNotFoundError as exc:
             raise SignallingError("voice_not_found", str(exc)) from exc
@@ -649,7 +652,7 @@ class Connection:
 
     async def _fetch_reference(self, voice_id: str) -> None:
         try:
-            wav = await self.app[VOICES_KEY].audio(voice_id)
+            wav = await self.app[VOICES_KEY].audio(voice_id, self.principal.tenant_id)
         except VcstreamError as exc:  # deleted meanwhile: no estimate against it
             log.info("connection %s: no reference for live quality: %s", self.id, exc)
             return
