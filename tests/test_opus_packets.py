@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 
 from conftest import Speech
-from opus_encoding import opus_packets
+from opus_encoding import LiveEncoder, opus_packets
 from vcstream.media.opus_packets import carries_fec, opus_mode
 
 
@@ -66,3 +66,18 @@ def test_headers_of_hand_made_packets() -> None:
     # frame-count code 3: the first frame is not at byte 1
     assert not carries_fec(bytes([(9 << 3) | 3, 0xFF, 0xFF]))
     assert opus_mode(b"") == "empty" and not carries_fec(b"")
+
+
+def test_loss_protection_takes_effect_on_a_playing_encoder(flite_speech: Speech) -> None:
+    """``packet-loss-percentage`` and ``bitrate`` (what LossProtection changes during a call) apply to
+    an ``opusenc`` that is PLAYING, from its next frames."""
+    speech = _speech_48k(flite_speech)
+    with LiveEncoder(48000, bitrate=48000, audio_type="voice", inband_fec=True) as encoder:
+        unprotected = encoder.encode(speech)
+        encoder.set("packet-loss-percentage", 20)
+        encoder.set("bitrate", 57600)
+        protected = encoder.encode(speech)
+    assert not any(map(carries_fec, unprotected))
+    assert sum(map(carries_fec, protected)) > 0.7 * len(protected)
+    # the higher bitrate pays for the LBRR copies
+    assert sum(map(len, protected)) > 1.1 * sum(map(len, unprotected))
