@@ -13,7 +13,7 @@ from vcstream.media.loss_protection import (
 
 
 def test_the_first_packets_are_already_protected() -> None:
-    assert LossProtection(48000, inband_fec=True).current() == Protection(True, FEC_FLOOR_PCT, 52800)
+    assert LossProtection(48000, inband_fec=True).current() == Protection(True, FEC_FLOOR_PCT, 49200)
 
 
 def test_reported_loss_raises_protection_at_once_and_it_decays_slowly() -> None:
@@ -26,11 +26,11 @@ def test_reported_loss_raises_protection_at_once_and_it_decays_slowly() -> None:
 
 
 def test_loss_is_capped_and_the_bitrate_follows_it_up_to_its_cap() -> None:
-    policy = LossProtection(48000, inband_fec=True, max_bitrate=60000)
+    policy = LossProtection(48000, inband_fec=True, max_bitrate=50000)
     worst = policy.report(0.9)
     assert worst.packet_loss_pct == FEC_CEILING_PCT
-    assert worst.bitrate == 60000
-    assert LossProtection(48000, inband_fec=True).report(0.25).bitrate == 60000  # 48k x 1.25
+    assert worst.bitrate == 50000
+    assert LossProtection(48000, inband_fec=True).report(0.2).bitrate == 50400  # 48k x (1 + 0.2/4)
 
 
 def test_a_fraction_is_rounded_up_so_small_losses_count() -> None:

@@ -4,6 +4,7 @@ browsers do), and the loss figures of the ``stats`` message."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,8 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
                 answer = call.of_type("answer")[0]["sdp"]
                 stats = call.of_type("stats")[-1]
                 assert not call.of_type("error"), call.of_type("error")
+                async with server.http.get(f"{server.base}/metrics") as response:
+                    metrics = await response.text()
         print(f"\nFEC offered={offer_fec}: {with_fec}/{packets} packets back with LBRR; stats {stats}")
         # either way the server's decoder uses FEC, and says so: a browser then sends it (RFC 7587)
         assert "a=fmtp:96 useinbandfec=1" in answer, answer
@@ -55,6 +58,13 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
         assert stats["remote_jitter_ms"] is not None
         assert stats["received_loss_pct"] is not None and stats["concealed_pct"] is not None
         assert packets > 100
+        for series in (
+            'vcstream_call_packet_loss_ratio_count{direction="received"}',
+            'vcstream_call_packet_loss_ratio_count{direction="sent"}',
+            "vcstream_call_concealed_ratio_count",
+        ):
+            observed = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)
+            assert observed and float(observed.group(1)) > 0, series
         if offer_fec:
             assert stats["fec_expected_loss_pct"] == 10  # the floor: loopback loses nothing
             assert with_fec > 0.5 * packets  # every packet with speech carries LBRR

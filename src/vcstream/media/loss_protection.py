@@ -9,9 +9,15 @@ is steered by two encoder settings: ``packet-loss-percentage`` (how strongly LBR
 * it rises at once to the loss the receiver reports (fraction lost of its last report interval),
   and decays slowly (a few points per report), so a bursty link stays protected between bursts;
 * it stops at a ceiling (30%): libopus no longer strengthens LBRR past 25%;
-* the bitrate grows with it (base x (1 + loss)), up to a cap, so LBRR does not eat the bits of the
-  primary frames. With FEC on and loss expected, libopus keeps voice in SILK/hybrid mode, which is
-  where LBRR lives, at any of these bitrates.
+* the bitrate grows with it by a quarter of the expected loss (base x (1 + loss/4)), up to a cap,
+  so the LBRR copies do not take the primary frames' bits. LBRR is cheap (measured at a 48 kb/s
+  target: 48.4 kb/s with LBRR in 87% of packets against 47.5 kb/s without), and a link that loses
+  packets is often a congested one: more than that would add load where it hurts. Measured offline
+  against a fixed ``packet-loss-percentage`` of 10 at 48 kb/s, the adaptive setting changes the
+  damage of 5-30% random loss by -0.1 to +0.2 dB SNR (noise); FEC itself is worth +8 to +13 dB
+  there. The adaptation's worth is the margin: a floor for the first losses, more for heavy ones.
+  With FEC on and loss expected, libopus keeps voice in SILK/hybrid mode, where LBRR lives, even
+  at bitrates where it would otherwise code CELT only (measured: 80 kb/s).
 
 Without FEC (the remote decoder did not ask for it) nothing changes: loss 0, the base bitrate.
 """
@@ -66,7 +72,7 @@ class LossProtection:
     def _settings(self, expected_pct: int) -> Protection:
         if not self.inband_fec:
             return Protection(False, 0, self.base_bitrate)
-        bitrate = min(self.max_bitrate, self.base_bitrate * (100 + expected_pct) // 100)
+        bitrate = min(self.max_bitrate, self.base_bitrate * (400 + expected_pct) // 400)
         return Protection(True, expected_pct, bitrate)
 
     def current(self) -> Protection:
