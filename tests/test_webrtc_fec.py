@@ -4,14 +4,17 @@ browsers do), and the loss figures of the ``stats`` message."""
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import Speech
 from vcstream.engines.passthrough import PassthroughEngine
-from vcstream.media.webrtc import OPUS_RATE, PeerConfig
+from vcstream.media.gst import Gst
+from vcstream.media.webrtc import OPUS_RATE, PeerConfig, WebRtcPeer
 from waiting import wait_until_async
 from webrtc_harness import client, reference_wav, serving, speech_48k
 
@@ -70,5 +73,57 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
             assert with_fec > 0.5 * packets  # every packet with speech carries LBRR
         else:
             assert with_fec == 0
+
+    asyncio.run(main())
+
+
+def _drop_received_rtp(peer: WebRtcPeer, fraction: float) -> None:
+    """Lose ``fraction`` of the RTP packets reaching the peer's RTP session, at random: what a lossy
+    link does to them (RTCP, on its own pad, still passes). Reaches into webrtcbin's rtpbin: a test
+    device only, for loss without a network namespace."""
+    rng = random.Random(7)
+    rtpbin = next(e for e in _elements(peer._pipeline) if e.get_factory().get_name() == "rtpbin")
+    pad = rtpbin.get_static_pad("recv_rtp_sink_0")
+    assert pad is not None
+
+    def maybe_drop(_pad: Any, _info: Any) -> Any:
+        return Gst.PadProbeReturn.DROP if rng.random() < fraction else Gst.PadProbeReturn.OK
+
+    pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, maybe_drop)
+
+
+def _elements(pipeline: Any) -> list[Any]:
+    found, iterator = [], pipeline.iterate_recurse()
+    while True:
+        result, element = iterator.next()
+        if result != Gst.IteratorResult.OK:
+            return found
+        if element.get_factory() is not None:
+            found.append(element)
+
+
+def test_the_server_protects_more_when_the_caller_reports_loss(tmp_path: Path, flite_speech: Speech) -> None:
+    speech = speech_48k(flite_speech, "slt")
+
+    async def main() -> None:
+        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
+            voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
+            async with client(server) as call:
+                await call.hello()
+                await call.start(voice, settings={"block_time": 0.1})
+                await call.talk_until_converted(speech)
+                assert call.peer is not None
+                _drop_received_rtp(call.peer, 0.2)
+
+                def protected() -> bool:
+                    stats = call.of_type("stats")
+                    return bool(stats) and (stats[-1]["fec_expected_loss_pct"] or 0) > 10
+
+                await call.talk(speech, protected, timeout_s=20)
+                stats = call.of_type("stats")[-1]
+        print(f"\n20% of the server's packets lost on the way: stats {stats}")
+        assert stats["fec"] is True
+        assert stats["sent_loss_pct"] is not None and stats["sent_loss_pct"] > 5, stats
+        assert stats["fec_expected_loss_pct"] > 10, stats
 
     asyncio.run(main())
