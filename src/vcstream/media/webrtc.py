@@ -34,6 +34,10 @@ look for leaks.
 
 DTLS: webrtcbin's DTLS elements generate one certificate per process on first use (about 150 ms) and
 share it; ``prepare()`` does that ahead of the first call instead of during it.
+
+Loss: the peer offers ``useinbandfec=1`` and NACK/RTX; answering, it sends Opus in-band FEC when the
+offer asks for it (``vcstream.media.opus_sdp``) and follows the offer's NACK. How strongly FEC is coded
+follows the loss the remote end reports, read at each ``stats()`` (``vcstream.media.loss_protection``).
 """
 
 from __future__ import annotations
