@@ -25,6 +25,7 @@ from vcstream.service.app import create_app, drain
 from vcstream.service.openapi import UndocumentedRouteError, operation, reply
 from vcstream.service.schemas import VoicePath
 from vcstream.service.signalling.registry import CONNECT_BURST
+from vcstream.service.upload_slots import UPLOAD_SLOTS_KEY
 
 Client = TestClient[web.Request, web.Application]
 #: documented answers this test cannot provoke, and why
@@ -124,7 +125,7 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
     unknown = "0" * 32
 
     async def scenario() -> ResponseChecker:
-        async with serving(settings_for(tmp_path / "var")) as client:
+        async with serving(settings_for(tmp_path / "var", max_uploads=1)) as client:
             checker = ResponseChecker(await fetch_document(client))
             check = checker.check
 
@@ -145,6 +146,11 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
                 assert (await check("post", voices, await client.post(voices, data=data)))["error"] == code
             not_multipart = await check("post", voices, await client.post(voices, json={"name": "A"}))
             assert not_multipart["error"] == "not_multipart"
+            taken = await check("post", voices, await client.post(voices, data=form(speech_wav)))
+            assert taken["error"] == "name_taken"
+            async with client.app[UPLOAD_SLOTS_KEY].claim():  # the only slot held: the next waits, then 503
+                busy = await check("post", voices, await client.post(voices, data=form(speech_wav, "B")))
+                assert busy["error"] == "too_many_uploads"
             assert await check("get", voices, await client.get(voices)) == {"voices": [voice]}
 
             one, audio = "/api/voices/{voice_id}", "/api/voices/{voice_id}/audio"

@@ -315,6 +315,7 @@ def test_settings_from_the_environment() -> None:
         "VCSTREAM_LOG_LEVEL": "debug",
         "VCSTREAM_DATABASE_URL": "",  # empty counts as unset
         "VCSTREAM_VOICE_CACHE_SIZE": "8",
+        "VCSTREAM_LIVE_QUALITY": "0",
     }
     settings = ServiceSettings.from_env(env)
     assert (settings.host, settings.port, settings.engine) == ("127.0.0.1", 9001, "world")
@@ -325,6 +326,7 @@ def test_settings_from_the_environment() -> None:
     assert settings.effective_database_url == "sqlite:////srv/vc/vcstream.db"
     assert settings.effective_voices_dir == Path("/srv/vc/voices")
     assert settings.voice_cache_size == 8
+    assert settings.live_quality is False
     assert "s3cret" not in repr(settings)
 
     defaults = ServiceSettings.from_env({})
@@ -337,6 +339,7 @@ def test_settings_from_the_environment() -> None:
     assert defaults.stun_urls == () and defaults.turn_secret is None and defaults.turn_ttl_s == 86400
     assert defaults.max_upload_bytes == 10 << 20 and defaults.data_dir == Path("var")
     assert defaults.voice_cache_size == 64
+    assert defaults.live_quality is True
 
 
 @pytest.mark.parametrize(
@@ -350,6 +353,7 @@ def test_settings_from_the_environment() -> None:
         ({"VCSTREAM_STUN_URLS": "http://x"}, "must start with stun:"),
         ({"VCSTREAM_TLS_CERT": "/c.pem"}, "tls_cert and tls_key go together"),
         ({"VCSTREAM_VOICE_CACHE_SIZE": "0"}, "voice_cache_size must be at least 1, got 0"),
+        ({"VCSTREAM_LIVE_QUALITY": "maybe"}, "VCSTREAM_LIVE_QUALITY='maybe' is invalid"),
     ],
 )
 def test_bad_settings_name_the_problem(env: dict[str, str], message: str) -> None:

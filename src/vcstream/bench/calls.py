@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import mimetypes
 import os
 import socket
 import subprocess
@@ -111,15 +112,22 @@ def _wav_bytes(samples: np.ndarray[Any, Any], rate: int) -> bytes:
 
 
 def upload_voice(base: str) -> str:
+    """A voice made from flite's ``rms`` speaker; returns its id."""
+    return upload_reference(base, _wav_bytes(flite_speech("rms", 16000), 16000), "ref.wav")
+
+
+def upload_reference(base: str, data: bytes, filename: str, name: str = "bench") -> str:
+    """Upload ``data`` (an audio file) to ``POST /api/voices`` as a user would; returns the voice id."""
     boundary = "vcstream-bench"
-    wav = _wav_bytes(flite_speech("rms", 16000), 16000)
+    # what a browser would send: the .wav type the API documents, else the type the name suggests
+    kind = "audio/wav" if filename.lower().endswith(".wav") else mimetypes.guess_type(filename)[0]
     body = (
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbench\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ref.wav"\r\n'
-            "Content-Type: audio/wav\r\n\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\n{name}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: {kind or 'application/octet-stream'}\r\n\r\n"
         ).encode()
-        + wav
+        + data
         + f"\r\n--{boundary}--\r\n".encode()
     )
     status, reply = _http(
@@ -130,6 +138,12 @@ def upload_voice(base: str) -> str:
     return str(json.loads(reply)["id"])
 
 
+def serve_command(engine: str, host: str, port: int, data_dir: Path, max_sessions: int) -> list[str]:
+    """``vcstream serve`` with ``engine`` on ``host:port``, keeping its data in ``data_dir``."""
+    command = [sys.executable, "-m", "vcstream.cli", "serve", "--engine", engine, "--host", host]
+    return [*command, "--port", str(port), "--data-dir", str(data_dir), "--max-sessions", str(max_sessions)]
+
+
 @contextmanager
 def _server(
     engine: str, calls: int, src: Path | None, data_dir: Path
@@ -138,8 +152,7 @@ def _server(
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
-    command = [sys.executable, "-m", "vcstream.cli", "serve", "--engine", engine, "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--data-dir", str(data_dir), "--max-sessions", str(max(1, calls))]
+    command = serve_command(engine, "127.0.0.1", port, data_dir, max(1, calls))
     log_path = data_dir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -5,23 +5,22 @@ operation (``@operation``); the document at /api/openapi.json is generated from 
 
 Every error is JSON ``{"error": code, "message": text}`` (``json_errors`` middleware): domain
 exceptions are mapped to statuses here, at the edge, and nothing reaches a client as an HTML page.
-Uploads are streamed with a size cap and refused with 413 as soon as the cap is passed.
+Uploads are streamed to a spooled temporary file with a size cap (``upload_form``) and refused with
+413 as soon as the cap is passed; at most ``max_uploads`` run at once (``upload_slots``, else 503). A
+client that goes away mid-request is logged in one line, not as the server's failure.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import BodyPartReader, hdrs, web
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp import hdrs, web
 from pydantic import ValidationError
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S
 from vcstream.errors import InvalidAudioError, VcstreamError
-from vcstream.service.db.models import MAX_NAME_CHARS
 from vcstream.service.health import STATE_KEY
 from vcstream.service.keys import (
     ADMISSION_KEY,
@@ -44,24 +43,37 @@ from vcstream.service.schemas import (
     VoiceUploadForm,
     json_reply,
 )
+from vcstream.service.upload_form import (
+    MAX_UPLOAD_PARTS,
+    MULTIPART_OVERHEAD,
+    UploadFormError,
+    read_upload_form,
+    too_large,
+)
+from vcstream.service.upload_slots import RETRY_AFTER_S, UPLOAD_SLOTS_KEY, UploadsBusyError, UploadSlots
 from vcstream.service.voices import (
     EmptyUploadError,
     InvalidVoiceNameError,
     UnsupportedAudioError,
     UploadTooLargeError,
+    VoiceNameTakenError,
     VoiceNotFoundError,
 )
 
 log = logging.getLogger(__name__)
 
-#: room for multipart boundaries, part headers and the name field on top of the file itself
-MULTIPART_OVERHEAD = 64 * 1024
-_CHUNK = 64 * 1024
-_NAME_FIELD_LIMIT = 4 * MAX_NAME_CHARS + 64  # UTF-8 takes at most 4 bytes a character
-#: parts a voice upload may have: 'name' and 'file', and room for a few fields a form adds. Parsing a
-#: part costs the event loop ~0.3 ms of Python (headers, Content-Disposition) whatever its size: a
-#: body of 10,000 one-byte parts kept the loop busy for seconds, so the count is refused early
-MAX_UPLOAD_PARTS = 8
+__all__ = [
+    "DOMAIN_ERRORS",
+    "MAX_UPLOAD_PARTS",
+    "MULTIPART_OVERHEAD",
+    "ApiError",
+    "error_response",
+    "json_errors",
+    "setup",
+]
+#: the status of an answer to a client that went away (nginx's "client closed request"): nobody
+#: receives it; the access log shows the request ended by the client, not failed by the server
+CLIENT_GONE = 499
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,6 +90,7 @@ class ApiError(Exception):
 DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (VoiceNotFoundError, 404, "voice_not_found"),
     (InvalidVoiceNameError, 400, "invalid_name"),
+    (VoiceNameTakenError, 409, "name_taken"),
     (EmptyUploadError, 400, "empty_file"),
     (UploadTooLargeError, 413, "file_too_large"),
     (UnsupportedAudioError, 415, "unsupported_media_type"),
@@ -95,6 +108,12 @@ def _is_websocket(request: web.Request) -> bool:
     return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
 
 
+def _client_gone(request: web.Request) -> bool:
+    """Whether the request's connection is closed (the client left; its reads failed for that)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into a JSON answer; WebSocket handlers keep their own error handling (a
@@ -105,6 +124,23 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except UploadFormError as exc:
+        response = error_response(400, exc.code, str(exc))
+        if exc.body_broken:
+            # aiohttp would read the rest of the body to keep the connection, fail on it again and log
+            # that as its own error: the body is over as far as this server cares, and so is the
+            # connection (the next bytes cannot be trusted to start a request)
+            request.content.feed_eof()
+            response.force_close()
+        return response
+    except UploadsBusyError as exc:
+        return error_response(503, "too_many_uploads", str(exc), {hdrs.RETRY_AFTER: str(RETRY_AFTER_S)})
+    except ConnectionResetError as exc:
+        if not _client_gone(request):
+            raise
+        log.info("%s %s: the client went away before its request was read (%s)", request.method,
+                 request.path, exc)  # fmt: skip
+        return web.Response(status=CLIENT_GONE)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -128,65 +164,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 # -- voices -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Upload:
-    name: str | None = None
-    data: bytes | None = None
-    filename: str | None = None
-    content_type: str | None = None
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413, "file_too_large", f"the upload exceeds the limit of {limit} bytes ({limit / 2**20:.1f} MiB)"
-    )
-
-
-async def _read_capped(part: BodyPartReader, limit: int, too_large: ApiError) -> bytes:
-    """A part's bytes, raising ``too_large`` as soon as more than ``limit`` arrive."""
-    data = bytearray()
-    while chunk := await part.read_chunk(_CHUNK):
-        if len(data) + len(chunk) > limit:
-            raise too_large
-        data += chunk
-    return bytes(data)
-
-
-async def _read_upload(request: web.Request, limit: int) -> _Upload:
-    upload = _Upload()
-    parts = 0
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            parts += 1
-            if parts > MAX_UPLOAD_PARTS:
-                raise ApiError(
-                    400,
-                    "too_many_parts",
-                    f"a voice upload has at most {MAX_UPLOAD_PARTS} form fields ('name' and 'file' needed)",
-                )
-            if not isinstance(part, BodyPartReader):
-                raise ApiError(400, "bad_multipart", "nested multipart bodies are not supported")
-            if part.name == "file":
-                upload.data = await _read_capped(part, limit, _too_large(limit))
-                upload.filename = part.filename
-                upload.content_type = part.headers.get(hdrs.CONTENT_TYPE)
-            elif part.name == "name":
-                too_long = ApiError(
-                    400, "invalid_name", f"the voice name is longer than {MAX_NAME_CHARS} characters"
-                )
-                raw = await _read_capped(part, _NAME_FIELD_LIMIT, too_long)
-                try:
-                    upload.name = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ApiError(400, "invalid_name", "the voice name is not valid UTF-8") from exc
-            else:  # unknown fields are read and ignored, within the same overall bound
-                await _read_capped(part, MULTIPART_OVERHEAD, _too_large(limit))
-    except (ValueError, BadHttpMessage) as exc:  # malformed multipart (boundary, headers, too many headers)
-        raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {exc}") from exc
-    return upload
-
-
 _WAV = Media("audio/wav", {"type": "string", "contentMediaType": "audio/wav"})
 _VOICE_NOT_FOUND = error("no voice with this id (error voice_not_found)")
 
@@ -197,12 +174,16 @@ _VOICE_NOT_FOUND = error("no voice with this id (error voice_not_found)")
     {
         201: reply("stored (Location: its URL); notices say what was changed (trimmed to 30 s)", Voice),
         400: error(
-            "missing_file, invalid_name, empty_file, bad_multipart or "
+            "missing_file, invalid_name (empty, invisible, control or bidi characters, U+FFFF...), "
+            "empty_file, bad_multipart, bad_body (e.g. a Content-Encoding the body is not in), "
+            "unnamed_part, duplicate_field (two 'file' or 'name' fields) or "
             f"too_many_parts (over {MAX_UPLOAD_PARTS} form fields)"
         ),
+        409: error("name_taken: a voice has this name (ignoring case and Unicode normalisation)"),
         413: error("file_too_large: above the server's upload limit (max_upload_bytes of /api/info)"),
         415: error("unsupported_media_type (not audio) or not_multipart"),
         422: error("invalid_audio: silent, under 1 s of sound, NaN/Inf samples, no audio"),
+        503: error("too_many_uploads: the server's uploads in flight are all taken (see Retry-After)"),
     },
     body=("multipart/form-data", VoiceUploadForm),
 )
@@ -216,11 +197,17 @@ async def upload_voice(request: web.Request) -> web.Response:
             "send the reference as multipart/form-data with the fields 'file' (audio) and 'name'",
         )
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
-        raise _too_large(limit)  # refused before reading a byte of it
-    upload = await _read_upload(request, limit)
-    if upload.data is None:
-        raise ApiError(400, "missing_file", "the form field 'file' (the reference recording) is missing")
-    info = await library.add(upload.name, upload.filename, upload.content_type, upload.data)
+        raise too_large(limit)  # refused before reading a byte of it
+    async with request.app[UPLOAD_SLOTS_KEY].claim():  # before reading: a refused body is never read
+        form = await read_upload_form(request, limit)
+        try:
+            if form.recording is None:
+                raise ApiError(
+                    400, "missing_file", "the form field 'file' (the reference recording) is missing"
+                )
+            info = await library.add(form.name, form.filename, form.content_type, form.recording)
+        finally:
+            form.close()
     return json_reply(Voice.of(info), 201, headers={hdrs.LOCATION: f"/api/voices/{info.id}"})
 
 
@@ -351,6 +338,7 @@ async def _build_openapi(app: web.Application) -> None:
 
 
 def setup(app: web.Application) -> None:
+    app[UPLOAD_SLOTS_KEY] = UploadSlots(app[SETTINGS_KEY].max_uploads)
     router = app.router
     router.add_post("/api/voices", upload_voice)
     router.add_get("/api/voices", list_voices)

@@ -8,7 +8,9 @@ Start-up (``cleanup_ctx``, in this order, before the server accepts connections)
    stored under ``ENGINE_KEY``; warm-up (one voice and two blocks through a session) continues in the
    background after start-up, and /readyz answers 503 until it is done;
 3. the voice library opens its database (``VOICES_KEY``);
-4. whatever ``vcstream.service.signalling.setup`` registered (it sees the keys above).
+4. unless ``live_quality`` is off, the calls' quality estimator (``LIVE_QUALITY_KEY``): its thread
+   starts, and CAM++ loads, with the first call;
+5. whatever ``vcstream.service.signalling.setup`` registered (it sees the keys above).
 
 Shutdown: ``drain`` marks the server draining (/readyz 503; ``health.session_refusal`` refuses new
 sessions), tells every running call's client to move (``draining``: make-before-break) and waits
@@ -33,6 +35,7 @@ from aiohttp import hdrs, web
 
 from vcstream.engines.base import Engine
 from vcstream.media.mainloop import Runtime
+from vcstream.quality.live import LiveQualityWorker
 from vcstream.service import api, health
 from vcstream.service.admission import Admission, EngineSlot
 from vcstream.service.call_choices import CallChoices
@@ -53,6 +56,7 @@ from vcstream.service.keys import (
     DEFAULTS_KEY,
     ENGINE_KEY,
     ENGINE_POOL,
+    LIVE_QUALITY_KEY,
     MEDIA_POOL,
     METRICS_KEY,
     RUNTIME_KEY,
@@ -93,6 +97,8 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
     app.cleanup_ctx.append(_runtime_context)
     app.cleanup_ctx.append(_engine_context(engine))
     app.cleanup_ctx.append(_voices_context)
+    if settings.live_quality:
+        app.cleanup_ctx.append(_live_quality_context)
     app.on_shutdown.append(_mark_draining)
 
     api.setup(app)
@@ -241,6 +247,16 @@ async def _voices_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await library.close()
+
+
+async def _live_quality_context(app: web.Application) -> AsyncIterator[None]:
+    """The calls' quality estimator: its thread starts, and CAM++ loads, with the first call."""
+    worker = LiveQualityWorker()
+    app[LIVE_QUALITY_KEY] = worker
+    try:
+        yield
+    finally:
+        await app[RUNTIME_KEY].run_blocking(MEDIA_POOL, worker.close)
 
 
 async def _mark_draining(app: web.Application) -> None:

@@ -46,6 +46,16 @@ def optional_float(value: str) -> float | None:
     return float(value) if value else None
 
 
+def switch(value: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not on or off (1/0, true/false, yes/no, on/off)")
+
+
 def port_range(value: str) -> tuple[int, int]:
     """``"40000-40099"`` -> ``(40000, 40099)``."""
     return parse_port_range(value)
@@ -118,6 +128,8 @@ class ServiceSettings:
       into the database. ``voice_cache_size`` (VCSTREAM_VOICE_CACHE_SIZE, 64): voices whose engine
       features each replica keeps in memory (least recently used dropped first).
       ``max_upload_bytes`` (VCSTREAM_MAX_UPLOAD_BYTES, 10M; accepts k/M/G suffixes).
+      ``max_uploads`` (VCSTREAM_MAX_UPLOADS, 4): voice uploads one process reads and decodes at once;
+      one more waits up to 2 s for a place, then is answered 503 with Retry-After.
     WebRTC:
       ``webrtc_latency_ms`` (VCSTREAM_WEBRTC_LATENCY_MS, 40): webrtcbin's jitter buffer latency.
       ``stun_urls`` (VCSTREAM_STUN_URLS, comma-separated ``stun:host:port``; default none: on a LAN or
@@ -139,6 +151,10 @@ class ServiceSettings:
       container publishes a known range. ``announced_address`` (VCSTREAM_ANNOUNCED_ADDRESS, an IP;
       unset = none): the public address that forwards to this server; its host candidates carry
       it instead of the address they were gathered on (behind NAT, in a container or a pod).
+    Quality:
+      ``live_quality`` (VCSTREAM_LIVE_QUALITY, on; ``0`` turns it off): estimate each call's speaker
+      similarity to its voice on a low-priority thread (``vcstream.quality.live``): the ``stats``
+      message's ``voice_similarity``/``own_voice_similarity`` and ``vcstream_call_voice_similarity``.
     Process:
       ``shutdown_grace_s`` (VCSTREAM_SHUTDOWN_GRACE_S, 30): on SIGTERM the server reports not ready
       and refuses new sessions, then waits this long for running sessions to end before closing them.
@@ -235,6 +251,10 @@ class ServiceSettings:
         default=10 << 20,
         metadata=_meta("VCSTREAM_MAX_UPLOAD_BYTES", byte_size, "largest reference upload (e.g. 10M)"),
     )
+    max_uploads: int = field(
+        default=4,
+        metadata=_meta("VCSTREAM_MAX_UPLOADS", int, "voice uploads handled at once (beyond: 503)"),
+    )
     webrtc_latency_ms: int = field(
         default=40, metadata=_meta("VCSTREAM_WEBRTC_LATENCY_MS", int, "webrtcbin jitter latency")
     )
@@ -284,6 +304,12 @@ class ServiceSettings:
             "VCSTREAM_ANNOUNCED_ADDRESS", ip_address, "public IP host candidates are rewritten to (NAT)"
         ),
     )
+    live_quality: bool = field(
+        default=True,
+        metadata=_meta(
+            "VCSTREAM_LIVE_QUALITY", switch, "estimate each call's speaker similarity to its voice (1/0)"
+        ),
+    )
     shutdown_grace_s: float = field(
         default=30.0,
         metadata=_meta("VCSTREAM_SHUTDOWN_GRACE_S", float, "seconds to let sessions finish after SIGTERM"),
@@ -319,6 +345,8 @@ class ServiceSettings:
             found.append(f"voice_cache_size must be at least 1, got {self.voice_cache_size}")
         if self.max_upload_bytes < 1024:
             found.append(f"max_upload_bytes {self.max_upload_bytes} is below 1 KiB")
+        if self.max_uploads < 1:
+            found.append(f"max_uploads must be at least 1, got {self.max_uploads}")
         if self.webrtc_latency_ms < 0:
             found.append("webrtc_latency_ms cannot be negative")
         if self.shutdown_grace_s < 0:

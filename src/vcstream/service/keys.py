@@ -11,6 +11,7 @@ from vcstream.engines.settings import SessionSettings
 
 if TYPE_CHECKING:
     from vcstream.media.mainloop import Runtime
+    from vcstream.quality.live import LiveQualityWorker
     from vcstream.service.admission import Admission
     from vcstream.service.config import ServiceSettings
     from vcstream.service.metrics import ServiceMetrics
@@ -28,6 +29,8 @@ DEFAULTS_KEY: web.AppKey[SessionSettings] = web.AppKey("session_defaults", Sessi
 VOICES_KEY: web.AppKey[VoiceLibrary] = web.AppKey("voices")
 METRICS_KEY: web.AppKey[ServiceMetrics] = web.AppKey("metrics")
 SESSIONS_KEY: web.AppKey[SessionRegistry] = web.AppKey("sessions")
+#: the live quality estimator of every call (absent when ``live_quality`` is off)
+LIVE_QUALITY_KEY: web.AppKey[LiveQualityWorker] = web.AppKey("live_quality")
 
 # the runtime's thread pools, by name
 #: blocking GStreamer calls of WebRTC sessions (state changes, teardown, statistics)

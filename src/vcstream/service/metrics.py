@@ -30,6 +30,9 @@ INFERENCE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 #: share of packets lost or of audio concealed over a stats interval (0..1)
 LOSS_BUCKETS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+#: CAM++ speaker similarity of a call's converted speech to its voice (cosine clipped to 0..1): the
+#: same speaker typically scores 0.8-0.95, different speakers 0.4-0.55
+SIMILARITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: failure reasons are label values: keep them a short fixed vocabulary (bounded cardinality)
 _REASON = re.compile(r"[^a-z0-9_]+")
 
@@ -82,6 +85,13 @@ class ServiceMetrics:
             "Share of a call's received audio the server's decoder made up for lost packets per stats "
             "interval (Opus FEC or concealment)",
             buckets=LOSS_BUCKETS,
+            registry=r,
+        )
+        self._similarity = Histogram(
+            "vcstream_call_voice_similarity",
+            "Live estimates of calls' speaker similarity to their voice (CAM++ cosine, 0..1), by engine",
+            ["engine"],
+            buckets=SIMILARITY_BUCKETS,
             registry=r,
         )
         self._bytes_in = Counter("vcstream_received_bytes", "Media bytes received from clients", registry=r)
@@ -138,6 +148,11 @@ class ServiceMetrics:
     def observe_latency(self, seconds: float) -> None:
         """One end-to-end latency estimate of a session, in seconds."""
         self._latency.observe(seconds)
+
+    def observe_voice_similarity(self, engine: str, similarity: float) -> None:
+        """One live estimate of a call's similarity to its voice; ``engine`` is a loaded engine's
+        name (a handful: bounded label values)."""
+        self._similarity.labels(engine=engine).observe(similarity)
 
     # -- media ------------------------------------------------------------------------------------
 

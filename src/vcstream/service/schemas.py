@@ -114,7 +114,7 @@ class VoiceQuery(BaseModel):
 
 class VoiceUploadForm(BaseModel):
     """The multipart/form-data fields of POST /api/voices. The handler reads them as a stream with a
-    size cap (``api._read_upload``); the library validates the name with its own messages."""
+    size cap (``upload_form.read_upload_form``); the library validates the name with its own messages."""
 
     file: bytes = Field(
         description="the reference recording: wav, flac, mp3, ogg (vorbis/opus), webm/opus...",

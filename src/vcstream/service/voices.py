@@ -2,7 +2,9 @@
 (SQLAlchemy; SQLite by default, PostgreSQL for several replicas, which then share every voice), and
 each voice's engine features computed on first use and kept per replica in a bounded LRU cache.
 
-An upload is validated completely before anything is stored: it must decode (GStreamer: wav, flac,
+An upload is validated completely before anything is stored: its name must be one people can read
+(``voice_names``: NFC, visible, no controls or bidi overrides) and unlike every other voice's after
+NFC and case folding, and it must decode (GStreamer: wav, flac,
 mp3, ogg, webm/opus as browsers record...), pass ``prepare_reference`` (finite, not silent, 1 s of
 sound after trimming silence; beyond 30 s it is cut, with a notice) and give the engine a voice. The
 trimmed reference is stored as a 16-bit 48 kHz WAV (engine-independent, so a library recorded under the
@@ -21,21 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import io
 import logging
 import os
 import re
+import shutil
 import tempfile
-import unicodedata
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from vcstream.audio.reference import MAX_SPEECH_S, MIN_SPEECH_S, Reference, prepare_reference
 from vcstream.audio.wav import pcm16_wav, read_pcm16_wav
@@ -45,9 +49,10 @@ from vcstream.media.files import decode_file
 from vcstream.media.mainloop import Runtime
 from vcstream.service.db.connect import create_database_engine, ensure_sqlite_folder, shown_url
 from vcstream.service.db.migrate import prepare_for_serving
-from vcstream.service.db.models import MAX_NAME_CHARS, VoiceAudio, VoiceRecord
+from vcstream.service.db.models import VoiceAudio, VoiceRecord
 from vcstream.service.keys import VOICES_DB_POOL, VOICES_WORK_POOL
 from vcstream.service.profile_cache import ProfileCache, ProfileKey
+from vcstream.service.voice_names import InvalidVoiceNameError, name_key, normalise_name, shown_filename
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +61,28 @@ T = TypeVar("T")
 #: rate of the stored recordings: WebRTC's and Opus's rate, above every engine's own
 STORE_RATE = 48000
 _ID = re.compile(r"^[0-9a-f]{32}$")
+#: bytes copied at a time from an upload's spool to the file the decoder reads
+_COPY_CHUNK = 1 << 20
 
 
 class VoiceNotFoundError(VcstreamError, LookupError):
     """No voice with that id (never existed, or deleted through any replica)."""
 
 
-class InvalidVoiceNameError(VcstreamError, ValueError):
-    """The voice name is missing, empty, too long or holds control characters."""
+__all__ = [
+    "EmptyUploadError",
+    "InvalidVoiceNameError",
+    "UnsupportedAudioError",
+    "UploadTooLargeError",
+    "VoiceInfo",
+    "VoiceLibrary",
+    "VoiceNameTakenError",
+    "VoiceNotFoundError",
+]
+
+
+class VoiceNameTakenError(VcstreamError):
+    """Another voice has this name (compared after NFC and case folding)."""
 
 
 class EmptyUploadError(InvalidAudioError):
@@ -108,24 +127,6 @@ class VoiceInfo:
         )
 
 
-def validate_name(name: str | None) -> str:
-    clean = (name or "").strip()
-    if not clean:
-        raise InvalidVoiceNameError("a voice name is required (form field 'name', not empty)")
-    if len(clean) > MAX_NAME_CHARS:
-        raise InvalidVoiceNameError(f"the voice name has {len(clean)} characters; at most {MAX_NAME_CHARS}")
-    if any(unicodedata.category(char) == "Cc" for char in clean):
-        raise InvalidVoiceNameError("the voice name must not contain control characters")
-    return clean
-
-
-def _client_filename(filename: str | None) -> str | None:
-    """The base name a client sent (browsers may send paths), for display only."""
-    if not filename:
-        return None
-    return re.split(r"[\\/]", filename)[-1][:255] or None
-
-
 def _described(filename: str | None) -> str:
     return f"file {filename!r}" if filename else "the uploaded file"
 
@@ -160,6 +161,8 @@ class VoiceLibrary:
         self._sessions = sessionmaker(self._db, expire_on_commit=False)
         self._profiles = ProfileCache(profile_cache_size)
         self._computing: dict[ProfileKey, asyncio.Future[VoiceProfile]] = {}
+        #: the name check and the insert of one process's uploads in turn (replicas: see _insert)
+        self._naming = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -244,32 +247,47 @@ class VoiceLibrary:
     # -- changes ----------------------------------------------------------------------------------
 
     async def add(
-        self, name: str | None, filename: str | None, content_type: str | None, data: bytes
+        self, name: str | None, filename: str | None, content_type: str | None, recording: bytes | IO[bytes]
     ) -> VoiceInfo:
-        """Validate and store an uploaded reference. Raises InvalidVoiceNameError, EmptyUploadError,
-        UploadTooLargeError, UnsupportedAudioError (not audio) or InvalidAudioError (audio that
-        cannot serve as a voice: silent, too short, NaN...). The returned ``notices`` say what was
-        changed (trimmed to 30 s)."""
-        clean_name = validate_name(name)
-        shown_name = _client_filename(filename)
-        if not data:
+        """Validate and store an uploaded reference (``recording``: its bytes, or a readable,
+        seekable file of them, read in chunks on a worker thread). Raises InvalidVoiceNameError,
+        VoiceNameTakenError, EmptyUploadError, UploadTooLargeError, UnsupportedAudioError (not audio)
+        or InvalidAudioError (audio that cannot serve as a voice: silent, too short, NaN...). The
+        returned ``notices`` say what was changed (trimmed to 30 s)."""
+        clean_name = normalise_name(name)
+        shown_name = shown_filename(filename)
+        source = io.BytesIO(recording) if isinstance(recording, bytes) else recording
+        size = source.seek(0, io.SEEK_END)
+        source.seek(0)
+        if not size:
             raise EmptyUploadError(f"{_described(shown_name)} is empty")
-        if len(data) > self.max_upload_bytes:
+        if size > self.max_upload_bytes:
             raise UploadTooLargeError(
-                f"{_described(shown_name)} has {len(data)} bytes; the limit is {self.max_upload_bytes}"
+                f"{_described(shown_name)} has {size} bytes; the limit is {self.max_upload_bytes}"
             )
         content = (content_type or "")[:255] or None
         info, profile = await self._in(
-            VOICES_WORK_POOL, self._add_blocking, clean_name, shown_name, content, data
+            VOICES_WORK_POOL, self._add_blocking, clean_name, shown_name, content, source
         )
         self._profiles.put((info.id, self.engine.name), profile)
         log.info("voice %s %r added: %.1f s from %s", info.id, info.name, info.duration_s, shown_name)
         return info
 
+    @staticmethod
+    def _refuse_taken(session: Session, name: str) -> None:
+        # compared in Python: NFC and case folding are not portable SQL; a library has few voices
+        key = name_key(name)
+        for taken in session.scalars(sa.select(VoiceRecord.name)):
+            if name_key(taken) == key:
+                raise VoiceNameTakenError(
+                    f"a voice named {taken!r} exists already (names are compared ignoring case and "
+                    "Unicode normalisation); choose another name or delete that voice"
+                )
+
     def _add_blocking(
-        self, name: str, filename: str | None, content_type: str | None, data: bytes
+        self, name: str, filename: str | None, content_type: str | None, recording: IO[bytes]
     ) -> tuple[VoiceInfo, VoiceProfile]:
-        reference = self._decode_upload(filename, data)
+        reference = self._decode_upload(filename, recording)
         # the engine's verdict too (e.g. no voiced speech) before anything is stored
         profile = self.engine.prepare_voice(reference.samples, reference.sample_rate)
         voice_id = uuid.uuid4().hex
@@ -284,20 +302,29 @@ class VoiceLibrary:
             created_at=datetime.now(UTC),
             notices=list(reference.notices),
         )
-        with self._sessions.begin() as session:  # one transaction: the row and its audio, or neither
-            session.add(record)
-            session.flush()  # the row first: the audio's foreign key names it
-            session.add(VoiceAudio(voice_id=voice_id, wav=wav))
+        self._insert(record, wav)
         return VoiceInfo.of(record), profile
 
-    def _decode_upload(self, filename: str | None, data: bytes) -> Reference:
+    def _insert(self, record: VoiceRecord, wav: bytes) -> None:
+        """The row and its audio in one transaction, or neither, if no voice has the name. Checked
+        here, after the recording passed (what is wrong with the file is said first), under a lock
+        that orders this process's uploads; two replicas inserting one name in the same instant can
+        still both succeed (no unique index: names stored before NFC may already collide)."""
+        with self._naming, self._sessions.begin() as session:
+            self._refuse_taken(session, record.name)
+            session.add(record)
+            session.flush()  # the row first: the audio's foreign key names it
+            session.add(VoiceAudio(voice_id=record.id, wav=wav))
+
+    def _decode_upload(self, filename: str | None, recording: IO[bytes]) -> Reference:
         described = _described(filename)
-        # decode_file reads files: the upload goes to a temporary one
+        # decode_file reads files by name: the upload is copied to one, a chunk at a time
         handle, temp_name = tempfile.mkstemp(prefix="vcstream-upload-")
         temp = Path(temp_name)
         try:
             with os.fdopen(handle, "wb") as out:
-                out.write(data)
+                recording.seek(0)
+                shutil.copyfileobj(recording, out, _COPY_CHUNK)
             samples = decode_file(temp, STORE_RATE)
         except InvalidAudioError as exc:
             raise self._client_error(exc, temp, described) from exc

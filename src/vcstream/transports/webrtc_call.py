@@ -27,7 +27,7 @@ from vcstream.streaming.live import LiveSession, LiveStats
 from vcstream.streaming.scheduler import BlockScheduler
 from vcstream.transports.live_transport import LiveTransport
 
-__all__ = ["Call", "CallEvents"]
+__all__ = ["AudioTap", "Call", "CallEvents"]
 
 #: Opus frames per second (``WebRtcPeer`` sends 20 ms frames)
 _FRAMES_PER_S = 50
@@ -51,6 +51,15 @@ class CallEvents(Protocol):
     def on_peer_error(self, kind: str, message: str) -> None: ...
 
 
+class AudioTap(Protocol):
+    """Sees a call's audio on its way (``vcstream.quality.live.CallQuality``): called on media
+    threads with samples at ``rate`` it must only copy, never keep or wait on."""
+
+    def on_input(self, samples: Audio, rate: int) -> None: ...
+
+    def on_output(self, samples: Audio, rate: int) -> None: ...
+
+
 class Call(LiveTransport):
     """One WebRTC session: a ``WebRtcPeer`` and the ``LiveSession`` converting between its directions."""
 
@@ -66,6 +75,7 @@ class Call(LiveTransport):
         scheduler: BlockScheduler,
         on_block: Callable[[float], None] | None = None,
         started: float | None = None,
+        tap: AudioTap | None = None,
     ) -> None:
         #: perf_counter time of the offer: the timeline counts from it
         self.started = time.perf_counter() if started is None else started
@@ -74,6 +84,8 @@ class Call(LiveTransport):
         self.name = name
         self._to_loop = to_loop
         self._events = events
+        #: what sees the caller's audio and the converted audio (live quality), if anything
+        self.tap = tap
         self.peer: WebRtcPeer | None = None
         rate = call_rate(engine)
         super().__init__(
@@ -101,6 +113,7 @@ class Call(LiveTransport):
         scheduler: BlockScheduler,
         on_block: Callable[[float], None] | None = None,
         started: float | None = None,
+        tap: AudioTap | None = None,
     ) -> Call:
         """Open the engine session and the peer (blocking)."""
         call = cls(
@@ -113,6 +126,7 @@ class Call(LiveTransport):
             scheduler=scheduler,
             on_block=on_block,
             started=started,
+            tap=tap,
         )
         try:
             config = dataclasses.replace(peer_config, audio_rate=call.io_rate)
@@ -144,6 +158,8 @@ class Call(LiveTransport):
         if "first_audio_in" not in self.timeline:
             self._mark("first_audio_in")
         self.feed(samples)
+        if self.tap is not None:
+            self.tap.on_input(samples, self.io_rate)
 
     def on_error(self, kind: str, message: str) -> None:
         self._to_loop(self._events.on_peer_error, kind, message)
@@ -154,6 +170,8 @@ class Call(LiveTransport):
         peer = self.peer
         if peer is not None and peer.push(samples) and "first_audio_out" not in self.timeline:
             self._mark("first_audio_out")
+        if self.tap is not None:
+            self.tap.on_output(samples, self.io_rate)
 
     # -- control (worker threads) -----------------------------------------------------------------
 

@@ -20,12 +20,14 @@ from vcstream.engines.base import VoiceProfile
 from vcstream.engines.settings import SessionSettings, SettingsError
 from vcstream.errors import VcstreamError
 from vcstream.media.webrtc import InvalidSdpError, opus_payload_type
+from vcstream.quality.live import CallQuality
 from vcstream.service.admission import EngineSlot
 from vcstream.service.health import session_refusal
 from vcstream.service.ice import ice_servers
 from vcstream.service.keys import (
     ADMISSION_KEY,
     DEFAULTS_KEY,
+    LIVE_QUALITY_KEY,
     METRICS_KEY,
     SETTINGS_KEY,
     VOICES_KEY,
@@ -125,6 +127,8 @@ class Connection:
         self._disconnected: asyncio.TimerHandle | None = None
         self._connect_timer: asyncio.TimerHandle | None = None
         self._statistics = CallStatistics(app[METRICS_KEY])
+        #: the call's live quality tap and estimate (None: estimation is off, or no call yet)
+        self.quality: CallQuality | None = None
         #: the call's selected ICE pair goes through TURN (as of its last statistics sample)
         self.relayed = False
         self.done = asyncio.Event()
@@ -389,6 +393,7 @@ class Connection:
         self.voice_id, self.settings = str(voice_id), settings
         registry = self.registry
         config = registry.peer_config(self.id)
+        self.quality = self._open_quality(slot.engine.name, str(voice_id))
         try:
             self._opening = asyncio.ensure_future(
                 registry.blocking(
@@ -404,6 +409,7 @@ class Connection:
                         scheduler=slot.scheduler,
                         on_block=self.metrics.observe_inference,
                         started=offered_at,
+                        tap=self.quality,
                     )
                 )
             )
@@ -451,6 +457,8 @@ class Connection:
         call = self.call
         if call is not None:
             await self.registry.blocking(call.set_voice, profile)
+            if self.quality is not None:
+                self._quality_voice(self.quality, self.voice_id)
         self.send("voice", voice=voice_id, name=name)
 
     async def _settings(self, data: dict[str, Any]) -> None:
@@ -551,10 +559,37 @@ class Connection:
                 continue
             if peer.relayed is not None:
                 self.relayed = peer.relayed
-            fields, engine_failed = self._statistics.message(call, live, stats, peer, latency_ms)
+            estimate = self.quality.estimate if self.quality is not None else None
+            fields, engine_failed = self._statistics.message(call, live, stats, peer, latency_ms, estimate)
             if engine_failed:
                 self.send("error", code="engine_error", message="the engine failed on a block", fatal=False)
             self.send("stats", **fields)
+
+    # -- live quality ---------------------------------------------------------------------------------
+
+    def _open_quality(self, engine: str, voice_id: str) -> CallQuality | None:
+        """The call's live quality tap (None when estimation is off)."""
+        worker = self.app.get(LIVE_QUALITY_KEY)
+        if worker is None:
+            return None
+        quality = worker.open_call(engine, self.metrics.observe_voice_similarity)
+        self._quality_voice(quality, voice_id)
+        return quality
+
+    def _quality_voice(self, quality: CallQuality, voice_id: str) -> None:
+        """Estimate against ``voice_id`` from now on; its reference is read in the background the
+        first time (until then only ``own_voice_similarity`` is estimated): the call never waits."""
+        quality.set_voice(voice_id)
+        if not self.app[LIVE_QUALITY_KEY].knows_voice(voice_id):
+            self._spawn(self._fetch_reference(voice_id), "quality-reference")
+
+    async def _fetch_reference(self, voice_id: str) -> None:
+        try:
+            wav = await self.app[VOICES_KEY].audio(voice_id)
+        except VcstreamError as exc:  # deleted meanwhile: no estimate against it
+            log.info("connection %s: no reference for live quality: %s", self.id, exc)
+            return
+        self.app[LIVE_QUALITY_KEY].add_reference(voice_id, wav)
 
     # -- teardown ---------------------------------------------------------------------------------
 
@@ -570,6 +605,8 @@ class Connection:
     def _retire(self) -> asyncio.Task[None] | None:
         """Hand the call (or the one being opened) to the registry to close; None if there is none."""
         self._unreserve()
+        if self.quality is not None:
+            self.quality.close()
         target: Call | asyncio.Future[Call] | None = self.call or self._opening
         self.call, self._opening = None, None
         held, self._held = self._held, None

@@ -53,7 +53,12 @@ Server -> client
                 receiver report says), ``fec`` (the server sends Opus in-band FEC),
                 ``fec_expected_loss_pct`` (the loss its encoder protects against) and
                 ``concealed_pct`` (received audio the server's decoder made up: FEC or concealment),
-                ``bitrate_in_kbps``, ``bitrate_out_kbps``, and ``timeline`` (ms from the offer to the
+                ``bitrate_in_kbps``, ``bitrate_out_kbps``,
+                ``voice_similarity`` and ``own_voice_similarity`` (live quality: CAM++ speaker
+                similarity, cosine clipped to 0..1, of the last few seconds of converted speech to the
+                chosen voice and to the caller's own speech; null until the first estimate, or with
+                ``VCSTREAM_LIVE_QUALITY=0``; ``vcstream.quality.live``),
+                and ``timeline`` (ms from the offer to the
                 answer, to the connection, to the first audio in and the first converted audio out).
   ``voice``, ``settings``: acknowledgements (above).
   ``error``     ``{"code", "message", "fatal", "retry_after_s"?}``; after a fatal one the server closes

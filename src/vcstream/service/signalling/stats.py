@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vcstream.media.webrtc import PeerStats
+from vcstream.quality.live import Estimate
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.streaming.live import LiveSession, LiveStats
 from vcstream.transports.webrtc_call import Call
@@ -68,6 +69,10 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 2)
 
 
+def _similarity(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
 class CallStatistics:
     """Turns samples of one connection's call into ``stats`` messages and metrics increments."""
 
@@ -105,9 +110,11 @@ class CallStatistics:
         stats: LiveStats,
         peer: PeerStats,
         webrtc_latency_ms: int,
+        quality: Estimate | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """The ``stats`` message's fields, and whether the engine failed since the last one.
-        ``webrtc_latency_ms``: the server's jitter buffer (``PeerConfig.latency_ms``)."""
+        ``webrtc_latency_ms``: the server's jitter buffer (``PeerConfig.latency_ms``); ``quality``:
+        the call's latest live quality estimate (None: estimation is off)."""
         reported, metrics, now = self._reported, self.metrics, time.monotonic()
         if reported.live is not live:  # settings re-opened the session: its counters start at 0
             reported.live, reported.late, reported.dropped_blocks = live, 0, 0
@@ -141,6 +148,7 @@ class CallStatistics:
         if engine_failed:
             self.engine_errors = stats.errors
         r = _rounded
+        estimate = quality or Estimate()
         return {
             "latency_ms": r(latency),
             "algorithmic_ms": r(stats.algorithmic_latency_ms),
@@ -163,6 +171,10 @@ class CallStatistics:
             "bitrate_in_kbps": r(rate_in),
             "bitrate_out_kbps": r(rate_out),
             "webrtc_latency_ms": webrtc_latency_ms,
+            # CAM++ cosine (0..1) of the converted speech to the voice and to the caller; null before
+            # the first estimate (a few seconds of speech) or with estimation off
+            "voice_similarity": _similarity(estimate.voice_similarity),
+            "own_voice_similarity": _similarity(estimate.own_voice_similarity),
             # dict() copies atomically; streaming threads may add to it meanwhile
             "timeline": {k: round(v, 1) for k, v in dict(call.timeline).items()},
         }, engine_failed

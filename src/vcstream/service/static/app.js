@@ -357,6 +357,7 @@ function handleMessage(message) {
       state.serverStats = message;
       renderStats();
       renderNetwork(message);
+      renderSimilarity(message);
       break;
     case "voice":
       if (state.callState === "live") ui.callStatus.textContent = `Live: you sound like ${message.name}.`;
@@ -742,6 +743,20 @@ function renderNetwork(stats) {
   if (!line) return;
   line.textContent = networkLine(stats);
   line.hidden = !line.textContent;
+}
+
+// The server's live speaker-similarity estimate (CAM++ cosine 0..1, null until a few seconds of
+// speech), shown as "sounds 72% like Clara"; the title of #stat-similarity explains the number.
+function renderSimilarity(server) {
+  const toVoice = server.voice_similarity;
+  const toOwn = server.own_voice_similarity;
+  if (toVoice === undefined || toVoice === null) {
+    $("stat-similarity").textContent = toOwn === undefined || toOwn === null ? "–" : `${Math.round(100 * toOwn)}% like you`;
+    return;
+  }
+  const name = state.voices.find((v) => v.id === chosenVoice())?.name ?? "the voice";
+  const own = toOwn === undefined || toOwn === null ? "" : ` (${Math.round(100 * toOwn)}% like you)`;
+  $("stat-similarity").textContent = `sounds ${Math.round(100 * toVoice)}% like ${name}${own}`;
 }
 
 function micErrorText(err) {
