@@ -1,0 +1,134 @@
+"""Opus in-band FEC and NACK/RTX on a real call (the Python client, a webrtcbin peer, offering as
+browsers do), and the loss figures of the ``stats`` message."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Speech
+from vcstream.engines.passthrough import PassthroughEngine
+from vcstream.media.gst import Gst
+from vcstream.media.webrtc import OPUS_RATE, PeerConfig, WebRtcPeer
+from waiting import wait_until_async
+from webrtc_harness import client, reference_wav, serving, speech_48k
+
+LOSS_FIELDS = ("received_loss_pct", "sent_loss_pct", "fec", "fec_expected_loss_pct", "concealed_pct")
+
+
+@pytest.mark.parametrize("offer_fec", [True, False], ids=["fec-offered", "fec-not-offered"])
+def test_the_server_sends_fec_when_the_caller_asks_for_it(
+    tmp_path: Path, flite_speech: Speech, offer_fec: bool
+) -> None:
+    speech = speech_48k(flite_speech, "slt")
+    config = PeerConfig(inband_fec=offer_fec, count_received_fec=True)
+
+    async def main() -> None:
+        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
+            voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
+            async with client(server) as call:
+                await call.hello()
+                await call.start(voice, settings={"block_time": 0.1}, peer_config=config)
+                await call.talk_until_converted(speech)
+                peer = call.peer
+                assert peer is not None
+
+                def reported() -> bool:
+                    stats = call.of_type("stats")
+                    return bool(stats) and stats[-1]["sent_loss_pct"] is not None
+
+                # one pass of the sentence; the client's receiver reports come meanwhile (RTCP)
+                await call.talk(speech, lambda: False, timeout_s=speech.shape[0] / OPUS_RATE - 0.05)
+                await wait_until_async(reported, 5, "a stats message with the caller's report")
+                packets, with_fec = peer.received_fec
+                answer = call.of_type("answer")[0]["sdp"]
+                stats = call.of_type("stats")[-1]
+                assert not call.of_type("error"), call.of_type("error")
+                async with server.http.get(f"{server.base}/metrics") as response:
+                    metrics = await response.text()
+        print(f"\nFEC offered={offer_fec}: {with_fec}/{packets} packets back with LBRR; stats {stats}")
+        # either way the server's decoder uses FEC, and says so: a browser then sends it (RFC 7587)
+        assert "a=fmtp:96 useinbandfec=1" in answer, answer
+        # the client offered NACK and RTX (the default): the server's answer keeps both
+        assert "a=rtcp-fb:96 nack" in answer and "rtx/48000" in answer, answer
+        assert set(LOSS_FIELDS) <= set(stats), stats
+        assert stats["fec"] is offer_fec
+        assert stats["remote_jitter_ms"] is not None
+        assert stats["received_loss_pct"] is not None and stats["concealed_pct"] is not None
+        assert packets > 100
+        for series in (
+            'vcstream_call_packet_loss_ratio_count{direction="received"}',
+            'vcstream_call_packet_loss_ratio_count{direction="sent"}',
+            "vcstream_call_concealed_ratio_count",
+        ):
+            observed = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.MULTILINE)
+            assert observed and float(observed.group(1)) > 0, series
+        if offer_fec:
+            assert stats["fec_expected_loss_pct"] == 10  # the floor: loopback loses nothing
+            assert with_fec > 0.5 * packets  # every packet with speech carries LBRR
+        else:
+            assert with_fec == 0
+
+    asyncio.run(main())
+
+
+def _drop_received_rtp(peer: WebRtcPeer, fraction: float) -> None:
+    """Lose ``fraction`` of the RTP packets reaching the peer's RTP session, at random: what a lossy
+    link does to them (RTCP, on its own pad, still passes). Reaches into webrtcbin's rtpbin: a test
+    device only, for loss without a network namespace."""
+    rng = random.Random(7)
+    rtpbin = next(e for e in _elements(peer._pipeline) if e.get_factory().get_name() == "rtpbin")
+    pad = rtpbin.get_static_pad("recv_rtp_sink_0")
+    assert pad is not None
+
+    def maybe_drop(_pad: Any, _info: Any) -> Any:
+        return Gst.PadProbeReturn.DROP if rng.random() < fraction else Gst.PadProbeReturn.OK
+
+    pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, maybe_drop)
+
+
+def _elements(pipeline: Any) -> list[Any]:
+    found, iterator = [], pipeline.iterate_recurse()
+    while True:
+        result, element = iterator.next()
+        if result != Gst.IteratorResult.OK:
+            return found
+        if element.get_factory() is not None:
+            found.append(element)
+
+
+def test_the_server_protects_more_when_the_caller_reports_loss(tmp_path: Path, flite_speech: Speech) -> None:
+    speech = speech_48k(flite_speech, "slt")
+
+    async def main() -> None:
+        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
+            voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
+            async with client(server) as call:
+                await call.hello()
+                # without NACK, as browsers call: with it, retransmissions repair 20% loss on loopback
+                # completely and the receiver reports show none
+                await call.start(voice, settings={"block_time": 0.1}, peer_config=PeerConfig(nack=False))
+                await call.talk_until_converted(speech)
+                assert call.peer is not None
+                _drop_received_rtp(call.peer, 0.2)
+
+                def lossy_report() -> dict[str, Any] | None:
+                    """The first stats message carrying a receiver report with the loss."""
+                    reports = [m for m in call.of_type("stats") if (m["sent_loss_pct"] or 0) > 5]
+                    return reports[0] if reports else None
+
+                await call.talk(speech, lambda: lossy_report() is not None, timeout_s=20)
+                stats = lossy_report()
+        print(f"\n20% of the server's packets lost on the way: stats {stats}")
+        assert stats is not None, "no receiver report with the loss reached the server"
+        assert stats["fec"] is True
+        # the same reading applied it: the encoder now expects what was reported (up to the ceiling)
+        assert stats["fec_expected_loss_pct"] >= min(30, math.ceil(stats["sent_loss_pct"])), stats
+
+    asyncio.run(main())
