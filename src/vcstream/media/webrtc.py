@@ -54,6 +54,7 @@ from vcstream.audio.types import Audio
 from vcstream.errors import MediaError, VcstreamError
 from vcstream.media.appio import AudioSink, AudioSource
 from vcstream.media.candidates import announce_candidate, announce_in_sdp
+from vcstream.media.dtls_certificate import harden_element
 from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements
 from vcstream.media.mainloop import GLibLoop
 
@@ -344,6 +345,7 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
 
     The agent is reached through ``nicesrc``/``nicesink``: webrtcbin's own ``ice-agent`` property
     hands out a reference it does not own in 1.22 (reading it from Python frees the agent)."""
+    harden_element(element)  # the DTLS certificate and handshake under loss (see dtls_certificate)
     factory = element.get_factory()
     if factory is None or factory.get_name() not in ("nicesrc", "nicesink"):
         return
