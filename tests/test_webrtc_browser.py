@@ -129,6 +129,11 @@ def test_browser_converts_switches_recovers_and_reports_states(
         # the live figures are on screen
         for field in ("stat-latency", "stat-rtt", "stat-bitrate", "stat-inference"):
             assert "–" not in (await page.text_content(f"#{field}") or "–"), field
+        # Chrome offers useinbandfec=1: the server sends FEC, and the page says so in one plain line
+        assert server_stats["fec"] is True, server_stats
+        assert server_stats["remote_jitter_ms"] is not None, server_stats  # Chrome's RRs lack it in 1.22
+        network = await page.text_content("#network-line") or ""
+        assert network.startswith("network: ") and network.endswith(", protected by FEC"), network
 
         # -- switch the voice from the selector, mid-call -----------------------------------------
         await _upload_through_ui(page, "kal16", low_ref)  # selects the new voice: switches at once

@@ -28,7 +28,7 @@ from conftest import Speech, write_wav
 from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine
 from vcstream.engines.world import WorldEngine
-from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer, live_pipelines
+from vcstream.media.webrtc import OPUS_RATE, PeerConfig, WebRtcPeer, live_pipelines
 from vcstream.service.app import create_app
 from vcstream.service.config import ServiceSettings
 from vcstream.service.keys import METRICS_KEY, SESSIONS_KEY
@@ -210,9 +210,11 @@ class PyClient:
         self.ready = await self.receive()
         return self.ready
 
-    async def start(self, voice: str, settings: dict[str, Any] | None = None) -> None:
+    async def start(
+        self, voice: str, settings: dict[str, Any] | None = None, peer_config: PeerConfig | None = None
+    ) -> None:
         """Offer and let signalling run in the background (``self.messages`` collects the rest)."""
-        self.peer = WebRtcPeer(self.events)
+        self.peer = WebRtcPeer(self.events, peer_config)
         await asyncio.to_thread(self.peer.offer)
         offer = await asyncio.wait_for(self.events.outgoing.get(), 5)
         assert offer["type"] == "offer"

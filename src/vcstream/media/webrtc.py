@@ -56,7 +56,10 @@ from vcstream.media.appio import AudioSink, AudioSource
 from vcstream.media.candidates import announce_candidate, announce_in_sdp
 from vcstream.media.dtls_certificate import harden_element, tune_ice_agent
 from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements
+from vcstream.media.loss_protection import LossProtection, Protection
 from vcstream.media.mainloop import GLibLoop
+from vcstream.media.opus_packets import carries_fec
+from vcstream.media.opus_sdp import OpusFeatures, opus_features
 
 gi.require_version("GstSdp", "1.0")
 gi.require_version("GstWebRTC", "1.0")
@@ -148,6 +151,15 @@ class PeerConfig:
     #: the public address that forwards to this host: host candidates carry it instead (see
     #: ``vcstream.media.candidates``); None: the addresses gathered on
     announced_address: str | None = None
+    #: Opus in-band FEC: offer ``useinbandfec=1`` (our decoder uses it) and send FEC, offering, or
+    #: answering an offer that asks for it; how strongly follows the reported loss (LossProtection)
+    inband_fec: bool = True
+    #: NACK and RTX: offer them; answering, follow the offer. Retransmissions are bounded by the
+    #: jitter buffer (``latency_ms``): a packet is kept for resending no longer than that
+    nack: bool = True
+    #: read each received Opus packet's header (a Python call per packet: for tests and benchmarks)
+    #: and count the packets that carry FEC (``WebRtcPeer.received_fec``)
+    count_received_fec: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,7 +179,15 @@ class PeerStats:
     bytes_sent: float | None = None
     remote_jitter_ms: float | None = None
     remote_packets_lost: float | None = None
+    #: fraction (0..1) of our packets lost in the remote end's last receiver report interval
+    remote_fraction_lost: float | None = None
     relayed: bool | None = None
+    #: the encoder's settings now (``LossProtection``): None before the sender exists
+    protection: Protection | None = None
+    #: ms of received audio the decoder had to make up for lost packets (FEC or concealment), and
+    #: ms of audio it decoded in all
+    concealed_ms: float = 0.0
+    decoded_ms: float = 0.0
 
 
 # -- process-wide: the DTLS certificate and the pipeline count ---------------------------------------
@@ -347,6 +367,7 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
     hands out a reference it does not own in 1.22 (reading it from Python frees the agent)."""
     harden_element(element)  # the DTLS certificate and handshake under loss (see dtls_certificate)
     factory = element.get_factory()
+    _bound_retransmission(element, config)
     if factory is None or factory.get_name() not in ("nicesrc", "nicesink"):
         return
     _load_nice_typelib()  # before the agent is first wrapped (see there)
@@ -360,6 +381,14 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
     if config.ice_port_range is not None:
         low, high = config.ice_port_range
         agent.set_port_range(element.get_property("stream"), element.get_property("component"), low, high)
+
+
+def _bound_retransmission(element: Any, config: PeerConfig) -> None:
+    """Keep packets for resending only as long as a receiver with our jitter buffer budget could
+    still use them: a retransmission later than that would only arrive to be dropped."""
+    factory = element.get_factory()
+    if factory is not None and factory.get_name() == "rtprtxsend":
+        element.set_property("max-size-time", max(config.latency_ms, 20))
 
 
 def _on_pad_added(_webrtc: Any, pad: Any, ref: PeerRef) -> None:
@@ -377,6 +406,31 @@ def _on_bus_error(_bus: Any, message: Any, ref: PeerRef) -> None:
     source = message.src.get_name() if message.src is not None else "pipeline"
     log.warning("%s: %s from %s (%s)", peer.name, err.message, source, debug)
     peer._fail("media", f"media pipeline error in {source}: {err.message}")
+
+
+def _on_decoder_event(_pad: Any, info: Any, ref: PeerRef) -> Any:
+    """A GAP event before the decoder: packets were lost and the decoder makes the audio up."""
+    event = info.get_event()
+    peer = ref()
+    if peer is not None and event is not None and event.type == Gst.EventType.GAP:
+        _timestamp, duration = event.parse_gap()
+        if duration != Gst.CLOCK_TIME_NONE:
+            peer._concealed_ns += duration
+    return Gst.PadProbeReturn.OK
+
+
+def _on_received_packet(_pad: Any, info: Any, ref: PeerRef) -> Any:
+    """An Opus packet out of the depayloader (only with ``PeerConfig.count_received_fec``)."""
+    buffer = info.get_buffer()
+    peer = ref()
+    if peer is not None and buffer is not None:
+        ok, mapped = buffer.map(Gst.MapFlags.READ)
+        if ok:
+            try:
+                peer._count_received(bytes(mapped.data[:2]))
+            finally:
+                buffer.unmap(mapped)
+    return Gst.PadProbeReturn.OK
 
 
 def _deliver_audio(ref: PeerRef, samples: Audio) -> None:
@@ -422,6 +476,13 @@ class WebRtcPeer:
         self._held_candidates: list[tuple[int, str]] | None = []
         #: bytes of decoded audio handed to the listener
         self.bytes_decoded = 0
+        #: ns of audio the decoder was told to make up for lost packets (GAP events)
+        self._concealed_ns = 0
+        #: received Opus packets, and those carrying FEC (with ``config.count_received_fec``)
+        self._received_packets = 0
+        self._received_fec_packets = 0
+        self._protection: LossProtection | None = None
+        self._encoder: Any = None
         ref: PeerRef = weakref.ref(self)
         self._handlers: list[tuple[Any, int]] = []
         self._pipeline: Any = None
@@ -512,16 +573,19 @@ class WebRtcPeer:
         """Answer a remote offer; the answer arrives at ``listener.on_description("answer", ...)``.
         Raises InvalidSdpError for an offer that cannot set up an Opus call (nothing started then)."""
         payload_type = opus_payload_type(offer_sdp)
+        wanted = opus_features(offer_sdp, payload_type)
         description = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.OFFER, _parse(offer_sdp))
         with self._control:
-            self._start(payload_type)
+            self._start(wanted)
             promise = Gst.Promise.new_with_change_func(_remote_set_then_answer, weakref.ref(self))
             self._webrtc.emit("set-remote-description", description, promise)
 
     def offer(self, payload_type: int = DEFAULT_PAYLOAD_TYPE) -> None:
         """Create an offer (sendrecv Opus); it arrives at ``listener.on_description("offer", ...)``."""
+        # browsers send FEC from their first packet when they offer it; so does this end
+        features = OpusFeatures(payload_type, inband_fec=self.config.inband_fec, nack=self.config.nack)
         with self._control:
-            self._start(payload_type)
+            self._start(features)
             promise = Gst.Promise.new_with_change_func(_description_created, weakref.ref(self), "offer")
             self._webrtc.emit("create-offer", None, promise)
 
@@ -546,33 +610,47 @@ class WebRtcPeer:
         if webrtc is not None and not self._closed:
             webrtc.emit("add-ice-candidate", int(mline_index), candidate)
 
-    def _start(self, payload_type: int) -> None:
+    def _start(self, features: OpusFeatures) -> None:
         with self._lock:
             if self._closed:
                 raise MediaError(f"{self.name} is closed")
             if self._started:
                 raise MediaError(f"{self.name} has already negotiated (one offer/answer per peer)")
             self._started = True
-        self._add_sender(payload_type)
+        self._add_sender(features)
         if self._pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             raise MediaError(f"{self.name}: the WebRTC pipeline could not start")
 
-    def _add_sender(self, payload_type: int) -> None:
+    def _add_sender(self, features: OpusFeatures) -> None:
+        payload_type = features.payload_type
         self._source = AudioSource(
             self.config.audio_rate, 1, name="send", live=True, max_queue_s=self.config.max_send_queue_s
         )
         convert = make_element("audioconvert")
         resample = make_element("audioresample")
-        # voice, 20 ms frames: what browsers send too
+        self._protection = LossProtection(self.config.bitrate, self.config.inband_fec and features.inband_fec)
+        protection = self._protection.current()
+        # voice, 20 ms frames: what browsers send too. "voice" (not restricted-lowdelay, where Opus
+        # has no SILK layer and so no FEC) lets libopus keep speech in SILK/hybrid mode
         encoder = make_element(
-            "opusenc", bitrate=self.config.bitrate, frame_size=20, complexity=self.config.complexity
+            "opusenc",
+            bitrate=protection.bitrate,
+            frame_size=20,
+            complexity=self.config.complexity,
+            inband_fec=protection.inband_fec,
+            packet_loss_percentage=protection.packet_loss_pct,
         )
         encoder.set_property("audio-type", "voice")
+        self._encoder = encoder
         payloader = make_element("rtpopuspay", pt=payload_type)
+        # caps fields webrtcbin does not know become the description's fmtp: useinbandfec=1 tells
+        # the remote end that our decoder uses FEC (opusdec use-inband-fec), so it should send it
+        fmtp = ",useinbandfec=(string)1" if self.config.inband_fec else ""
         caps = make_element(
             "capsfilter",
             caps=Gst.Caps.from_string(
-                f"application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload={payload_type}"
+                "application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,"
+                f"payload={payload_type}{fmtp}"
             ),
         )
         chain = (self._source.element, convert, resample, encoder, payloader, caps)
@@ -584,6 +662,9 @@ class WebRtcPeer:
             raise MediaError(f"{self.name}: could not link the Opus sender to webrtcbin")
         transceiver = sink_pad.get_property("transceiver")
         transceiver.set_property("direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDRECV)
+        # set before negotiation: webrtcbin creates the receiving jitter buffer with retransmission
+        # requests only then (an answerer left to follow the offer resends but never asks)
+        transceiver.set_property("do-nack", self.config.nack and features.nack)
 
     def _link_incoming(self, pad: Any) -> None:
         """Decode a new incoming stream (webrtcbin's streaming thread)."""
@@ -610,6 +691,10 @@ class WebRtcPeer:
         )
         depay = make_element("rtpopusdepay")
         decoder = make_element("opusdec", plc=True, use_inband_fec=True)
+        ref: PeerRef = weakref.ref(self)
+        decoder.get_static_pad("sink").add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, _on_decoder_event, ref)
+        if self.config.count_received_fec:
+            depay.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _on_received_packet, ref)
         decoded = make_element(
             "capsfilter",
             caps=Gst.Caps.from_string(f"audio/x-raw,rate={decoding_rate(self.config.audio_rate)}"),
@@ -635,6 +720,33 @@ class WebRtcPeer:
             return False
         return source.push(samples)
 
+    def _count_received(self, header: bytes) -> None:
+        with self._lock:
+            self._received_packets += 1
+            self._received_fec_packets += carries_fec(header)
+
+    @property
+    def received_fec(self) -> tuple[int, int]:
+        """(Opus packets received, of which carrying FEC); only counted with
+        ``PeerConfig.count_received_fec``."""
+        with self._lock:
+            return self._received_packets, self._received_fec_packets
+
+    def _protect(self, fraction_lost: float | None) -> Protection | None:
+        """Apply the encoder settings for the loss the remote end reported (opusenc takes
+        ``packet-loss-percentage`` and ``bitrate`` while PLAYING)."""
+        protection, encoder = self._protection, self._encoder
+        if protection is None or encoder is None:
+            return None
+        if fraction_lost is None:
+            return protection.current()
+        settings = protection.report(fraction_lost)
+        if encoder.get_property("packet-loss-percentage") != settings.packet_loss_pct:
+            encoder.set_property("packet-loss-percentage", settings.packet_loss_pct)
+        if encoder.get_property("bitrate") != settings.bitrate:
+            encoder.set_property("bitrate", settings.bitrate)
+        return settings
+
     @property
     def samples_sent(self) -> int:
         source = self._source
@@ -642,19 +754,28 @@ class WebRtcPeer:
 
     def stats(self, timeout_s: float = 1.0) -> PeerStats:
         """webrtcbin's figures (``PeerStats``); all None if it does not answer within ``timeout_s``
-        or the peer is closed."""
+        or the peer is closed. Each reading also adapts the encoder's FEC to the loss the remote
+        end reported (``LossProtection``): whoever polls the statistics drives the adaptation."""
         webrtc = self._webrtc
         if webrtc is None or self._closed or not self._started:
             return PeerStats()
         done = threading.Event()
-        found: dict[str, float] = {}
+        found: dict[str, list[Figures]] = {}
         ice = _IceStats()
         promise = Gst.Promise.new_with_change_func(_stats_ready, done, found, ice)
         webrtc.emit("get-stats", None, promise)
         if not done.wait(timeout_s):
             promise.interrupt()
             return PeerStats()
-        return PeerStats(**found, relayed=ice.relayed())
+        figures = _chosen_figures(found)
+        decoded_ms = 1000 * self.bytes_decoded / 4 / self.config.audio_rate  # float32 mono
+        return PeerStats(
+            **figures,
+            relayed=ice.relayed(),
+            protection=self._protect(figures.get("remote_fraction_lost")),
+            concealed_ms=self._concealed_ns / 1e6,
+            decoded_ms=decoded_ms,
+        )
 
     # -- teardown ---------------------------------------------------------------------------------
 
@@ -673,7 +794,7 @@ class WebRtcPeer:
                 self._bus.remove_signal_watch()
             if self._pipeline is not None:
                 self._pipeline.set_state(Gst.State.NULL)
-            self._pipeline = self._webrtc = self._bus = None
+            self._pipeline = self._webrtc = self._bus = self._encoder = None
             self._source = self._sink = None
             self._release_port()  # the pipeline is down: its sockets are closed
 
@@ -747,8 +868,34 @@ _STATS_FIELDS: dict[str, dict[str, tuple[str, float]]] = {
         "round-trip-time": ("rtt_ms", 1000.0),
         "jitter": ("remote_jitter_ms", 1000.0),
         "packets-lost": ("remote_packets_lost", 1.0),
+        "fraction-lost": ("remote_fraction_lost", 1.0),
     },
 }
+#: the stream of each type that counts when there are several (RTX travels on an SSRC of its own)
+_BUSIEST_BY = {"inbound-rtp": "packets_received", "outbound-rtp": "packets_sent"}
+
+#: one stats structure's figures, by PeerStats field, plus its ``ssrc``
+Figures = dict[str, float]
+
+
+def _figure(name: str, figures: Figures) -> float:
+    return figures.get(name, -1.0)
+
+
+def _chosen_figures(found: dict[str, list[Figures]]) -> dict[str, float]:
+    """One audio stream each way: the busiest inbound and outbound streams (not their RTX streams),
+    and the receiver report about the outbound one."""
+    chosen: dict[str, float] = {}
+    for kind, busiest in _BUSIEST_BY.items():
+        streams = sorted(found.get(kind, []), key=functools.partial(_figure, busiest))
+        if streams:
+            chosen.update(streams[-1])
+    reports = found.get("remote-inbound-rtp", [])
+    about_ours = [r for r in reports if r.get("ssrc") == chosen.get("ssrc")] or reports
+    if about_ours:
+        chosen.update(about_ours[0])
+    chosen.pop("ssrc", None)
+    return chosen
 
 
 @dataclass
@@ -780,7 +927,9 @@ class _IceStats:
         return any(self.candidate_types.get(end) == "relay" for end in ends)
 
 
-def _stats_ready(promise: Any, done: threading.Event, found: dict[str, float], ice: _IceStats) -> None:
+def _stats_ready(
+    promise: Any, done: threading.Event, found: dict[str, list[Figures]], ice: _IceStats
+) -> None:
     try:
         reply = promise.get_reply()  # kept in a variable: chaining get_value on it crashes PyGObject
         if reply is not None:
@@ -791,7 +940,32 @@ def _stats_ready(promise: Any, done: threading.Event, found: dict[str, float], i
         done.set()
 
 
-def _collect_stat(_field: int, value: Any, into: tuple[dict[str, float], _IceStats]) -> bool:
+def _number(structure: Any, key: str) -> float | None:
+    if not structure.has_field(key):
+        return None
+    value = structure.get_value(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _source_stats(value: Any) -> Any:
+    """The RTP session's own figures of the source a stats structure is about (or None)."""
+    source = value.get_value("gst-rtpsource-stats") if value.has_field("gst-rtpsource-stats") else None
+    return source if isinstance(source, Gst.Structure) else None
+
+
+def _report_block_jitter_ms(value: Any) -> float | None:
+    """The jitter of a receiver report as the RTP session holds it (``rb-jitter``, in RTP clock
+    units): 1.22 leaves ``jitter`` out of ``remote-inbound-rtp`` with some remote ends."""
+    source = _source_stats(value)
+    if source is None:
+        return None
+    jitter, clock_rate = _number(source, "rb-jitter"), _number(source, "clock-rate")
+    if jitter is None or not clock_rate or not _number(source, "have-rb"):
+        return None
+    return 1000.0 * jitter / clock_rate
+
+
+def _collect_stat(_field: int, value: Any, into: tuple[dict[str, list[Figures]], _IceStats]) -> bool:
     if not isinstance(value, Gst.Structure):
         return True
     found, ice = into
@@ -800,11 +974,25 @@ def _collect_stat(_field: int, value: Any, into: tuple[dict[str, float], _IceSta
     wanted = _STATS_FIELDS.get(kind)
     if not wanted:
         return True
+    figures: Figures = {}
     for key, (name, scale) in wanted.items():
-        if value.has_field(key):
-            number = value.get_value(key)
-            if isinstance(number, int | float):
-                found[name] = float(number) * scale  # one audio stream each way
+        number = _number(value, key)
+        if number is not None:
+            figures[name] = number * scale
+    ssrc = _number(value, "ssrc")
+    if ssrc is not None:
+        figures["ssrc"] = ssrc
+    if kind == "inbound-rtp" and "packets_lost" not in figures:
+        # 1.22 leaves it out of inbound-rtp; the session counts it (expected - received)
+        source = _source_stats(value)
+        lost = _number(source, "packets-lost") if source is not None else None
+        if lost is not None:
+            figures["packets_lost"] = lost
+    if kind == "remote-inbound-rtp" and "remote_jitter_ms" not in figures:
+        jitter_ms = _report_block_jitter_ms(value)
+        if jitter_ms is not None:
+            figures["remote_jitter_ms"] = jitter_ms
+    found.setdefault(kind, []).append(figures)
     return True
 
 

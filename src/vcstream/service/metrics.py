@@ -28,6 +28,8 @@ from vcstream.streaming.scheduler import SchedulerStats
 INFERENCE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 #: mouth-to-ear estimate: ~100 ms is conversational, above ~500 ms hard to talk over
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+#: share of packets lost or of audio concealed over a stats interval (0..1)
+LOSS_BUCKETS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 #: failure reasons are label values: keep them a short fixed vocabulary (bounded cardinality)
 _REASON = re.compile(r"[^a-z0-9_]+")
 
@@ -65,6 +67,21 @@ class ServiceMetrics:
             "vcstream_end_to_end_latency_seconds",
             "Estimated mouth-to-ear latency of a session (buffering, algorithmic delay, inference)",
             buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self._packet_loss = Histogram(
+            "vcstream_call_packet_loss_ratio",
+            "Share of a call's packets lost per stats interval: direction=received (the caller's, "
+            "counted by the server) or sent (the server's, from the caller's receiver reports)",
+            ["direction"],
+            buckets=LOSS_BUCKETS,
+            registry=r,
+        )
+        self._concealed = Histogram(
+            "vcstream_call_concealed_ratio",
+            "Share of a call's received audio the server's decoder made up for lost packets per stats "
+            "interval (Opus FEC or concealment)",
+            buckets=LOSS_BUCKETS,
             registry=r,
         )
         self._bytes_in = Counter("vcstream_received_bytes", "Media bytes received from clients", registry=r)
@@ -123,6 +140,16 @@ class ServiceMetrics:
         self._latency.observe(seconds)
 
     # -- media ------------------------------------------------------------------------------------
+
+    def observe_call_loss(
+        self, received_pct: float | None, sent_pct: float | None, concealed_pct: float | None
+    ) -> None:
+        """One stats interval of a call's loss, in percent (None: not known for this interval)."""
+        for direction, pct in (("received", received_pct), ("sent", sent_pct)):
+            if pct is not None:
+                self._packet_loss.labels(direction=direction).observe(pct / 100)
+        if concealed_pct is not None:
+            self._concealed.observe(concealed_pct / 100)
 
     def bytes_in(self, n: int) -> None:
         if n > 0:

@@ -48,7 +48,11 @@ Server -> client
                 (concealed: the device could not convert them in time), ``dropped_ms``,
                 ``drop_events``, ``engine_errors``, ``rtt_ms``, ``jitter_ms`` (of the audio the server
                 receives), ``remote_jitter_ms`` and ``remote_packets_lost`` (the client's reports on the
-                audio it receives),
+                audio it receives), loss over the last interval both ways: ``received_loss_pct`` (the
+                client's packets lost on the way in), ``sent_loss_pct`` (the server's, as the client's
+                receiver report says), ``fec`` (the server sends Opus in-band FEC),
+                ``fec_expected_loss_pct`` (the loss its encoder protects against) and
+                ``concealed_pct`` (received audio the server's decoder made up: FEC or concealment),
                 ``bitrate_in_kbps``, ``bitrate_out_kbps``, and ``timeline`` (ms from the offer to the
                 answer, to the connection, to the first audio in and the first converted audio out).
   ``voice``, ``settings``: acknowledgements (above).

@@ -7,6 +7,7 @@ the live session, whose counters start at 0).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,38 @@ class _Reported:
     dropped_blocks: int = 0
     bytes_in: float = 0.0
     bytes_out: float = 0.0
+    packets_lost: float = 0.0
+    packets_received: float = 0.0
+    concealed_ms: float = 0.0
+    decoded_ms: float = 0.0
     at: float = field(default_factory=time.monotonic)
+
+
+def _grown(now: float | None, before: float) -> tuple[float, float]:
+    """(growth since ``before``, the value to remember): a counter that went back started over."""
+    if now is None:
+        return 0.0, before
+    return (now - before if now >= before else now), now
+
+
+def _percent(part: float, whole: float) -> float | None:
+    return None if whole <= 0 else round(100 * min(1.0, max(0.0, part / whole)), 2)
+
+
+@dataclass(frozen=True)
+class LossFigures:
+    """Loss both ways over the last interval, and how the server protects against it."""
+
+    #: the caller's packets lost on the way to the server (RTP sequence gaps)
+    received_loss_pct: float | None
+    #: the server's packets lost on the way to the caller (the caller's receiver report)
+    sent_loss_pct: float | None
+    #: the server's encoder sends Opus in-band FEC
+    fec: bool
+    #: the loss the encoder protects against now (packet-loss-percentage)
+    fec_expected_loss_pct: int | None
+    #: received audio the server's decoder made up for lost packets (FEC or concealment)
+    concealed_pct: float | None
 
 
 def _rounded(value: float | None) -> float | None:
@@ -44,6 +76,27 @@ class CallStatistics:
         self._reported = _Reported()
         #: engine failures seen so far (each new one is reported to the client once)
         self.engine_errors = 0
+
+    def _loss(self, peer: PeerStats) -> LossFigures:
+        reported = self._reported
+        lost, reported.packets_lost = _grown(peer.packets_lost, reported.packets_lost)
+        received, reported.packets_received = _grown(peer.packets_received, reported.packets_received)
+        concealed, reported.concealed_ms = _grown(peer.concealed_ms, reported.concealed_ms)
+        decoded, reported.decoded_ms = _grown(peer.decoded_ms, reported.decoded_ms)
+        lost = max(0.0, lost)  # a duplicate (a retransmission) counts as -1 lost
+        protection = peer.protection
+        sent = peer.remote_fraction_lost
+        figures = LossFigures(
+            received_loss_pct=_percent(lost, lost + received),
+            sent_loss_pct=None if sent is None else round(100 * min(1.0, max(0.0, sent)), 2),
+            fec=bool(protection and protection.inband_fec),
+            fec_expected_loss_pct=protection.packet_loss_pct if protection else None,
+            concealed_pct=_percent(concealed, decoded),
+        )
+        self.metrics.observe_call_loss(
+            figures.received_loss_pct, figures.sent_loss_pct, figures.concealed_pct
+        )
+        return figures
 
     def message(
         self,
@@ -83,6 +136,7 @@ class CallStatistics:
         )
         if stats.blocks:
             metrics.observe_latency(latency / 1000)
+        loss = self._loss(peer)
         engine_failed = stats.errors > self.engine_errors
         if engine_failed:
             self.engine_errors = stats.errors
@@ -105,6 +159,7 @@ class CallStatistics:
             "jitter_ms": r(peer.jitter_ms),
             "remote_jitter_ms": r(peer.remote_jitter_ms),
             "remote_packets_lost": peer.remote_packets_lost,
+            **dataclasses.asdict(loss),
             "bitrate_in_kbps": r(rate_in),
             "bitrate_out_kbps": r(rate_out),
             "webrtc_latency_ms": webrtc_latency_ms,

@@ -356,6 +356,7 @@ function handleMessage(message) {
     case "stats":
       state.serverStats = message;
       renderStats();
+      renderNetwork(message);
       break;
     case "voice":
       if (state.callState === "live") ui.callStatus.textContent = `Live: you sound like ${message.name}.`;
@@ -724,6 +725,23 @@ function renderStats() {
       : "–";
   $("stat-drops").textContent = server.blocks !== undefined ? `${server.late_blocks} late, ${server.skipped_blocks ?? 0} skipped / ${fmt(server.dropped_ms, "ms")}` : "–";
   $("stat-backlog").textContent = fmt(server.backlog_ms, "ms");
+}
+
+// One plain line on the network: the worse direction's loss over the last interval, and whether the
+// server protects what it sends with Opus in-band FEC.
+function networkLine(stats) {
+  const losses = [stats.received_loss_pct, stats.sent_loss_pct].filter((v) => typeof v === "number");
+  if (!losses.length) return "";
+  const loss = Math.max(...losses);
+  const lossText = loss < 0.5 ? "no loss" : `${loss.toFixed(0)}% loss`;
+  return `network: ${lossText}, ${stats.fec ? "protected by FEC" : "not protected by FEC"}`;
+}
+
+function renderNetwork(stats) {
+  const line = $("network-line");
+  if (!line) return;
+  line.textContent = networkLine(stats);
+  line.hidden = !line.textContent;
 }
 
 function micErrorText(err) {
