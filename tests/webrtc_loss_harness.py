@@ -38,6 +38,7 @@ sys.path.insert(0, str(TESTS))
 
 from netns import NetnsPair  # noqa: E402
 from vcstream.bench.talk_markers import MarkerLocator, TalkTrack, envelope, talk_track  # noqa: E402
+from vcstream.media.dtls_certificate import PROTECTION_VARIABLE  # noqa: E402
 from vcstream.media.webrtc import OPUS_RATE  # noqa: E402
 
 HTTP_PORT = 8080
@@ -77,9 +78,11 @@ async def _wait_ready(base: str, timeout_s: float) -> None:
             await asyncio.sleep(0.1)
 
 
-async def python_call(base: str, voice: str, seconds: float, out: Path) -> dict[str, Any]:
+async def python_call(base: str, voice: str, seconds: float, out: Path, fec: bool) -> dict[str, Any]:
     import aiohttp
 
+    from vcstream.media.webrtc import PeerConfig
+    from waiting import wait_until_async
     from webrtc_harness import PyClient
 
     await _wait_ready(base, 30)
@@ -94,7 +97,15 @@ async def python_call(base: str, voice: str, seconds: float, out: Path) -> dict[
 
         client.events.on_state = on_state  # type: ignore[method-assign]
         try:
-            await client.dial(voice)
+            # without FEC the offer asks for none (so the server sends none) and offers no NACK: main's call
+            await client.hello()
+            config = PeerConfig(inband_fec=fec, nack=fec, count_received_fec=True)
+            await client.start(voice, peer_config=config)
+            # nothing is said before the connection is up: audio pushed earlier waits in the send
+            # queue (up to its 0.5 s) and would delay the whole call by the connection time
+            await wait_until_async(
+                lambda: bool(connected), 30, "the call connected", state=client.messages.copy
+            )
             # warm-up speech until the echo comes back (the connection time), then the measured track
             warm = track.samples[track.onsets[0] : track.onsets[0] + OPUS_RATE // 3]
             first = await client.talk_until_converted(np.tile(warm, 40), timeout_s=20)
@@ -112,6 +123,7 @@ async def python_call(base: str, voice: str, seconds: float, out: Path) -> dict[
                 received = list(client.events.received[start_index:])
                 arrivals = list(client.events.arrivals[start_index:])
             stats = client.peer.stats()
+            packets, with_fec = client.peer.received_fec
             server_stats = [m for m in client.messages if m["type"] == "stats"]
         finally:
             await client.close()
@@ -127,6 +139,8 @@ async def python_call(base: str, voice: str, seconds: float, out: Path) -> dict[
         "connect_s": first - client.offer_sent,
         "connected_s": connected[0] - client.offer_sent if connected else None,
         "packets_lost": stats.packets_lost,
+        "opus_packets": packets,
+        "fec_packets": with_fec,
         "packets_received": stats.packets_received,
         "server_stats": server_stats[-1] if server_stats else {},
     }
@@ -243,15 +257,22 @@ class LossyLink:
                     timeout=10,
                 )
 
-    def python_call(self, loss_pct: float, seconds: float) -> CallRecord:
+    def python_call(
+        self, loss_pct: float, seconds: float, fec: bool = True, protection: bool = True
+    ) -> CallRecord:
+        """A call from the Python client at ``loss_pct`` each way; without ``fec`` it offers neither FEC
+        nor NACK, without ``protection`` its handshake is webrtcbin's own (the server's is set by
+        ``env`` at ``serving``)."""
         self._calls += 1
         out = self.workdir / f"call-{self._calls}.npz"
         self.set_loss(loss_pct)
         try:
             done = self.pair.run(
                 self.pair.a,
-                [sys.executable, str(TESTS / "webrtc_loss_harness.py"), "python-call", "--base", self.base,
-                 "--voice", self.voice, "--seconds", str(seconds), "--out", str(out)],
+                ["env", f"{PROTECTION_VARIABLE}={int(protection)}",
+                 sys.executable, str(TESTS / "webrtc_loss_harness.py"), "python-call", "--base", self.base,
+                 "--voice", self.voice, "--seconds", str(seconds), "--out", str(out),
+                 *([] if fec else ["--no-fec"])],
                 timeout_s=seconds + 60,
             )  # fmt: skip
         finally:
@@ -323,14 +344,17 @@ def compare(clean: CallRecord, lossy: CallRecord) -> Comparison:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=["python-call"])
     parser.add_argument("--base", required=True)
     parser.add_argument("--voice", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-fec", action="store_true", help="offer no FEC and no NACK (main's call)")
     args = parser.parse_args()
-    result = asyncio.run(python_call(args.base, args.voice, args.seconds, args.out))
+    result = asyncio.run(python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec))
     print(json.dumps(result, default=float), flush=True)
 
 

@@ -1,4 +1,4 @@
-"""The process's DTLS certificate for webrtcbin, and the DTLS handshake made to survive packet loss.
+"""webrtcbin's connection set-up (ICE checks, DTLS handshake) made to survive packet loss.
 
 Why a WebRTC call took seconds to connect on a lossy link (measured: 0.5-7 s at 10 % loss): the DTLS
 elements of GStreamer 1.22 run OpenSSL with its default retransmission timer (1 s, doubling: no
@@ -10,9 +10,15 @@ DTLS numbers its handshake messages and records). At 10 % loss a datagram is the
 instead of 10 %, and a five-datagram flight with 0.5 % instead of 41 %. It costs a few kilobytes
 per call, once; the copying stops at the first SRTP packet.
 
-The certificate: ECDSA P-256 instead of the elements' own RSA 2048 (made once per process by
-``openssl``, ~10 ms instead of ~150 ms, and smaller Certificate and CertificateVerify records),
-set on every ``dtlsdec`` webrtcbin creates (they share it through ``pem``).
+ICE: libnice's connectivity checks are retransmitted after 500 ms, 3 times; at 10 % loss each way
+a call in six failed ICE outright. 200 ms and 7 times here (``tune_ice_agent``).
+
+The certificate (why this module's name, and no code for it): the elements already share one
+certificate per process (``prepare()`` makes it ahead of the first call), and a certificate set
+through ``dtlsdec``'s ``pem`` at ``deep-element-added`` comes too late in 1.22: the DTLS transport
+creates its connection, with the default certificate, when it is constructed, before its elements
+join the pipeline (checked: the SDP fingerprint stays the default one). An ECDSA certificate would
+not shorten a flight anyway: each handshake record is a datagram of its own, whatever the key.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from typing import Any
 
 from vcstream.media.gst import Gst
 
-__all__ = ["COPIES_VARIABLE", "HANDSHAKE_COPIES", "handshake_copies", "harden_element", "tune_ice_agent"]
+__all__ = ["HANDSHAKE_COPIES", "PROTECTION_VARIABLE", "harden_element", "protected", "tune_ice_agent"]
 
-#: times each DTLS handshake datagram is sent (1 = once, as webrtcbin alone does); the environment
-#: variable overrides it (1 measures the unprotected handshake: scripts/webrtc-loss-table.sh)
+#: times each DTLS handshake datagram is sent (1 = once, as webrtcbin alone does)
 HANDSHAKE_COPIES = 3
-COPIES_VARIABLE = "VCSTREAM_WEBRTC_HANDSHAKE_COPIES"
+#: set to 0, webrtcbin's own handshake (one copy, libnice's check timers): what
+#: scripts/webrtc-loss-table.sh measures as "before"
+PROTECTION_VARIABLE = "VCSTREAM_WEBRTC_HANDSHAKE_PROTECTION"
 #: DTLS record content types (RFC 6347): change_cipher_spec and handshake are what a flight holds
 _DTLS_FLIGHT_TYPES = (20, 22)
 #: RFC 7983: a first byte in 128-191 is RTP/RTCP (SRTP here): the handshake is over
@@ -50,10 +57,9 @@ def _is_flight_datagram(buffer: Any) -> bool | None:
     return first in _DTLS_FLIGHT_TYPES
 
 
-def handshake_copies() -> int:
-    """``HANDSHAKE_COPIES``, or the environment's ``VCSTREAM_WEBRTC_HANDSHAKE_COPIES`` (1-5)."""
-    text = os.environ.get(COPIES_VARIABLE, "").strip()
-    return min(5, max(1, int(text))) if text.isdigit() else HANDSHAKE_COPIES
+def protected() -> bool:
+    """Whether the handshake is protected (``VCSTREAM_WEBRTC_HANDSHAKE_PROTECTION`` is not ``0``)."""
+    return os.environ.get(PROTECTION_VARIABLE, "1").strip() != "0"
 
 
 def _send_copies(pad: Any, info: Any, copies: int) -> Any:
@@ -87,15 +93,16 @@ ICE_MAX_RETRANSMISSIONS = 7
 def tune_ice_agent(agent: Any) -> None:
     """Connectivity checks that survive loss: a lost check is sent again after 200 ms instead of
     500 ms, and a pair fails only after 8 sends instead of 4."""
+    if not protected():
+        return
     agent.set_property("stun-initial-timeout", ICE_INITIAL_TIMEOUT_MS)
     agent.set_property("stun-max-retransmissions", ICE_MAX_RETRANSMISSIONS)
 
 
 def harden_element(element: Any) -> None:
-    """Called for each element webrtcbin creates (``deep-element-added``): the process's
-    certificate on ``dtlsdec``, the handshake copies on ``nicesink``."""
+    """Called for each element webrtcbin creates (``deep-element-added``): the handshake copies on
+    ``nicesink``."""
     factory = element.get_factory()
     name = factory.get_name() if factory is not None else ""
-    copies = handshake_copies()
-    if name == "nicesink" and copies > 1:
-        element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, _send_copies, copies)
+    if name == "nicesink" and HANDSHAKE_COPIES > 1 and protected():
+        element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, _send_copies, HANDSHAKE_COPIES)
