@@ -322,15 +322,41 @@ class Comparison:
         return self.latency_p95_ms - self.clean_latency_p95_ms
 
 
+def _aligned_windows(
+    clean: np.ndarray, lossy: np.ndarray, window_s: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The clean audio after the first second and the lossy audio matched to it window by window:
+    the lag between two calls drifts a little (jitter buffers, the server's blocks), so each second
+    is aligned on its own, within 60 ms of the lag of the whole."""
+    whole = _align(clean, lossy)
+    width, search = round(window_s * OPUS_RATE), round(0.06 * OPUS_RATE)
+    step = OPUS_RATE // 1000
+    pieces_clean, pieces_lossy = [], []
+    for start in range(round(SETTLE_S * OPUS_RATE), clean.shape[0] - width, width):
+        reference = clean[start : start + width]
+        best, best_score = 0, -np.inf
+        for shift in range(-search, search + 1, step):
+            if start + shift < 0 or start + shift + width > whole.shape[0]:
+                continue
+            candidate = whole[start + shift : start + shift + width]
+            score = float(np.dot(envelope(reference, OPUS_RATE), envelope(candidate, OPUS_RATE)))
+            if score > best_score:
+                best, best_score = shift, score
+        if best_score > -np.inf:
+            pieces_clean.append(reference)
+            pieces_lossy.append(whole[start + best : start + best + width])
+    if not pieces_clean:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(pieces_clean), np.concatenate(pieces_lossy)
+
+
 def compare(clean: CallRecord, lossy: CallRecord) -> Comparison:
     """The lossy call's audio against the clean call's, after the first second."""
-    aligned = _align(clean.received, lossy.received)
-    skip = round(SETTLE_S * OPUS_RATE)
-    n = min(clean.received.shape[0], aligned.shape[0])
-    clean_db, lossy_db = _frame_db(clean.received[skip:n]), _frame_db(aligned[skip:n])
+    reference, heard = _aligned_windows(clean.received, lossy.received)
+    clean_db, lossy_db = _frame_db(reference), _frame_db(heard)
     speech = clean_db > SPEECH_DBFS
     too_quiet = float(np.mean(lossy_db[speech] <= clean_db[speech] - TOO_QUIET_DB)) if speech.any() else 1.0
-    a, b = envelope(clean.received[skip:n], OPUS_RATE), envelope(aligned[skip:n], OPUS_RATE)
+    a, b = envelope(reference, OPUS_RATE), envelope(heard, OPUS_RATE)
     correlation = float(np.corrcoef(a, b)[0, 1]) if a.size > 1 else 0.0
     lossy_lat, clean_lat = lossy.latencies_s(), clean.latencies_s()
     return Comparison(
