@@ -52,7 +52,8 @@ def main() -> None:
                     try:
                         call = link.python_call(loss, args.seconds, fec=on, protection=on)
                     except AssertionError as failure:
-                        rows[(loss, mode)] = f"| {loss:g} % | {mode} | call failed: {str(failure)[-80:]} |"
+                        why = " ".join(str(failure).split())[-70:].replace("|", "/")
+                        rows[(loss, mode)] = f"| {loss:g} % | {mode} | call failed: ...{why} | | | | |"
                         print(rows[(loss, mode)], flush=True)
                         continue
                     c = compare(clean, call)
