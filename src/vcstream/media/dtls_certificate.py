@@ -11,7 +11,8 @@ instead of 10 %, and a five-datagram flight with 0.5 % instead of 41 %. It costs
 per call, once; the copying stops at the first SRTP packet.
 
 ICE: libnice's connectivity checks are retransmitted after 500 ms, 3 times; at 10 % loss each way
-a call in six failed ICE outright. 200 ms and 7 times here (``tune_ice_agent``).
+a call in three to six failed ICE outright. 200 ms and 7 times here (``tune_ice_agent``):
+faster, but calls still fail ICE now and then at 10-20 % loss, for a cause not found yet.
 
 The certificate (why this module's name, and no code for it): the elements already share one
 certificate per process (``prepare()`` makes it ahead of the first call), and a certificate set
