@@ -1,0 +1,388 @@
+"""WebRTC calls over a lossy link: a vcstream server (passthrough engine) in one network namespace, the
+caller in another, nftables dropping a share of every UDP datagram leaving either namespace (ICE, DTLS,
+SRTP alike; signalling is TCP and untouched).
+
+The host side (``LossyLink``, ``compare``) is what tests/test_webrtc_loss.py and
+scripts/webrtc-loss-table.sh use; the caller side runs inside the caller's namespace as
+``python tests/webrtc_loss_harness.py python-call ...`` and prints one JSON line, leaving the audio it
+received in an ``.npz`` file:
+
+* ``python-call``: the Python client (a ``WebRtcPeer`` offering over the signalling WebSocket);
+  talks until converted audio comes back, then plays a talk track (speech bursts in silences,
+  ``vcstream.bench.talk_markers``) in real time and records every push and every arrival, so each
+  burst's latency is known.
+
+Connection time is from the offer sent to the first converted audio (``connect_s``) and to
+webrtcbin's connection state ``connected`` (ICE and DTLS done, ``connected_s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+from netns import NetnsPair  # noqa: E402
+from vcstream.bench.talk_markers import MarkerLocator, TalkTrack, envelope, talk_track  # noqa: E402
+from vcstream.media.dtls_certificate import PROTECTION_VARIABLE  # noqa: E402
+from vcstream.media.webrtc import OPUS_RATE  # noqa: E402
+
+HTTP_PORT = 8080
+CHUNK = OPUS_RATE // 50
+#: the part of the received audio left out of the comparison (the call settling)
+SETTLE_S = 1.0
+#: a speech frame this much quieter than in the clean run counts as lost to the network
+TOO_QUIET_DB = 10.0
+#: frames of the clean run this loud (dBFS) count as speech
+SPEECH_DBFS = -40.0
+FRAME = OPUS_RATE // 50
+
+
+def _track(seconds: float) -> TalkTrack:
+    from vcstream.bench.signals import flite_speech
+
+    return talk_track(flite_speech("rms", OPUS_RATE), OPUS_RATE, seconds=seconds, chunk=CHUNK)
+
+
+# -- the caller's side (inside its namespace) --------------------------------------------------------
+
+
+async def _wait_ready(base: str, timeout_s: float) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while True:  # the server starts in the other namespace at the same time
+            try:
+                async with http.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the server did not become ready within {timeout_s} s")
+            await asyncio.sleep(0.1)
+
+
+async def python_call(base: str, voice: str, seconds: float, out: Path, fec: bool) -> dict[str, Any]:
+    import aiohttp
+
+    from vcstream.media.webrtc import PeerConfig
+    from waiting import wait_until_async
+    from webrtc_harness import PyClient
+
+    await _wait_ready(base, 30)
+    track = _track(seconds)
+    connected: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        client = PyClient(await http.ws_connect(base.replace("http", "ws", 1) + "/ws"))
+
+        def on_state(name: str, value: str) -> None:
+            if name == "connection" and value == "connected" and not connected:
+                connected.append(time.perf_counter())
+
+        client.events.on_state = on_state  # type: ignore[method-assign]
+        try:
+            # without FEC the offer asks for none (so the server sends none) and offers no NACK: main's call
+            await client.hello()
+            config = PeerConfig(inband_fec=fec, nack=fec, count_received_fec=True)
+            await client.start(voice, peer_config=config)
+            # nothing is said before the connection is up: audio pushed earlier waits in the send
+            # queue (up to its 0.5 s) and would delay the whole call by the connection time
+            await wait_until_async(
+                lambda: bool(connected), 30, "the call connected", state=client.messages.copy
+            )
+            # warm-up speech until the echo comes back (the connection time), then the measured track
+            warm = track.samples[track.onsets[0] : track.onsets[0] + OPUS_RATE // 3]
+            first = await client.talk_until_converted(np.tile(warm, 40), timeout_s=20)
+            assert client.offer_sent is not None and client.peer is not None
+            with client.events.lock:
+                start_index = len(client.events.received)
+            pushes: list[float] = []
+            started = time.perf_counter()
+            for index in range(round(seconds * 50)):
+                pushes.append(time.perf_counter())
+                client.peer.push(track.samples[index * CHUNK : (index + 1) * CHUNK])
+                await asyncio.sleep(max(0.0, started + (index + 1) / 50 - time.perf_counter()))
+            await asyncio.sleep(0.5)  # the last bursts' way back
+            with client.events.lock:
+                received = list(client.events.received[start_index:])
+                arrivals = list(client.events.arrivals[start_index:])
+            stats = client.peer.stats()
+            packets, with_fec = client.peer.received_fec
+            server_stats = [m for m in client.messages if m["type"] == "stats"]
+        finally:
+            await client.close()
+    audio = np.concatenate(received) if received else np.zeros(0, np.float32)
+    np.savez(
+        out,
+        received=audio,
+        arrival_times=np.array([t for t, _ in arrivals]),
+        arrival_sizes=np.array([n for _, n in arrivals]),
+        pushes=np.array(pushes),
+    )
+    return {
+        "connect_s": first - client.offer_sent,
+        "connected_s": connected[0] - client.offer_sent if connected else None,
+        "packets_lost": stats.packets_lost,
+        "opus_packets": packets,
+        "fec_packets": with_fec,
+        "packets_received": stats.packets_received,
+        "server_stats": server_stats[-1] if server_stats else {},
+    }
+
+
+# -- the host's side ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CallRecord:
+    """What one call brought back: the caller's figures and the audio it received."""
+
+    summary: dict[str, Any]
+    received: np.ndarray
+    arrivals: list[tuple[float, int]]
+    pushes: list[float]
+    seconds: float
+
+    @classmethod
+    def load(cls, summary: dict[str, Any], path: Path, seconds: float) -> CallRecord:
+        data = np.load(path)
+        arrivals = list(zip(data["arrival_times"].tolist(), data["arrival_sizes"].tolist(), strict=True))
+        return cls(summary, data["received"].astype(np.float32), arrivals, data["pushes"].tolist(), seconds)
+
+    def latencies_s(self) -> list[float]:
+        track = _track(self.seconds)
+        locator = MarkerLocator(track, CHUNK, self.pushes)
+        since = self.pushes[0] + SETTLE_S
+        found = locator.latencies(self.received, self.arrivals, since, self.pushes[-1], max_lag_s=1.0)
+        return [lag for _, lag in found if lag is not None]
+
+
+def _loss_rules(percent: float) -> str:
+    return (
+        "table inet vcstream_loss {\n"
+        "  chain out {\n"
+        "    type filter hook output priority 0; policy accept;\n"
+        f"    meta l4proto udp numgen random mod 1000 < {round(10 * percent)} drop\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+class LossyLink:
+    """A server in namespace B of ``pair``, calls from namespace A, and loss on the UDP both ways."""
+
+    def __init__(self, pair: NetnsPair, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.pair = pair
+        self.workdir = workdir
+        self.env = env or {}
+        self.base = f"http://{pair.address_b}:{HTTP_PORT}"
+        self.voice = ""
+        self._calls = 0
+
+    @contextmanager
+    def serving(self, reference: Path) -> Iterator[LossyLink]:
+        env = {
+            **os.environ,
+            "VCSTREAM_ENGINE": "passthrough",
+            "VCSTREAM_MAX_SESSIONS": "2",
+            "VCSTREAM_DATA_DIR": str(self.workdir / "data"),
+            **self.env,
+        }
+        server = subprocess.Popen(
+            self.pair.command(self.pair.b, [sys.executable, "-m", "vcstream.cli", "serve", "--port",
+                                            str(HTTP_PORT)]),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        self.pair.processes.append(server)
+        try:
+            self.voice = self._upload(reference)
+            yield self
+        finally:
+            server.terminate()
+            try:
+                server.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+    def _upload(self, reference: Path) -> str:
+        code = (
+            "import asyncio, sys, aiohttp\n"
+            "sys.path.insert(0, sys.argv[3])\n"
+            "from webrtc_loss_harness import _wait_ready\n"
+            "async def main():\n"
+            "    await _wait_ready(sys.argv[1], 30)\n"
+            "    async with aiohttp.ClientSession() as http:\n"
+            "        form = aiohttp.FormData(); form.add_field('name', 'voice')\n"
+            "        form.add_field('file', open(sys.argv[2], 'rb').read(), filename='ref.wav')\n"
+            "        async with http.post(sys.argv[1] + '/api/voices', data=form) as r:\n"
+            "            print((await r.json())['id'])\n"
+            "asyncio.run(main())\n"
+        )
+        done = self.pair.run(
+            self.pair.a, [sys.executable, "-c", code, self.base, str(reference), str(TESTS)], 60
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"uploading the voice failed: {done.stderr[-2000:]}")
+        return done.stdout.strip().splitlines()[-1]
+
+    def set_loss(self, percent: float) -> None:
+        for namespace in (self.pair.a, self.pair.b):
+            self.pair.clear_loss(namespace)
+            if percent > 0:
+                subprocess.run(
+                    self.pair.command(namespace, ["nft", "-f", "-"]),
+                    input=_loss_rules(percent),
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                )
+
+    def python_call(
+        self, loss_pct: float, seconds: float, fec: bool = True, protection: bool = True
+    ) -> CallRecord:
+        """A call from the Python client at ``loss_pct`` each way; without ``fec`` it offers neither FEC
+        nor NACK, without ``protection`` its handshake is webrtcbin's own (the server's is set by
+        ``env`` at ``serving``)."""
+        self._calls += 1
+        out = self.workdir / f"call-{self._calls}.npz"
+        self.set_loss(loss_pct)
+        try:
+            done = self.pair.run(
+                self.pair.a,
+                ["env", f"{PROTECTION_VARIABLE}={int(protection)}",
+                 sys.executable, str(TESTS / "webrtc_loss_harness.py"), "python-call", "--base", self.base,
+                 "--voice", self.voice, "--seconds", str(seconds), "--out", str(out),
+                 *([] if fec else ["--no-fec"])],
+                timeout_s=seconds + 60,
+            )  # fmt: skip
+        finally:
+            self.set_loss(0)
+        if done.returncode != 0:
+            raise AssertionError(f"the call at {loss_pct} % loss failed: {done.stderr[-3000:]}")
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        return CallRecord.load(summary, out, seconds)
+
+
+# -- comparison --------------------------------------------------------------------------------------
+
+
+def _frame_db(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0] // FRAME
+    frames = x[: n * FRAME].reshape(n, FRAME).astype(np.float64)
+    result: np.ndarray = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    return result
+
+
+def _align(clean: np.ndarray, lossy: np.ndarray, max_lag_s: float = 0.3) -> np.ndarray:
+    """``lossy`` shifted onto ``clean`` by the lag that best matches their envelopes."""
+    a, b = envelope(clean, OPUS_RATE), envelope(lossy, OPUS_RATE)
+    n = min(a.size, b.size)
+    a, b = a[:n] - a[:n].mean(), b[:n] - b[:n].mean()
+    limit = round(max_lag_s * 1000)
+    scores = [float(np.dot(a[max(0, -k) : n - max(0, k)], b[max(0, k) : n - max(0, -k)]))
+              for k in range(-limit, limit + 1)]  # fmt: skip
+    lag_ms = int(np.argmax(scores)) - limit
+    shift = lag_ms * OPUS_RATE // 1000
+    if shift >= 0:
+        return lossy[shift:]
+    return np.concatenate([np.zeros(-shift, np.float32), lossy])
+
+
+@dataclass(frozen=True)
+class Comparison:
+    too_quiet_pct: float
+    envelope_correlation: float
+    latency_p95_ms: float
+    clean_latency_p95_ms: float
+    connect_s: float
+    connected_s: float | None
+
+    @property
+    def extra_latency_ms(self) -> float:
+        return self.latency_p95_ms - self.clean_latency_p95_ms
+
+
+def _aligned_windows(
+    clean: np.ndarray, lossy: np.ndarray, window_s: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The clean audio after the first second and the lossy audio matched to it window by window:
+    the lag between two calls drifts a little (jitter buffers, the server's blocks), so each second
+    is aligned on its own, within 60 ms of the lag of the whole."""
+    whole = _align(clean, lossy)
+    width, search = round(window_s * OPUS_RATE), round(0.06 * OPUS_RATE)
+    step = OPUS_RATE // 1000
+    pieces_clean, pieces_lossy = [], []
+    for start in range(round(SETTLE_S * OPUS_RATE), clean.shape[0] - width, width):
+        reference = clean[start : start + width]
+        best, best_score = 0, -np.inf
+        for shift in range(-search, search + 1, step):
+            if start + shift < 0 or start + shift + width > whole.shape[0]:
+                continue
+            candidate = whole[start + shift : start + shift + width]
+            score = float(np.dot(envelope(reference, OPUS_RATE), envelope(candidate, OPUS_RATE)))
+            if score > best_score:
+                best, best_score = shift, score
+        if best_score > -np.inf:
+            pieces_clean.append(reference)
+            pieces_lossy.append(whole[start + best : start + best + width])
+    if not pieces_clean:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(pieces_clean), np.concatenate(pieces_lossy)
+
+
+def compare(clean: CallRecord, lossy: CallRecord) -> Comparison:
+    """The lossy call's audio against the clean call's, after the first second."""
+    reference, heard = _aligned_windows(clean.received, lossy.received)
+    clean_db, lossy_db = _frame_db(reference), _frame_db(heard)
+    speech = clean_db > SPEECH_DBFS
+    too_quiet = float(np.mean(lossy_db[speech] <= clean_db[speech] - TOO_QUIET_DB)) if speech.any() else 1.0
+    a, b = envelope(reference, OPUS_RATE), envelope(heard, OPUS_RATE)
+    correlation = float(np.corrcoef(a, b)[0, 1]) if a.size > 1 else 0.0
+    lossy_lat, clean_lat = lossy.latencies_s(), clean.latencies_s()
+    return Comparison(
+        too_quiet_pct=100 * too_quiet,
+        envelope_correlation=correlation,
+        latency_p95_ms=1000 * float(np.percentile(lossy_lat, 95)) if lossy_lat else float("inf"),
+        clean_latency_p95_ms=1000 * float(np.percentile(clean_lat, 95)) if clean_lat else float("inf"),
+        connect_s=float(lossy.summary["connect_s"]),
+        connected_s=lossy.summary.get("connected_s"),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mode", choices=["python-call"])
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--voice", required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-fec", action="store_true", help="offer no FEC and no NACK (main's call)")
+    args = parser.parse_args()
+    result = asyncio.run(python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec))
+    print(json.dumps(result, default=float), flush=True)
+
+
+if __name__ == "__main__":
+    main()
