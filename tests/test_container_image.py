@@ -4,8 +4,10 @@ run by scripts/image.sh with podman) serves a real WebRTC call from the Python c
 The container's own address is podman's 10.88.x; the test publishes the HTTP port and the ICE UDP
 range on 127.0.0.1 and has the server announce 127.0.0.1, so the call connects only if the server's
 host candidates carry the announced address and ports of the range. The converted audio must come
-back with the reference voice's pitch (WORLD moves it). Then: the process is not root, the image's
-HEALTHCHECK passes, and SIGTERM drains and exits 0 within the grace period.
+back with the reference voice's pitch (WORLD moves it). The image requires auth: the test makes a
+tenant and its API key with ``vcstream tenants create``/``keys create`` inside the container, uploads
+with the key and calls with an access token, as a tenant's backend and page would. Then: the process
+is not root, the image's HEALTHCHECK passes, and SIGTERM drains and exits 0 within the grace period.
 
 Podman needs root here (rootless podman is not set up on these machines); where it cannot run the
 build and run tests skip with the reason, except in CI (``CI`` set), where they fail instead.
@@ -104,6 +106,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.environ["CONTAINERS_CONF"] = previous
 
 
+#: the image requires auth: access tokens are signed with this (a test value, not a secret)
+TOKEN_SECRET = "container-test-token-secret-0123456789abcdef"
+
+
 def test_image_serves_a_converted_call_behind_nat(image: str, tmp_path: Path, flite_speech: Speech) -> None:
     http_port = free_port()
     first, last = free_udp_range(2, start=43000)
@@ -118,6 +124,7 @@ def test_image_serves_a_converted_call_behind_nat(image: str, tmp_path: Path, fl
         "--env", "VCSTREAM_ANNOUNCED_ADDRESS=127.0.0.1",
         "--env", f"VCSTREAM_SHUTDOWN_GRACE_S={GRACE_S}",
         "--env", "VCSTREAM_WEBRTC_LATENCY_MS=20",
+        "--env", f"VCSTREAM_TOKEN_SECRET={TOKEN_SECRET}",  # the image requires auth
         image,
     )  # fmt: skip
     try:
@@ -150,18 +157,30 @@ async def _call_into(
         assert user != "0" and _podman("exec", name, "id", "-un").stdout.strip() == "vcstream"
         _podman("healthcheck", "run", name)  # exit status 0: healthy
 
+        # an operator makes a tenant and its key in the container; its backend mints a page's token
+        _podman("exec", name, "vcstream", "tenants", "create", "Acme", "--plan", "unlimited")
+        key = _podman("exec", name, "vcstream", "keys", "create", "Acme").stdout.strip()
+        bearer = {"Authorization": f"Bearer {key}"}
+        async with http.get(f"{base}/api/voices") as refused:
+            assert refused.status == 401  # the image requires a credential
         form = aiohttp.FormData()
         form.add_field("name", "slt")
         reference = reference_wav(tmp_path, flite_speech, "slt")
         form.add_field("file", await asyncio.to_thread(reference.read_bytes), filename="slt.wav")
-        async with http.post(f"{base}/api/voices", data=form) as response:
+        async with http.post(f"{base}/api/voices", data=form, headers=bearer) as response:
             assert response.status == 201, await response.text()
             voice = str((await response.json())["id"])
+        async with http.post(f"{base}/api/tokens", json={"voices": [voice]}, headers=bearer) as response:
+            assert response.status == 201, await response.text()
+            token = str((await response.json())["token"])
 
         speech = speech_48k(flite_speech, "rms")
         call = PyClient(await http.ws_connect(base.replace("http", "ws") + "/ws"))
         try:
-            await call.dial(voice)
+            await call.send("hello", token=token)
+            call.ready = await call.receive()
+            assert call.ready["type"] == "ready", call.ready
+            await call.start(voice)
             await call.talk_until_converted(speech, timeout_s=20)
             talked = call.events.audio().shape[0]
             await call.talk(speech, lambda: call.events.audio().shape[0] - talked > 3 * OPUS_RATE, 10)
