@@ -149,6 +149,18 @@ def test_a_paid_call_needs_a_token_is_limited_metered_and_ended_when_minutes_run
                 assert third.of_type("error")[0]["code"] == "minutes_used_up"
 
             ended = await asyncio.to_thread(usage_rows, data)
+            async with server.http.get(f"{server.base}/metrics") as response:
+                metrics = await response.text()
+
+        # Prometheus counts by plan (never by tenant)
+        assert 'vcstream_plan_refusals_total{plan="tiny",reason="call_limit"} 1.0' in metrics
+        assert (
+            'vcstream_plan_refusals_total{plan="tiny",reason="minutes_used_up"} 2.0' in metrics
+        )  # ended, refused
+        (metered,) = [
+            line for line in metrics.splitlines() if line.startswith("vcstream_converted_seconds_total")
+        ]
+        assert 'plan="tiny"' in metered and 6.0 <= float(metered.split()[-1]) < 8.0, metered
 
         (row_while_running,) = [r for r in running if r.ended_at is None]
         assert row_while_running.converted_s >= 0 and row_while_running.tenant_id is not None

@@ -102,6 +102,19 @@ class ServiceMetrics:
             ["engine", "device", "cpu_fallback"],
             registry=r,
         )
+        # by plan, never by tenant: a label per tenant would grow without bound
+        self._metered = Counter(
+            "vcstream_converted_seconds",
+            "Converted call audio metered, by the tenant's plan ('open' on a server without tenants)",
+            ["plan"],
+            registry=r,
+        )
+        self._plan_refusals = Counter(
+            "vcstream_plan_refusals",
+            "Calls a plan refused or ended: call_limit (concurrent calls), minutes_used_up",
+            ["plan", "reason"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._active_count = 0
 
@@ -165,6 +178,13 @@ class ServiceMetrics:
                 self._packet_loss.labels(direction=direction).observe(pct / 100)
         if concealed_pct is not None:
             self._concealed.observe(concealed_pct / 100)
+
+    def metered(self, plan: str, seconds: float) -> None:
+        if seconds > 0:
+            self._metered.labels(plan=plan).inc(seconds)
+
+    def plan_refused(self, plan: str, reason: str) -> None:
+        self._plan_refusals.labels(plan=plan, reason=reason).inc()
 
     def bytes_in(self, n: int) -> None:
         if n > 0:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from vcstream.service.auth import Principal
+from vcstream.service.metrics import ServiceMetrics
 from vcstream.service.signalling.protocol import SignallingError
 from vcstream.service.tenancy.metering import RECORD_EVERY_S, LimitReachedError, UsageLedger
 
@@ -30,11 +31,17 @@ class CallMeter:
         blocking: Callable[..., Awaitable[Any]],
         principal: Principal,
         engine: str,
+        metrics: ServiceMetrics,
     ) -> None:
         self._ledger = ledger
         self._blocking = blocking
         self._principal = principal
         self._engine = engine
+        self._metrics = metrics
+        #: the plan's name in metrics ("open": a server without tenants)
+        self.plan = "open" if principal.tenant is None else principal.tenant.plan
+        #: converted seconds already counted in the metrics
+        self._counted_s = 0.0
         #: the usage row's id: unique across replicas
         self.id = secrets.token_hex(16)
         self._seconds_left: float | None = None
@@ -61,6 +68,7 @@ class CallMeter:
                 self._ledger.start_call, self.id, self._principal.tenant, self._engine
             )
         except LimitReachedError as exc:
+            self._metrics.plan_refused(self.plan, exc.code)
             raise SignallingError(exc.code, str(exc), fatal=True) from exc
         self._seconds_left = allowance.seconds_left
         self._written_at = time.monotonic()
@@ -86,10 +94,12 @@ class CallMeter:
                 await self._blocking(self._ledger.record, self.id, converted_s)
             except Exception:
                 log.exception("call %s: writing its usage failed (the next write carries it)", self.id)
+            self._count(converted_s)
         left = self.seconds_left(converted_s)
         if left is None:
             return None
         if left <= 0:
+            self._metrics.plan_refused(self.plan, "minutes_used_up")
             return "end"
         if left <= WARN_BEFORE_END_S and not self._warned:
             self._warned = True
@@ -105,7 +115,12 @@ class CallMeter:
         if not self.started or self._ended:
             return
         self._ended = True
+        self._count(self.converted_s)
         try:
             await self._blocking(self._ledger.end_call, self.id, self.converted_s, reason)
         except Exception:
             log.exception("call %s: writing its final usage failed (%.1f s)", self.id, self.converted_s)
+
+    def _count(self, converted_s: float) -> None:
+        self._metrics.metered(self.plan, converted_s - self._counted_s)
+        self._counted_s = max(self._counted_s, converted_s)

@@ -365,7 +365,9 @@ class Connection:
 
     async def _metered(self, slot: EngineSlot) -> CallMeter:
         """The call admitted under the tenant's plan and recorded (a fatal error when it is not)."""
-        meter = CallMeter(self.app[LEDGER_KEY], self.registry.blocking, self.principal, slot.engine.name)
+        meter = CallMeter(
+            self.app[LEDGER_KEY], self.registry.blocking, self.principal, slot.engine.name, self.metrics
+        )
         await meter.start()
         return meter
 
