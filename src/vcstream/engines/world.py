@@ -33,6 +33,7 @@ from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
 from vcstream.engines.settings import SessionSettings
 from vcstream.engines.world_caller import CallerVoice
+from vcstream.engines.world_frames import FrameSelector, ReferenceFrames
 from vcstream.engines.world_envelope import (
     BINS,
     FFT_SIZE,
@@ -69,6 +70,8 @@ class WorldVoiceFeatures:
     #: mean natural-log power envelope over voiced frames, sampled at ``ENV_GRID_HZ``
     envelope: FloatArray = field(repr=False)
     voiced_s: float
+    #: the reference's voiced frames for frame-wise envelope replacement
+    frames: ReferenceFrames = field(repr=False)
 
 
 def _f0_track(x: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -125,6 +128,7 @@ class WorldSession(EngineSession):
         self._f0_history = np.zeros(MAX_GAP_FRAMES + 1)
         self._caller = CallerVoice()
         self._warp = WarpTable()
+        self._selector = FrameSelector()
         # the previous block's last frame (frame 0 of this block's synthesis)
         self._last_f0 = 0.0
         self._last_periodic = np.zeros(BINS, dtype=np.complex128)
@@ -230,6 +234,7 @@ class WorldSession(EngineSession):
         correction = self._caller.equalisation_toward(target.envelope, warp, self._correction)
         if correction.size:
             warped += correction
+        warped = self._selector.replace(target.frames, warped, voiced)
 
         # WORLD's split: periodic power sp*(1-ap^2), aperiodic sp*ap^2; unvoiced frames are all noise
         ap = np.clip(ap, 0.001, 1.0)
@@ -356,9 +361,13 @@ class WorldEngine(Engine):
             raise InvalidAudioError("reference holds too little voiced speech to take a voice from")
         lf0_mean, lf0_std = _robust_log_stats(np.log(f0[voiced]))
         sp = pyworld.cheaptrick(x, f0, times, SAMPLE_RATE, f0_floor=F0_FLOOR, fft_size=FFT_SIZE)
-        envelope = grid_envelope(_log_power(np.asarray(sp, dtype=np.float64)[voiced])).mean(axis=0)
+        voiced_log_sp = _log_power(np.asarray(sp, dtype=np.float64)[voiced])
+        envelope = grid_envelope(voiced_log_sp).mean(axis=0)
         envelope.flags.writeable = False
-        features = WorldVoiceFeatures(lf0_mean, lf0_std, envelope, float(voiced.sum()) * FRAME / SAMPLE_RATE)
+        voiced_s = float(voiced.sum()) * FRAME / SAMPLE_RATE
+        features = WorldVoiceFeatures(
+            lf0_mean, lf0_std, envelope, voiced_s, ReferenceFrames.from_envelopes(voiced_log_sp)
+        )
         return VoiceProfile(self.name, sample_rate, reference.shape[0] / sample_rate, features)
 
     def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> WorldSession:
