@@ -24,11 +24,11 @@ FloatArray = npt.NDArray[np.float64]
 #: cepstral coefficients 1..ORDER of the log envelope on ``ENV_GRID_HZ`` (c0, the level, is left out)
 ORDER = 24
 #: reference frames averaged per caller frame
-NEIGHBOURS = 6
+NEIGHBOURS = 8
 #: share of the borrowed envelope in the output envelope (the rest is the warped, equalised one)
 BLEND = 0.7
 #: one-pole smoothing of the borrowed envelope across frames (weight of the previous frame)
-SMOOTHING = 0.5
+SMOOTHING = 0.7
 #: most reference frames kept (about 30 s of voicing at 5 ms; evenly thinned beyond it)
 MAX_REFERENCE_FRAMES = 6000
 #: voiced frames of the caller after which its running cepstral mean is trusted fully
