@@ -33,13 +33,13 @@ from vcstream.audio.types import Audio
 from vcstream.engines.base import Engine, EngineSession, VoiceProfile, check_block, seconds_to_samples
 from vcstream.engines.settings import SessionSettings
 from vcstream.engines.world_caller import CallerVoice
-from vcstream.engines.world_frames import FrameSelector, ReferenceFrames
 from vcstream.engines.world_envelope import (
     BINS,
     FFT_SIZE,
     WarpTable,
     grid_envelope,
 )
+from vcstream.engines.world_frames import FrameSelector, ReferenceFrames
 from vcstream.engines.world_settings import FRAME, SAMPLE_RATE, WorldSettings
 from vcstream.errors import InvalidAudioError
 
