@@ -3,7 +3,9 @@
 Per block the session analyses the input (DIO + StoneMask F0, CheapTrick envelope, D4C aperiodicity,
 5 ms frames), maps F0 toward the target in the log domain (mean/std), moves the envelope toward the
 reference's (a frequency warp for formant positions and a per-band equalisation, estimated from the
-caller's running statistics: ``world_caller``, ``world_envelope``), and resynthesises.
+caller's running statistics: ``world_caller``, ``world_envelope``), replaces most of each voiced
+frame's envelope shape with that of its nearest reference frames (``world_frames``), and
+resynthesises.
 
 Streaming specifics:
 
