@@ -3,7 +3,9 @@
 Per block the session analyses the input (DIO + StoneMask F0, CheapTrick envelope, D4C aperiodicity,
 5 ms frames), maps F0 toward the target in the log domain (mean/std), moves the envelope toward the
 reference's (a frequency warp for formant positions and a per-band equalisation, estimated from the
-caller's running statistics: ``world_caller``, ``world_envelope``), and resynthesises.
+caller's running statistics: ``world_caller``, ``world_envelope``), replaces most of each voiced
+frame's envelope shape with that of its nearest reference frames (``world_frames``), and
+resynthesises.
 
 Streaming specifics:
 
@@ -39,6 +41,7 @@ from vcstream.engines.world_envelope import (
     WarpTable,
     grid_envelope,
 )
+from vcstream.engines.world_frames import FrameSelector, ReferenceFrames
 from vcstream.engines.world_settings import FRAME, SAMPLE_RATE, WorldSettings
 from vcstream.errors import InvalidAudioError
 
@@ -69,6 +72,8 @@ class WorldVoiceFeatures:
     #: mean natural-log power envelope over voiced frames, sampled at ``ENV_GRID_HZ``
     envelope: FloatArray = field(repr=False)
     voiced_s: float
+    #: the reference's voiced frames for frame-wise envelope replacement
+    frames: ReferenceFrames = field(repr=False)
 
 
 def _f0_track(x: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -125,6 +130,7 @@ class WorldSession(EngineSession):
         self._f0_history = np.zeros(MAX_GAP_FRAMES + 1)
         self._caller = CallerVoice()
         self._warp = WarpTable()
+        self._selector = FrameSelector()
         # the previous block's last frame (frame 0 of this block's synthesis)
         self._last_f0 = 0.0
         self._last_periodic = np.zeros(BINS, dtype=np.complex128)
@@ -230,6 +236,7 @@ class WorldSession(EngineSession):
         correction = self._caller.equalisation_toward(target.envelope, warp, self._correction)
         if correction.size:
             warped += correction
+        warped = self._selector.replace(target.frames, warped, voiced)
 
         # WORLD's split: periodic power sp*(1-ap^2), aperiodic sp*ap^2; unvoiced frames are all noise
         ap = np.clip(ap, 0.001, 1.0)
@@ -356,9 +363,13 @@ class WorldEngine(Engine):
             raise InvalidAudioError("reference holds too little voiced speech to take a voice from")
         lf0_mean, lf0_std = _robust_log_stats(np.log(f0[voiced]))
         sp = pyworld.cheaptrick(x, f0, times, SAMPLE_RATE, f0_floor=F0_FLOOR, fft_size=FFT_SIZE)
-        envelope = grid_envelope(_log_power(np.asarray(sp, dtype=np.float64)[voiced])).mean(axis=0)
+        voiced_log_sp = _log_power(np.asarray(sp, dtype=np.float64)[voiced])
+        envelope = grid_envelope(voiced_log_sp).mean(axis=0)
         envelope.flags.writeable = False
-        features = WorldVoiceFeatures(lf0_mean, lf0_std, envelope, float(voiced.sum()) * FRAME / SAMPLE_RATE)
+        voiced_s = float(voiced.sum()) * FRAME / SAMPLE_RATE
+        features = WorldVoiceFeatures(
+            lf0_mean, lf0_std, envelope, voiced_s, ReferenceFrames.from_envelopes(voiced_log_sp)
+        )
         return VoiceProfile(self.name, sample_rate, reference.shape[0] / sample_rate, features)
 
     def open_session(self, voice: VoiceProfile, settings: SessionSettings | None = None) -> WorldSession:
