@@ -511,6 +511,7 @@ function onSignallingClosed(event) {
     return;
   }
   signalling.reconnectLater();
+  state.reconnectAttempts = signalling.attempts; // diagnostics (and the browser tests)
   if (state.draining) setServerState("draining", "Restarting");
   else setServerState("down", "Reconnecting…");
   if (state.callWanted) {
