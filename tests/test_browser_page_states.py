@@ -222,7 +222,7 @@ def test_a_drain_is_announced_to_the_page_at_once(
         await snapshot(page, "draining")
         # no other server: the call stays, and the page says for how long
         await wait_for(page, "window.vcstream.move?.status === 'stayed'", 10, "the move given up")
-        assert "no other could take your call" in await text(page, "#call-status")
+        assert "no other server could take your call" in await text(page, "#call-status")
         await draining
 
     in_chromium(tmp_path, flite_speech, chromium, scenario)

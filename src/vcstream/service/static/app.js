@@ -112,14 +112,18 @@ function chosenVoice() {
 function renderVoices(voices, select) {
   state.voices = voices;
   const keep = select || chosenVoice() || localStorage.getItem("vcstream.voice");
+  const known = keep && voices.some((v) => v.id === keep);
   ui.voiceSelect.replaceChildren();
-  const placeholder = new Option(voices.length ? "Choose a voice…" : "No voices yet: add one first", "");
-  placeholder.disabled = true;
-  ui.voiceSelect.add(placeholder);
+  if (!known) {
+    // nothing chosen yet: a prompt, not somebody's voice
+    const placeholder = new Option(voices.length ? "Choose a voice…" : "No voices yet: add one first", "");
+    placeholder.disabled = true;
+    ui.voiceSelect.add(placeholder);
+  }
   for (const voice of voices) {
     ui.voiceSelect.add(new Option(`${voice.name} (${voice.duration_s.toFixed(1)} s)`, voice.id));
   }
-  ui.voiceSelect.value = keep && voices.some((v) => v.id === keep) ? keep : "";
+  ui.voiceSelect.value = known ? keep : "";
   ui.voiceDelete.disabled = ui.voicePlay.disabled = !chosenVoice();
   showFirstSteps(!voices.length);
 }
@@ -445,6 +449,11 @@ function handleMessage(message) {
     case "error":
       onServerError(message);
       break;
+    case "warning":
+      if (message.code === "minutes_ending") {
+        ui.callStatus.textContent = `Your plan's minutes end in ${Math.round(message.seconds_left)} s; the call stops then.`;
+      }
+      break;
     case "draining":
       onDraining(message.grace_s);
       break;
@@ -471,6 +480,10 @@ function onServerError(error) {
     else ui.callStatus.textContent = messages[error.code];
     return;
   }
+  if (error.code in REFUSALS) {
+    refuse(error);
+    return;
+  }
   if (error.code === "timeout" && !state.callWanted) {
     // the server closes connections left idle; the next Start connects again
     state.idle = true;
@@ -493,6 +506,7 @@ function onSignallingClosed(event) {
     call.close();
     call = null;
   }
+  if (state.refused === "unauthorized") return; // the same token would be refused again
   if (leaving) {
     // we said bye: get a fresh connection for the next call without fuss
     signalling.connect();
@@ -546,6 +560,20 @@ function waitForPlace(retryAfterS) {
   } else {
     ui.callStatus.textContent = `All places are taken right now; trying again in ${seconds} s.`;
   }
+}
+
+// refusals that trying again does not cure: the call ends with the reason in plain words
+const REFUSALS = {
+  unauthorized: "This page is not signed in to the voice service (its access token is missing or has expired). Reload the page from the site that embeds it.",
+  call_limit: "Your plan's calls are all in use. End another call, then press Start again.",
+  minutes_used_up: "Your plan's minutes for this month are used up.",
+};
+
+function refuse(error) {
+  state.refused = error.code;
+  if (error.code === "unauthorized") setServerState("down", "Not signed in");
+  if (state.callWanted) stopCall(REFUSALS[error.code]);
+  else ui.callStatus.textContent = REFUSALS[error.code];
 }
 
 // SIGTERM on the server: said at once; a call is moved to another server (or ends with a reason)
@@ -747,7 +775,7 @@ async function moveCall(graceS) {
       if (stillHere) {
         setCallState(
           "live",
-          `This server is shutting down and no other could take your call (${outcome.reason}). It continues for up to ${Math.round(graceS)} s, then the page reconnects.`,
+          `This server is shutting down and no other server could take your call (${outcome.reason}). It continues on this server for up to ${Math.round(graceS)} s, then the page reconnects.`,
         );
       }
       return;
@@ -1083,6 +1111,7 @@ async function loadInfo() {
   try {
     const info = await apiJson("/api/info");
     showEngine({ name: info.engine, note: info.engine_note, cpu_fallback: info.cpu_fallback });
+    if (info.auth === "required" && !ACCESS_TOKEN) refuse({ code: "unauthorized" });
   } catch {
     /* the signalling connection reports the server's state */
   }
