@@ -998,6 +998,8 @@ async function placeCall() {
 }
 
 async function placeCallOnce() {
+  // a call resumed after a dropped connection: its time to first audio counts from here
+  if (!state.timeline.click) state.timeline = { click: performance.now() };
   setCallState("connecting", "Connecting…");
   if (state.idle || !signalling.ws || signalling.ws.readyState > WebSocket.OPEN) {
     state.idle = false;
