@@ -697,6 +697,7 @@ class Call {
     } catch {
       return;
     }
+    if (call !== this) return; // the call ended while its report was gathered: no figures come back
     const now = performance.now();
     const figures = { at: now };
     report.forEach((s) => {
