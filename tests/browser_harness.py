@@ -124,7 +124,20 @@ async def open_client_page(context: Any, base_url: str) -> Any:
     page.on("console", lambda message: print(f"[page] {message.text}") if message.type == "error" else None)
     await page.goto(base_url + "/")
     await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
+    await choose_newest_voice(page)
     return page
+
+
+async def choose_newest_voice(page: Any) -> None:
+    """Choose the library's newest voice, as a user does: the page itself selects none for a newcomer."""
+    await page.evaluate(
+        """() => {
+          const select = document.getElementById('voice-select');
+          if (select.value || select.options.length < 2) return;
+          select.value = select.options[select.options.length - 1].value;
+          select.dispatchEvent(new Event('change'));
+        }"""
+    )
 
 
 def looping_microphone(folder: Path, speech: Audio) -> Path:

@@ -351,6 +351,7 @@ async def info(request: web.Request) -> web.Response:
             draining=state.draining,
             max_upload_bytes=settings.max_upload_bytes,
             reference_seconds=ReferenceSeconds(min=MIN_SPEECH_S, max=MAX_SPEECH_S),
+            auth=settings.auth,
         )
     )
 

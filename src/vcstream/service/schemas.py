@@ -160,3 +160,6 @@ class ServerInfo(Body):
     draining: bool
     max_upload_bytes: int
     reference_seconds: ReferenceSeconds
+    auth: str = Field(
+        description="open (no credentials) or required (an API key or access token on voice routes and hello)"
+    )

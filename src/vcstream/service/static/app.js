@@ -3,8 +3,16 @@
 // Plain ES module, no build step.
 
 const PROTOCOL = 1;
-const RECONNECT_MAX_ATTEMPTS = 12;
-const RECONNECT_MAX_DELAY_MS = 15000;
+// reconnecting after a lost connection: never gives up while the tab is open, and the longest pause
+// (with its jitter) stays under 2 s, so a server that is back is reached within 2 s
+const RECONNECT_FIRST_DELAY_MS = 250;
+const RECONNECT_MAX_DELAY_MS = 1500;
+// waiting for a place on a full server: the server's retry_after_s, growing, with jitter so that
+// waiting pages do not all come back at once
+const FULL_FIRST_DELAY_MS = 1000;
+const FULL_MAX_DELAY_MS = 30000;
+// how often the voice list is refreshed while the page is visible (voices are added and deleted elsewhere)
+const VOICES_REFRESH_MS = 30000;
 const RECORD_MAX_S = 15;
 // moving a call off a draining server: pauses between tries that reached the draining server again
 const MOVE_RETRY_MS = 250;
@@ -13,8 +21,14 @@ const STATS_INTERVAL_MS = 1000;
 // a level above this (RMS, full scale 1) counts as sound for "first audio"
 const SOUND_RMS = 0.003;
 
+// the access token in the token mode: ?token= in the page's address, or set by the embedding site
+const ACCESS_TOKEN = new URLSearchParams(location.search).get("token") || window.VCSTREAM_TOKEN || null;
+
 const $ = (id) => document.getElementById(id);
 const ui = {
+  firstSteps: $("first-steps"),
+  voicePlay: $("voice-play"),
+  ttfa: $("stat-ttfa"),
   serverState: $("server-state"),
   banner: $("engine-banner"),
   voiceSelect: $("voice-select"),
@@ -48,6 +62,8 @@ const state = {
   // moving the call off a draining server: null, or { status: "moving"|"moved"|"stayed", reason }
   move: null,
   moves: 0, // calls moved to another server so far
+  waiting: null, // null, or { retryInMs, attempts } while the server is full and the call waits for a place
+  draining: false, // the server announced it is going away
 };
 window.vcstream = state;
 
@@ -57,7 +73,7 @@ function setCallState(name, text) {
   state.callState = name;
   ui.callStatus.dataset.state = name;
   ui.callStatus.textContent = text;
-  const active = ["starting", "connecting", "live", "reconnecting"].includes(name);
+  const active = ["starting", "connecting", "live", "reconnecting", "waiting", "moving"].includes(name);
   ui.start.textContent = active ? "Stop" : "Start microphone";
   ui.start.dataset.action = active ? "stop" : "start";
   ui.start.classList.toggle("danger", active);
@@ -72,8 +88,12 @@ function fmt(value, unit, digits = 0) {
   return value === null || value === undefined || Number.isNaN(value) ? "–" : `${Number(value).toFixed(digits)} ${unit}`;
 }
 
+function authHeaders() {
+  return ACCESS_TOKEN ? { Authorization: `Bearer ${ACCESS_TOKEN}` } : {};
+}
+
 async function apiJson(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...options.headers } });
   const body = response.status === 204 ? null : await response.json().catch(() => null);
   if (!response.ok) {
     throw new Error(body?.message || `${response.status} ${response.statusText}`);
@@ -87,21 +107,31 @@ function chosenVoice() {
   return ui.voiceSelect.value || null;
 }
 
+// Only a voice this browser chose (or just added) is selected: a shared library holds other
+// visitors' voices, and none of them is picked for a newcomer.
 function renderVoices(voices, select) {
   state.voices = voices;
   const keep = select || chosenVoice() || localStorage.getItem("vcstream.voice");
+  const known = keep && voices.some((v) => v.id === keep);
   ui.voiceSelect.replaceChildren();
-  if (!voices.length) {
-    const option = new Option("No voices yet: add one below", "");
-    option.disabled = true;
-    ui.voiceSelect.add(option);
+  if (!known) {
+    // nothing chosen yet: a prompt, not somebody's voice
+    const placeholder = new Option(voices.length ? "Choose a voice…" : "No voices yet: add one first", "");
+    placeholder.disabled = true;
+    ui.voiceSelect.add(placeholder);
   }
   for (const voice of voices) {
     ui.voiceSelect.add(new Option(`${voice.name} (${voice.duration_s.toFixed(1)} s)`, voice.id));
   }
-  if (keep && voices.some((v) => v.id === keep)) ui.voiceSelect.value = keep;
-  else if (voices.length) ui.voiceSelect.value = voices[voices.length - 1].id;
-  ui.voiceDelete.disabled = !voices.length;
+  ui.voiceSelect.value = known ? keep : "";
+  ui.voiceDelete.disabled = ui.voicePlay.disabled = !chosenVoice();
+  showFirstSteps(!voices.length);
+}
+
+// the first screen of an empty library: how to begin (add or record a voice) comes first
+function showFirstSteps(empty) {
+  ui.firstSteps.hidden = !empty;
+  document.body.classList.toggle("no-voices", empty);
 }
 
 let voicesRequest = 0;
@@ -125,15 +155,18 @@ async function uploadVoice(blob, filename, name) {
   ui.uploadStatus.textContent = "Uploading and analysing the voice…";
   try {
     const voice = await apiJson("/api/voices", { method: "POST", body: form });
+    state.errors = state.errors.filter((e) => e.source !== "upload");
     const notes = voice.notices.length ? ` (${voice.notices.join("; ")})` : "";
     // the list first, then the message: once "Added" shows, the voice is in the selector
     await loadVoices(voice.id);
     ui.uploadStatus.dataset.state = "ok";
     ui.uploadStatus.textContent = `Added “${voice.name}”, ${voice.duration_s.toFixed(1)} s${notes}.`;
     onVoiceChosen();
+    return true;
   } catch (err) {
     ui.uploadStatus.dataset.state = "error";
-    ui.uploadStatus.textContent = `Not added: ${err.message}`;
+    ui.uploadStatus.textContent = `Not added: ${err.message}. Your name and file are kept: fix and upload again.`;
+    return false;
   }
 }
 
@@ -146,7 +179,8 @@ ui.uploadForm.addEventListener("submit", (event) => {
     ui.uploadStatus.textContent = "Choose a recording first (or record one in the page).";
     return;
   }
-  uploadVoice(file, file.name, name).then(() => ui.uploadForm.reset());
+  // the inputs are cleared only once the voice was added: a failed upload keeps them for another try
+  uploadVoice(file, file.name, name).then((added) => added && ui.uploadForm.reset());
 });
 
 ui.voiceDelete.addEventListener("click", async () => {
@@ -161,8 +195,31 @@ ui.voiceDelete.addEventListener("click", async () => {
   }
 });
 
+// play the chosen voice's recording before using it (fetched with the access token, if any)
+ui.voicePlay.addEventListener("click", async () => {
+  const id = chosenVoice();
+  if (!id) return;
+  try {
+    const response = await fetch(`/api/voices/${id}/audio`, { headers: authHeaders() });
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const player = new Audio(URL.createObjectURL(await response.blob()));
+    player.onended = () => URL.revokeObjectURL(player.src);
+    await player.play();
+  } catch (err) {
+    ui.uploadStatus.textContent = `Could not play the voice: ${err.message}`;
+  }
+});
+
+// voices deleted (or added) elsewhere: the list is refreshed when the page is looked at again
+function refreshVoicesWhenSeen() {
+  document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && loadVoices());
+  window.addEventListener("focus", () => loadVoices());
+  setInterval(() => document.visibilityState === "visible" && loadVoices(), VOICES_REFRESH_MS);
+}
+
 function onVoiceChosen() {
   const id = chosenVoice();
+  ui.voiceDelete.disabled = ui.voicePlay.disabled = !id;
   if (!id) return;
   localStorage.setItem("vcstream.voice", id);
   if (signalling.isReady()) signalling.send("voice", { voice: id });
@@ -272,12 +329,18 @@ class Signalling {
     return this.ready && this.ws?.readyState === WebSocket.OPEN;
   }
 
+  // a place is held from hello when the connection is for a call about to start
+  helloFields() {
+    const fields = this.reserve || state.callWanted ? { reserve: true } : {};
+    return ACCESS_TOKEN ? { ...fields, token: ACCESS_TOKEN } : fields;
+  }
+
   connect() {
     clearTimeout(this.timer);
     this.ready = false;
     const ws = new WebSocket(this.url());
     this.ws = ws;
-    ws.onopen = () => this.send("hello", this.reserve ? { reserve: true } : {});
+    ws.onopen = () => this.send("hello", this.helloFields());
     ws.onmessage = (event) => {
       let message;
       try {
@@ -309,6 +372,7 @@ class Signalling {
   markReady() {
     this.ready = true;
     this.attempts = 0;
+    this.fullAttempts = 0;
     const waiters = this.readyWaiters.splice(0);
     waiters.forEach((wake) => wake());
   }
@@ -319,11 +383,21 @@ class Signalling {
     }
   }
 
-  // reconnect with a growing delay; gives up after RECONNECT_MAX_ATTEMPTS
+  // reconnect after a growing pause with jitter; never gives up (the pause stays under 2 s)
   reconnectLater() {
     this.attempts += 1;
-    if (this.attempts > RECONNECT_MAX_ATTEMPTS) return false;
-    const delay = Math.min(RECONNECT_MAX_DELAY_MS, 500 * 2 ** (this.attempts - 1));
+    return this.connectAfter(backoff(RECONNECT_FIRST_DELAY_MS, RECONNECT_MAX_DELAY_MS, this.attempts));
+  }
+
+  // a full server: wait at least what it asked for, longer each time, with jitter
+  retryWhenFull(retryAfterS) {
+    this.fullAttempts = (this.fullAttempts ?? 0) + 1;
+    const grown = backoff(FULL_FIRST_DELAY_MS, FULL_MAX_DELAY_MS, this.fullAttempts);
+    this.fullDelay = Math.max(grown, (retryAfterS ?? 0) * 1000 * (0.8 + 0.4 * Math.random()));
+    return this.fullDelay;
+  }
+
+  connectAfter(delay) {
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.connect(), delay);
     return delay;
@@ -336,6 +410,11 @@ class Signalling {
 }
 let signalling = new Signalling();
 
+// the attempt-th pause of a backoff: doubling from first up to max, then scaled by 0.5..1 (jitter)
+function backoff(first, max, attempt) {
+  return Math.min(max, first * 2 ** (attempt - 1)) * (0.5 + 0.5 * Math.random());
+}
+
 function handleMessage(message) {
   switch (message.type) {
     case "ready":
@@ -345,6 +424,7 @@ function handleMessage(message) {
       renderVoices(message.voices);
       showEngine(message.engine);
       setServerState("ready", "Connected");
+      state.draining = false;
       signalling.markReady();
       break;
     case "answer":
@@ -354,6 +434,7 @@ function handleMessage(message) {
       call?.onRemoteCandidate(message);
       break;
     case "stats":
+      if (!call) break; // a late report of a call that ended: its figures stay cleared
       state.serverStats = message;
       renderStats();
       renderNetwork(message);
@@ -368,8 +449,13 @@ function handleMessage(message) {
     case "error":
       onServerError(message);
       break;
+    case "warning":
+      if (message.code === "minutes_ending") {
+        ui.callStatus.textContent = `Your plan's minutes end in ${Math.round(message.seconds_left)} s; the call stops then.`;
+      }
+      break;
     case "draining":
-      moveCall(message.grace_s);
+      onDraining(message.grace_s);
       break;
     case "bye":
     case "state":
@@ -380,8 +466,11 @@ function handleMessage(message) {
 
 function onServerError(error) {
   state.errors.push(error);
+  if (error.code === "server_full") {
+    waitForPlace(error.retry_after_s);
+    return;
+  }
   const messages = {
-    server_full: "The server is full right now. Retrying shortly…",
     server_draining: "The server is restarting. Reconnecting shortly…",
     server_not_ready: "The server is still starting. Retrying shortly…",
   };
@@ -389,6 +478,10 @@ function onServerError(error) {
     setServerState("full", error.code === "server_full" ? "Server full" : "Unavailable");
     if (state.callWanted) setCallState("reconnecting", messages[error.code]);
     else ui.callStatus.textContent = messages[error.code];
+    return;
+  }
+  if (error.code in REFUSALS) {
+    refuse(error);
     return;
   }
   if (error.code === "timeout" && !state.callWanted) {
@@ -413,6 +506,7 @@ function onSignallingClosed(event) {
     call.close();
     call = null;
   }
+  if (state.refused === "unauthorized") return; // the same token would be refused again
   if (leaving) {
     // we said bye: get a fresh connection for the next call without fuss
     signalling.connect();
@@ -422,37 +516,91 @@ function onSignallingClosed(event) {
     setServerState("idle", "Idle");
     return;
   }
-  const delay = signalling.reconnectLater();
-  if (delay === false) {
-    setServerState("down", "Disconnected");
-    if (state.callWanted) stopCall("Disconnected from the server. Press Start to try again.");
+  clearFigures();
+  if (signalling.fullDelay) {
+    // refused for lack of room: the waiting state says so; the next try comes after the full backoff
+    signalling.connectAfter(signalling.fullDelay);
+    signalling.fullDelay = null;
+    if (state.callWanted) resumeCallWhenReady();
     return;
   }
-  if (ui.serverState.dataset.state !== "full") setServerState("down", "Reconnecting…");
+  signalling.reconnectLater();
+  state.reconnectAttempts = signalling.attempts; // diagnostics (and the browser tests)
+  if (state.draining) setServerState("draining", "Restarting");
+  else setServerState("down", "Reconnecting…");
   if (state.callWanted) {
-    setCallState("reconnecting", `Connection lost. Reconnecting in ${(delay / 1000).toFixed(0)} s…`);
+    const why = state.draining ? "The server restarted." : "Connection lost.";
+    setCallState("reconnecting", `${why} Reconnecting…`);
     resumeCallWhenReady();
   }
 }
 
 async function resumeCallWhenReady() {
   try {
-    await signalling.whenReady(RECONNECT_MAX_DELAY_MS * 2);
+    await signalling.whenReady(FULL_MAX_DELAY_MS * 2);
   } catch {
     return; // the next close schedules another attempt
   }
   if (state.callWanted && !call) await placeCall();
 }
 
+// The server is full: the call waits for a place with the microphone off (nothing is sent, and the
+// browser's recording indicator goes out), and the connection is tried again with backoff.
+function waitForPlace(retryAfterS) {
+  const delay = signalling.retryWhenFull(retryAfterS);
+  state.waiting = { retryInMs: delay, attempts: signalling.fullAttempts };
+  setServerState("full", "Server full");
+  const seconds = Math.max(1, Math.round(delay / 1000));
+  if (state.callWanted) {
+    closeMicrophone();
+    setCallState(
+      "waiting",
+      `All places are taken. You are waiting for one (trying again in ${seconds} s); your microphone is off until then.`,
+    );
+  } else {
+    ui.callStatus.textContent = `All places are taken right now; trying again in ${seconds} s.`;
+  }
+}
+
+// refusals that trying again does not cure: the call ends with the reason in plain words
+const REFUSALS = {
+  unauthorized: "This page is not signed in to the voice service (its access token is missing or has expired). Reload the page from the site that embeds it.",
+  call_limit: "Your plan's calls are all in use. End another call, then press Start again.",
+  minutes_used_up: "Your plan's minutes for this month are used up.",
+};
+
+function refuse(error) {
+  state.refused = error.code;
+  if (error.code === "unauthorized") setServerState("down", "Not signed in");
+  if (state.callWanted) stopCall(REFUSALS[error.code]);
+  else ui.callStatus.textContent = REFUSALS[error.code];
+}
+
+// SIGTERM on the server: said at once; a call is moved to another server (or ends with a reason)
+function onDraining(graceS) {
+  state.draining = true;
+  setServerState("draining", "Restarting");
+  if (call) moveCall(graceS);
+  else ui.callStatus.textContent = "This server is restarting; the page reconnects by itself.";
+}
+
+// What the engine in use means for the listener, in plain words; the server's technical note (CUDA,
+// model cache...) sits behind "Details".
+function engineNotice(engine) {
+  if (engine.overflow) return "The server is busy, so your call uses a simpler voice engine: the voice sounds less natural than usual.";
+  if (engine.cpu_fallback) return "The voice engine runs in a simpler mode right now: the converted voice sounds less like the chosen voice than usual.";
+  return "Test mode: your own voice comes back unchanged.";
+}
+
 function showEngine(engine) {
   if (!engine) return;
-  ui.banner.hidden = !engine.cpu_fallback && engine.name !== "passthrough";
+  ui.banner.hidden = !engine.cpu_fallback && !engine.overflow && engine.name !== "passthrough";
   ui.banner.dataset.kind = engine.overflow ? "overflow" : engine.cpu_fallback ? "cpu" : engine.name;
-  ui.banner.textContent = engine.overflow
-    ? `${engine.note}.` // the server's own words: its main engine is full, this call runs on the CPU
-    : engine.cpu_fallback
-      ? `Running on the CPU: ${engine.note}. Conversion works, with lower quality than on a GPU.`
-      : engine.note;
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = "Details";
+  details.append(summary, `${engine.note}.`);
+  ui.banner.replaceChildren(`${engineNotice(engine)} `, details);
 }
 
 // -- the call --------------------------------------------------------------------------------------
@@ -542,12 +690,14 @@ class Call {
   }
 
   async sampleStats() {
+    if (call !== this) return; // a call being moved in: its figures are not the page's yet
     let report;
     try {
       report = await this.pc.getStats();
     } catch {
       return;
     }
+    if (call !== this) return; // the call ended while its report was gathered: no figures come back
     const now = performance.now();
     const figures = { at: now };
     report.forEach((s) => {
@@ -607,7 +757,7 @@ async function moveCall(graceS) {
   const old = { signalling, call };
   // attempts: why each try that did not move the call failed (diagnostics, and the browser tests)
   state.move = { status: "moving", reason: null, grace_s: graceS, attempts: [] };
-  ui.callStatus.textContent = "This server is shutting down: moving your call to another server…";
+  setCallState("moving", "This server is shutting down: moving your call to another server…");
   const giveUpAt = performance.now() + (graceS * 1000) / 2;
   let pause = MOVE_RETRY_MS;
   for (;;) {
@@ -624,7 +774,10 @@ async function moveCall(graceS) {
     if (!outcome.retry || !stillHere || performance.now() + pause > giveUpAt) {
       state.move = { status: "stayed", reason: outcome.reason, grace_s: graceS, attempts: state.move.attempts };
       if (stillHere) {
-        ui.callStatus.textContent = `Could not move your call (${outcome.reason}); it continues on this server for up to ${Math.round(graceS)} s.`;
+        setCallState(
+          "live",
+          `This server is shutting down and no other server could take your call (${outcome.reason}). It continues on this server for up to ${Math.round(graceS)} s, then the page reconnects.`,
+        );
       }
       return;
     }
@@ -726,6 +879,24 @@ function renderStats() {
       : "–";
   $("stat-drops").textContent = server.blocks !== undefined ? `${server.late_blocks} late, ${server.skipped_blocks ?? 0} skipped / ${fmt(server.dropped_ms, "ms")}` : "–";
   $("stat-backlog").textContent = fmt(server.backlog_ms, "ms");
+  renderTimeToFirstAudio();
+}
+
+// time to first audio: from the microphone being open (after any permission prompt) to the first
+// converted sound played
+function renderTimeToFirstAudio() {
+  const { mic, click, firstAudio } = state.timeline;
+  const from = mic ?? click;
+  ui.ttfa.textContent = firstAudio && from ? fmt((firstAudio - from) / 1000, "s", 2) : "–";
+}
+
+// a call that ended leaves no figures behind
+function clearFigures() {
+  state.serverStats = state.clientStats = null;
+  state.timeline = {};
+  renderStats();
+  renderNetwork({});
+  renderSimilarity({});
 }
 
 // One plain line on the network: the worse direction's loss over the last interval, and whether the
@@ -788,12 +959,19 @@ async function openMicrophone() {
   return stream;
 }
 
+function closeMicrophone() {
+  if (!state.micStream) return;
+  state.micStream.getTracks().forEach((track) => track.stop());
+  state.micStream = null;
+  meters.unwatch("in");
+}
+
 async function startCall() {
+  clearFigures();
   state.timeline = { click: performance.now() };
-  state.serverStats = state.clientStats = null;
-  renderStats();
   if (!chosenVoice()) {
-    setCallState("idle", "Add a voice first (below), then start the microphone.");
+    const text = state.voices.length ? "Choose a voice first, then start the microphone." : "Add a voice first (or record one), then start the microphone.";
+    setCallState("idle", text);
     return;
   }
   setCallState("starting", "Asking for the microphone…");
@@ -809,7 +987,20 @@ async function startCall() {
   await placeCall();
 }
 
+// one call being placed at a time (a reconnection and a return from waiting may both ask)
 async function placeCall() {
+  if (state.placing) return;
+  state.placing = true;
+  try {
+    await placeCallOnce();
+  } finally {
+    state.placing = false;
+  }
+}
+
+async function placeCallOnce() {
+  // a call resumed after a dropped connection: its time to first audio counts from here
+  if (!state.timeline.click) state.timeline = { click: performance.now() };
   setCallState("connecting", "Connecting…");
   if (state.idle || !signalling.ws || signalling.ws.readyState > WebSocket.OPEN) {
     state.idle = false;
@@ -818,11 +1009,23 @@ async function placeCall() {
   try {
     await signalling.whenReady();
   } catch {
-    setCallState("reconnecting", "The server is not reachable. Retrying…");
+    // still waiting for a place: the waiting state stays; otherwise the server did not answer
+    if (!state.waiting) setCallState("reconnecting", "The server is not reachable. Retrying…");
     resumeCallWhenReady();
     return;
   }
   if (!state.callWanted || call) return;
+  if (!state.micStream) {
+    // back from waiting for a place: the microphone was closed meanwhile
+    try {
+      await openMicrophone();
+    } catch (err) {
+      stopCall(micErrorText(err));
+      return;
+    }
+    state.timeline.mic = performance.now();
+  }
+  state.waiting = null;
   call = new Call(state.micStream);
   try {
     await call.offer(chosenVoice());
@@ -839,11 +1042,9 @@ function stopCall(text = "Stopped. Press Start to talk again.") {
     state.closingOnPurpose = true;
     signalling.bye();
   }
-  if (state.micStream) {
-    state.micStream.getTracks().forEach((track) => track.stop());
-    state.micStream = null;
-    meters.unwatch("in");
-  }
+  closeMicrophone();
+  state.waiting = null;
+  clearFigures();
   setCallState("idle", text);
 }
 
@@ -893,7 +1094,10 @@ const meters = {
       let sum = 0;
       for (const x of entry.data) sum += x * x;
       const rms = Math.sqrt(sum / entry.data.length);
-      if (which === "out" && rms > SOUND_RMS) state.timeline.firstAudio ??= performance.now();
+      if (which === "out" && rms > SOUND_RMS && !state.timeline.firstAudio && state.timeline.click) {
+        state.timeline.firstAudio = performance.now();
+        renderTimeToFirstAudio();
+      }
       // -60 dBFS .. 0 dBFS onto 0..100 %
       const level = Math.max(0, Math.min(100, ((20 * Math.log10(rms + 1e-9) + 60) / 60) * 100));
       const bar = which === "in" ? ui.meterIn : ui.meterOut;
@@ -910,6 +1114,7 @@ async function loadInfo() {
   try {
     const info = await apiJson("/api/info");
     showEngine({ name: info.engine, note: info.engine_note, cpu_fallback: info.cpu_fallback });
+    if (info.auth === "required" && !ACCESS_TOKEN) refuse({ code: "unauthorized" });
   } catch {
     /* the signalling connection reports the server's state */
   }
@@ -918,4 +1123,5 @@ async function loadInfo() {
 renderStats();
 loadInfo();
 loadVoices();
+refreshVoicesWhenSeen();
 signalling.connect();
