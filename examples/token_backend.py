@@ -5,7 +5,7 @@ browser a short-lived access token for it.
 
 ``POST /token`` asks the vcstream server (``POST /api/tokens``, with the API key as Bearer) for a token
 and returns its JSON (``token``, ``expires_at``, ``tenant_id``). ``GET /`` is an example page that
-fetches a token and opens vcstream's page with it (``?token=...``). A real site checks who its user is
+fetches a token and opens vcstream's page with it (``#token=...``). A real site checks who its user is
 before ``/token`` answers (its own login session): anyone who can reach it can spend the tenant's
 minutes.
 """
@@ -37,7 +37,7 @@ PAGE = """<!doctype html>
       const frame = document.createElement("iframe");
       frame.allow = "microphone";
       frame.style = "border:0;width:100vw;height:100vh";
-      frame.src = `%(vcstream)s/?token=${encodeURIComponent(token)}`;
+      frame.src = `%(vcstream)s/#token=${encodeURIComponent(token)}`;
       document.body.append(frame);
     });
 </script>

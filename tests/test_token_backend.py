@@ -1,5 +1,5 @@
 """examples/token_backend.py against a real server with --auth required: the backend exchanges its API
-key for an access token, and the browser page opened with ``?token=`` connects with it and lists the
+key for an access token, and the browser page opened with ``#token=`` connects with it and lists the
 tenant's voice; without a token the page says it is not signed in instead of reconnecting forever."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_the_example_backend_mints_a_token_the_page_calls_with(
             try:
                 context = await browser.new_context(permissions=["microphone"])
                 page = await context.new_page()
-                await page.goto(f"{server.base}/?token={access}")
+                await page.goto(f"{server.base}/#token={access}")
                 await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
                 names = await page.eval_on_selector_all("#voice-select option", "os => os.map(o => o.text)")
                 assert [n.split(" (")[0] for n in names[1:]] == ["awb"], names

@@ -21,8 +21,9 @@ const STATS_INTERVAL_MS = 1000;
 // a level above this (RMS, full scale 1) counts as sound for "first audio"
 const SOUND_RMS = 0.003;
 
-// the access token in the token mode: ?token= in the page's address, or set by the embedding site
-const ACCESS_TOKEN = new URLSearchParams(location.search).get("token") || window.VCSTREAM_TOKEN || null;
+// the access token in the token mode: #token= in the page's address (a fragment never reaches a
+// server, so the token stays out of access logs and Referer headers), or set by the embedding site
+const ACCESS_TOKEN = new URLSearchParams(location.hash.slice(1)).get("token") || window.VCSTREAM_TOKEN || null;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
