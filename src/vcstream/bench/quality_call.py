@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,7 +97,9 @@ async def run(base: str, reference: Path, source: Path, out: Path, ready_within_
         await wait_ready(http, base, ready_within_s)
         ready = time.perf_counter()
         data = await asyncio.to_thread(reference.read_bytes)
-        voice = await asyncio.to_thread(upload_reference, base, data, reference.name, "quality")
+        # a name of its own: the server's data folder (and its names, unique per library) outlives one run
+        name = f"quality-{reference.stem[:40]}-{secrets.token_hex(3)}"
+        voice = await asyncio.to_thread(upload_reference, base, data, reference.name, name)
         call = RecordingCall(
             asyncio.get_running_loop(), await http.ws_connect(base.replace("http", "ws", 1) + "/ws")
         )
