@@ -96,6 +96,8 @@ def test_first_screen_shows_how_to_begin_and_a_failed_upload_keeps_its_inputs(
         phone = await browser.new_context(viewport=PHONE, permissions=["microphone"])
         page = await open_client_page(phone, server.base)
         await page.wait_for_selector("#first-steps", state="visible", timeout=5000)
+        # the server runs --auth open (scripts/run.sh): the page says everyone shares it
+        await page.wait_for_selector("#open-notice", state="visible", timeout=5000)
         assert await page.evaluate("document.getElementById('voice-select').value") == ""
         # on a phone the voice form comes before the call: it is the first thing to do
         voices_top = await page.evaluate("document.getElementById('voices-card').getBoundingClientRect().top")

@@ -78,6 +78,7 @@ def test_the_example_backend_mints_a_token_the_page_calls_with(
                 await page.wait_for_selector("#server-state[data-state='ready']", timeout=10000)
                 names = await page.eval_on_selector_all("#voice-select option", "os => os.map(o => o.text)")
                 assert [n.split(" (")[0] for n in names[1:]] == ["awb"], names
+                assert await page.is_hidden("#open-notice")  # a service with accounts is not "open"
 
                 anonymous = await context.new_page()
                 await anonymous.goto(server.base + "/")

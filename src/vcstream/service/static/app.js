@@ -1116,6 +1116,8 @@ async function loadInfo() {
     const info = await apiJson("/api/info");
     showEngine({ name: info.engine, note: info.engine_note, cpu_fallback: info.cpu_fallback });
     if (info.auth === "required" && !ACCESS_TOKEN) refuse({ code: "unauthorized" });
+    // an open server says so: everyone who reaches it shares its voices
+    document.getElementById("open-notice").hidden = info.auth !== "open";
   } catch {
     /* the signalling connection reports the server's state */
   }
