@@ -78,7 +78,9 @@ async def _wait_ready(base: str, timeout_s: float) -> None:
             await asyncio.sleep(0.1)
 
 
-async def python_call(base: str, voice: str, seconds: float, out: Path, fec: bool) -> dict[str, Any]:
+async def python_call(
+    base: str, voice: str, seconds: float, out: Path, fec: bool, latency_ms: int = 40
+) -> dict[str, Any]:
     import aiohttp
 
     from vcstream.media.webrtc import PeerConfig
@@ -99,7 +101,7 @@ async def python_call(base: str, voice: str, seconds: float, out: Path, fec: boo
         try:
             # without FEC the offer asks for none (so the server sends none) and offers no NACK: main's call
             await client.hello()
-            config = PeerConfig(inband_fec=fec, nack=fec, count_received_fec=True)
+            config = PeerConfig(inband_fec=fec, nack=fec, count_received_fec=True, latency_ms=latency_ms)
             await client.start(voice, peer_config=config)
             # nothing is said before the connection is up: audio pushed earlier waits in the send
             # queue (up to its 0.5 s) and would delay the whole call by the connection time
@@ -273,10 +275,12 @@ class LossyLink:
         fec: bool = True,
         protection: bool = True,
         legs: str = "both",
+        latency_ms: int = 40,
     ) -> CallRecord:
         """A call from the Python client at ``loss_pct`` each way; without ``fec`` it offers neither FEC
         nor NACK, without ``protection`` its handshake is webrtcbin's own (the server's is set by
-        ``env`` at ``serving``); ``legs`` as in ``set_loss``."""
+        ``env`` at ``serving``); ``legs`` as in ``set_loss``; ``latency_ms``: the caller's jitter buffer
+        (the server's is VCSTREAM_WEBRTC_LATENCY_MS in ``env``)."""
         self._calls += 1
         out = self.workdir / f"call-{self._calls}.npz"
         self.set_loss(loss_pct, legs)
@@ -286,7 +290,7 @@ class LossyLink:
                 ["env", f"{PROTECTION_VARIABLE}={int(protection)}",
                  sys.executable, str(TESTS / "webrtc_loss_harness.py"), "python-call", "--base", self.base,
                  "--voice", self.voice, "--seconds", str(seconds), "--out", str(out),
-                 *([] if fec else ["--no-fec"])],
+                 "--latency-ms", str(latency_ms), *([] if fec else ["--no-fec"])],
                 timeout_s=seconds + 60,
             )  # fmt: skip
         finally:
@@ -393,8 +397,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-fec", action="store_true", help="offer no FEC and no NACK (main's call)")
+    parser.add_argument("--latency-ms", type=int, default=40, help="the caller's jitter buffer")
     args = parser.parse_args()
-    result = asyncio.run(python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec))
+    call = python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec, args.latency_ms)
+    result = asyncio.run(call)
     print(json.dumps(result, default=float), flush=True)
 
 
