@@ -78,7 +78,9 @@ async def _wait_ready(base: str, timeout_s: float) -> None:
             await asyncio.sleep(0.1)
 
 
-async def python_call(base: str, voice: str, seconds: float, out: Path, fec: bool) -> dict[str, Any]:
+async def python_call(
+    base: str, voice: str, seconds: float, out: Path, fec: bool, latency_ms: int = 40
+) -> dict[str, Any]:
     import aiohttp
 
     from vcstream.media.webrtc import PeerConfig
@@ -99,7 +101,7 @@ async def python_call(base: str, voice: str, seconds: float, out: Path, fec: boo
         try:
             # without FEC the offer asks for none (so the server sends none) and offers no NACK: main's call
             await client.hello()
-            config = PeerConfig(inband_fec=fec, nack=fec, count_received_fec=True)
+            config = PeerConfig(inband_fec=fec, nack=fec, count_received_fec=True, latency_ms=latency_ms)
             await client.start(voice, peer_config=config)
             # nothing is said before the connection is up: audio pushed earlier waits in the send
             # queue (up to its 0.5 s) and would delay the whole call by the connection time
@@ -142,6 +144,8 @@ async def python_call(base: str, voice: str, seconds: float, out: Path, fec: boo
         "opus_packets": packets,
         "fec_packets": with_fec,
         "packets_received": stats.packets_received,
+        "concealed_ms": stats.concealed_ms,
+        "decoded_ms": stats.decoded_ms,
         "server_stats": server_stats[-1] if server_stats else {},
     }
 
@@ -194,6 +198,7 @@ class LossyLink:
         self.base = f"http://{pair.address_b}:{HTTP_PORT}"
         self.voice = ""
         self._calls = 0
+        self.server_log = workdir / "server.log"
 
     @contextmanager
     def serving(self, reference: Path) -> Iterator[LossyLink]:
@@ -204,14 +209,17 @@ class LossyLink:
             "VCSTREAM_DATA_DIR": str(self.workdir / "data"),
             **self.env,
         }
-        server = subprocess.Popen(
-            self.pair.command(self.pair.b, [sys.executable, "-m", "vcstream.cli", "serve", "--port",
-                                            str(HTTP_PORT)]),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        # the server's log goes to a file: a pipe nobody reads until the end blocks a server that logs
+        # much (libnice's debug output with NICE_DEBUG/G_MESSAGES_DEBUG in ``env``)
+        self.server_log = self.workdir / "server.log"
+        with self.server_log.open("w") as log_file:
+            server = subprocess.Popen(
+                self.pair.command(self.pair.b, [sys.executable, "-m", "vcstream.cli", "serve", "--port",
+                                                str(HTTP_PORT)]),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )  # fmt: skip
         self.pair.processes.append(server)
         try:
             self.voice = self._upload(reference)
@@ -219,7 +227,7 @@ class LossyLink:
         finally:
             server.terminate()
             try:
-                server.communicate(timeout=15)
+                server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 server.kill()
 
@@ -244,10 +252,13 @@ class LossyLink:
             raise AssertionError(f"uploading the voice failed: {done.stderr[-2000:]}")
         return done.stdout.strip().splitlines()[-1]
 
-    def set_loss(self, percent: float) -> None:
+    def set_loss(self, percent: float, legs: str = "both") -> None:
+        """Drop ``percent`` of the UDP datagrams leaving the caller's namespace (``legs="up"``: the
+        caller->server leg), the server's (``"down"``) or both."""
+        lossy = {"both": (self.pair.a, self.pair.b), "up": (self.pair.a,), "down": (self.pair.b,)}[legs]
         for namespace in (self.pair.a, self.pair.b):
             self.pair.clear_loss(namespace)
-            if percent > 0:
+            if percent > 0 and namespace in lossy:
                 subprocess.run(
                     self.pair.command(namespace, ["nft", "-f", "-"]),
                     input=_loss_rules(percent),
@@ -258,21 +269,28 @@ class LossyLink:
                 )
 
     def python_call(
-        self, loss_pct: float, seconds: float, fec: bool = True, protection: bool = True
+        self,
+        loss_pct: float,
+        seconds: float,
+        fec: bool = True,
+        protection: bool = True,
+        legs: str = "both",
+        latency_ms: int = 40,
     ) -> CallRecord:
         """A call from the Python client at ``loss_pct`` each way; without ``fec`` it offers neither FEC
         nor NACK, without ``protection`` its handshake is webrtcbin's own (the server's is set by
-        ``env`` at ``serving``)."""
+        ``env`` at ``serving``); ``legs`` as in ``set_loss``; ``latency_ms``: the caller's jitter buffer
+        (the server's is VCSTREAM_WEBRTC_LATENCY_MS in ``env``)."""
         self._calls += 1
         out = self.workdir / f"call-{self._calls}.npz"
-        self.set_loss(loss_pct)
+        self.set_loss(loss_pct, legs)
         try:
             done = self.pair.run(
                 self.pair.a,
                 ["env", f"{PROTECTION_VARIABLE}={int(protection)}",
                  sys.executable, str(TESTS / "webrtc_loss_harness.py"), "python-call", "--base", self.base,
                  "--voice", self.voice, "--seconds", str(seconds), "--out", str(out),
-                 *([] if fec else ["--no-fec"])],
+                 "--latency-ms", str(latency_ms), *([] if fec else ["--no-fec"])],
                 timeout_s=seconds + 60,
             )  # fmt: skip
         finally:
@@ -379,8 +397,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-fec", action="store_true", help="offer no FEC and no NACK (main's call)")
+    parser.add_argument("--latency-ms", type=int, default=40, help="the caller's jitter buffer")
     args = parser.parse_args()
-    result = asyncio.run(python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec))
+    call = python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec, args.latency_ms)
+    result = asyncio.run(call)
     print(json.dumps(result, default=float), flush=True)
 
 
