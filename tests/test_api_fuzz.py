@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -24,9 +23,7 @@ from schemathesis.specs.openapi.checks import (
 
 from cluster_harness import http_get
 from ports import free_port
-from vcstream.service.db.migrate import upgrade
-from vcstream.service.tenancy.plans import BUILT_IN
-from vcstream.service.tenancy.store import TenantStore
+from tenants_harness import TOKEN_SECRET, tenant_keys
 from waiting import wait_until
 
 EXAMPLES = int(os.environ.get("VCSTREAM_FUZZ_EXAMPLES", "15"))
@@ -37,16 +34,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def paid_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A real server (passthrough engine, auth required) and an API key of a tenant on it."""
     data = tmp_path_factory.mktemp("fuzz")
-    database = sa.create_engine(f"sqlite:///{data / 'vcstream.db'}")
-    try:
-        upgrade(database)
-        store = TenantStore(database, BUILT_IN)
-        store.create_tenant("Fuzz", "unlimited")
-        key = store.create_key("Fuzz").key
-    finally:
-        database.dispose()
+    (key,) = tenant_keys(data, "Fuzz", plan="unlimited")
     port = free_port()
-    env = {**os.environ, "VCSTREAM_AUTH": "required", "VCSTREAM_TOKEN_SECRET": "f" * 40}
+    env = {**os.environ, "VCSTREAM_AUTH": "required", "VCSTREAM_TOKEN_SECRET": TOKEN_SECRET}
     command = [
         sys.executable,
         "-m",

@@ -13,22 +13,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from aiohttp import ClientResponse, hdrs, web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_urldispatcher import StaticResource
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 
+from tenants_harness import TOKEN_SECRET, tenant_keys
 from test_service_api import UPLOAD_LIMIT, SpeechMaker, form, run, serving, settings_for, wav_bytes
 from vcstream.engines.world import WorldEngine
 from vcstream.service.app import create_app, drain
-from vcstream.service.db.migrate import upgrade
 from vcstream.service.openapi import UndocumentedRouteError, operation, reply
 from vcstream.service.schemas import VoicePath
 from vcstream.service.signalling.registry import CONNECT_BURST
-from vcstream.service.tenancy.plans import load_plans
-from vcstream.service.tenancy.store import TenantStore
 from vcstream.service.upload_slots import UPLOAD_SLOTS_KEY
 
 Client = TestClient[web.Request, web.Application]
@@ -201,11 +198,12 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
             assert (await check("get", "/readyz", await client.get("/readyz")))["error"] == "not_ready"
 
         # the tenant routes of a paid service (auth required)
-        key = tenant_key(tmp_path / "paid")
+        one_voice = {"plans": {"free": {"concurrent_calls": 1, "monthly_minutes": 10, "voices": 1}}}
+        (key,) = tenant_keys(tmp_path / "paid", "Acme", plans=one_voice)
         paid = settings_for(
             tmp_path / "paid",
             auth="required",
-            token_secret="t" * 40,
+            token_secret=TOKEN_SECRET,
             plans_file=tmp_path / "paid" / "plans.json",
         )
         async with serving(paid) as client:
@@ -249,22 +247,6 @@ def test_every_documented_answer_matches_its_schema(speech: tuple[np.ndarray, in
         return checker
 
     assert asyncio.run(scenario()).unseen() == set()
-
-
-def tenant_key(data_dir: Path) -> str:
-    """A tenant on a free plan of one voice in ``data_dir``'s database (plans in plans.json there),
-    and an API key of it."""
-    data_dir.mkdir(parents=True)
-    plans = '{"plans": {"free": {"concurrent_calls": 1, "monthly_minutes": 10, "voices": 1}}}'
-    (data_dir / "plans.json").write_text(plans)
-    database = sa.create_engine(f"sqlite:///{data_dir / 'vcstream.db'}")
-    try:
-        upgrade(database)
-        store = TenantStore(database, load_plans(data_dir / "plans.json"))
-        store.create_tenant("Acme")
-        return store.create_key("Acme").key
-    finally:
-        database.dispose()
 
 
 # -- a route that does not fit the document stops start-up --------------------------------------------

@@ -15,17 +15,15 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from tenants_harness import TOKEN_SECRET, tenant_keys
 from vcstream.engines.passthrough import PassthroughEngine
-from vcstream.service.db.migrate import upgrade
 from vcstream.service.db.models import CallUsageRecord
 from vcstream.service.origins import origin_allowed
-from vcstream.service.tenancy.plans import load_plans
-from vcstream.service.tenancy.store import TenantStore
 from waiting import wait_until_async
 from webrtc_harness import PyClient, Server, client, reference_wav, serving, speech_48k
 
 Speech = Callable[..., tuple[np.ndarray, int]]
-SECRET = "k" * 48
+SECRET = TOKEN_SECRET  # the name test_token_backend imports
 #: a plan that runs out within a test: one call at a time, 6 s a month
 PLANS = {"default": "tiny", "plans": {"tiny": {"concurrent_calls": 1, "monthly_minutes": 0.1}}}
 
@@ -42,17 +40,9 @@ def test_origins() -> None:
 
 
 def paid_service(data: Path) -> str:
-    """A tenant on the tiny plan and its API key, in ``data``'s database."""
-    data.mkdir(parents=True)
-    (data / "plans.json").write_text(json.dumps(PLANS))
-    database = sa.create_engine(f"sqlite:///{data / 'vcstream.db'}")
-    try:
-        upgrade(database)
-        store = TenantStore(database, load_plans(data / "plans.json"))
-        store.create_tenant("Acme")
-        return store.create_key("Acme").key
-    finally:
-        database.dispose()
+    """A tenant on the tiny plan and its API key, in ``data``'s database (plans in plans.json)."""
+    (key,) = tenant_keys(data, "Acme", plans=PLANS)
+    return key
 
 
 async def upload(server: Server, key: str, path: Path) -> str:

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
+from tenants_harness import tenant_keys
 from test_service_api import SpeechMaker, form, serving, settings_for, wav_bytes
-from vcstream.service.db.migrate import upgrade
-from vcstream.service.tenancy.plans import BUILT_IN
-from vcstream.service.tenancy.store import TenantStore
 
 
 @pytest.fixture
@@ -26,18 +23,7 @@ def speech(flite_speech: SpeechMaker) -> tuple[np.ndarray, int]:
 
 def keys(data_dir: Path, *tenants: str) -> list[str]:
     """Tenants on the unlimited plan, and an API key of each, in ``data_dir``'s database."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    database = sa.create_engine(f"sqlite:///{data_dir / 'vcstream.db'}")
-    try:
-        upgrade(database)
-        store = TenantStore(database, BUILT_IN)
-        made = []
-        for name in tenants:
-            store.create_tenant(name, "unlimited")
-            made.append(store.create_key(name).key)
-        return made
-    finally:
-        database.dispose()
+    return tenant_keys(data_dir, *tenants, plan="unlimited")
 
 
 def test_tenants_see_only_their_own_voices(tmp_path: Path, speech: tuple[np.ndarray, int]) -> None:
