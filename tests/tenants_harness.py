@@ -18,17 +18,22 @@ TOKEN_SECRET = "test-token-secret-" + "k" * 30
 
 
 def tenant_keys(
-    data_dir: Path, *names: str, plan: str | None = None, plans: dict[str, Any] | None = None
+    data_dir: Path,
+    *names: str,
+    plan: str | None = None,
+    plans: dict[str, Any] | None = None,
+    database_url: str | None = None,
 ) -> list[str]:
     """Tenants ``names`` on ``plan`` (default: the plans' default) and an API key of each, in
-    ``data_dir``'s database (made and brought to head if need be). ``plans``: written to
-    ``data_dir/plans.json`` and used (give the server ``plans_file`` too); else the built-in plans."""
+    ``data_dir``'s SQLite database or ``database_url``'s (made and brought to head if need be).
+    ``plans``: written to ``data_dir/plans.json`` and used (give the server ``plans_file`` too); else
+    the built-in plans."""
     data_dir.mkdir(parents=True, exist_ok=True)
     chosen = BUILT_IN
     if plans is not None:
         (data_dir / "plans.json").write_text(json.dumps(plans))
         chosen = load_plans(data_dir / "plans.json")
-    database = sa.create_engine(f"sqlite:///{data_dir / 'vcstream.db'}")
+    database = sa.create_engine(database_url or f"sqlite:///{data_dir / 'vcstream.db'}")
     try:
         upgrade(database)
         store = TenantStore(database, chosen)

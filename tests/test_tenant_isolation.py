@@ -1,7 +1,7 @@
 """Tenants of one server cannot see each other's voices: another tenant's voice is not listed and
 answers 404 (never 403: ids do not leak) to fetching, downloading, deleting and calling; an access
 token limited to some voices sees only those; the open library is invisible to tenants; API keys
-and tokens on SQLite here, on PostgreSQL in tests/test_tenancy.py."""
+and tokens, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -21,19 +21,28 @@ def speech(flite_speech: SpeechMaker) -> tuple[np.ndarray, int]:
     return flite_speech("slt")
 
 
-def keys(data_dir: Path, *tenants: str) -> list[str]:
-    """Tenants on the unlimited plan, and an API key of each, in ``data_dir``'s database."""
-    return tenant_keys(data_dir, *tenants, plan="unlimited")
+def keys(data_dir: Path, *tenants: str, database_url: str | None = None) -> list[str]:
+    """Tenants on the unlimited plan, and an API key of each, in ``data_dir``'s database (or
+    ``database_url``'s)."""
+    return tenant_keys(data_dir, *tenants, plan="unlimited", database_url=database_url)
 
 
-def test_tenants_see_only_their_own_voices(tmp_path: Path, speech: tuple[np.ndarray, int]) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None: the server's own SQLite file; else a PostgreSQL database of the test's own."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
+
+
+def test_tenants_see_only_their_own_voices(
+    tmp_path: Path, speech: tuple[np.ndarray, int], database_url: str | None
+) -> None:
     recording = wav_bytes(tmp_path, *speech)
     data = tmp_path / "var"
-    acme_key, globex_key = keys(data, "Acme", "Globex")
+    acme_key, globex_key = keys(data, "Acme", "Globex", database_url=database_url)
     acme, globex = ({"Authorization": f"Bearer {key}"} for key in (acme_key, globex_key))
 
     async def scenario() -> None:
-        settings = settings_for(data, auth="required", token_secret="s" * 40)
+        settings = settings_for(data, auth="required", token_secret="s" * 40, database_url=database_url)
         async with serving(settings) as client:
             made = []
             for name in ("Clara", "Dora"):
