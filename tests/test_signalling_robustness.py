@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import Speech, median_f0
+from tenants_harness import TOKEN_SECRET, tenant_keys
 from vcstream.media.webrtc import OPUS_RATE, WebRtcPeer, live_pipelines
 from vcstream.service.app import drain
 from vcstream.service.keys import ADMISSION_KEY, METRICS_KEY, SESSIONS_KEY
@@ -51,9 +52,17 @@ async def _closed(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 5.0) -> i
     raise AssertionError("the server did not close the connection")
 
 
-async def _hello(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
+async def _hello(ws: aiohttp.ClientWebSocketResponse, token: str | None = None) -> dict[str, Any]:
+    await ws.send_str(json.dumps({"v": 1, "type": "hello", **({"token": token} if token else {})}))
     return await _until(ws, "ready")
+
+
+async def _token(server: Server, key: str) -> str:
+    """An access token for the tenant of ``key`` (what its backend gets at POST /api/tokens)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with server.http.post(f"{server.base}/api/tokens", json={}, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        return str((await response.json())["token"])
 
 
 async def _offer_sdp() -> str:
@@ -86,10 +95,12 @@ async def _offer_sdp() -> str:
 
 
 @asynccontextmanager
-async def running_call(server: Server, voice: str, speech: np.ndarray) -> AsyncIterator[PyClient]:
+async def running_call(
+    server: Server, voice: str, speech: np.ndarray, token: str | None = None
+) -> AsyncIterator[PyClient]:
     """A real call that keeps talking in the background while the test abuses the server."""
     async with client(server) as call:
-        await call.dial(voice)
+        await call.dial(voice, token=token)
         talking = asyncio.create_task(call.talk(speech, lambda: False, timeout_s=60))
         try:
             yield call
@@ -123,13 +134,21 @@ async def _received_at_least(call: PyClient, samples: int, what: str) -> None:
     )
 
 
-def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, flite_speech: Speech) -> None:
+@pytest.mark.parametrize("auth", ["open", "required"])
+def test_bad_messages_get_errors_and_the_server_keeps_serving(
+    tmp_path: Path, flite_speech: Speech, auth: str
+) -> None:
+    """Also with auth required (a paid service): the same answers, every hello with a token."""
+    key = tenant_keys(tmp_path / "data", "Acme", plan="unlimited")[0] if auth == "required" else None
+    paid = {"auth": "required", "token_secret": TOKEN_SECRET} if key else {}
+
     async def main() -> None:
-        async with serving(tmp_path / "data") as server:
-            voice = await server.upload(reference_wav(tmp_path, flite_speech, "slt"), "slt")
+        async with serving(tmp_path / "data", **paid) as server:
+            voice = await server.upload(reference_wav(tmp_path, flite_speech, "slt"), "slt", key)
+            token = await _token(server, key) if key else None
             speech = speech_48k(flite_speech, "rms")
             offer = await _offer_sdp()
-            async with running_call(server, voice, speech) as call:
+            async with running_call(server, voice, speech, token) as call:
                 await call.converting()
 
                 async with server.http.ws_connect(server.ws_url) as ws:
@@ -162,7 +181,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
                             frame,
                             error,
                         )
-                    ready = await _hello(ws)
+                    ready = await _hello(ws, token)
                     assert ready["session"]
                     await ws.send_str(json.dumps({"v": 1, "type": "hello"}))
                     assert (await receive_json(ws))["code"] == "unexpected"
@@ -238,7 +257,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(tmp_path: Path, fl
             await settled(server)
             # and a fresh call works after all that
             async with client(server) as again:
-                await again.dial(voice)
+                await again.dial(voice, token=token)
                 await again.talk_until_converted(speech)
             await settled(server)
 

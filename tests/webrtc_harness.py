@@ -54,12 +54,14 @@ class Server:
     def ws_url(self) -> str:
         return f"ws://{self.server.host}:{self.server.port}/ws"
 
-    async def upload(self, path: Path, name: str) -> str:
+    async def upload(self, path: Path, name: str, key: str | None = None) -> str:
+        """The voice's id; ``key``: a tenant's API key (a server with auth required)."""
         data = await asyncio.to_thread(path.read_bytes)
         form = aiohttp.FormData()
         form.add_field("name", name)
         form.add_field("file", data, filename=path.name, content_type="audio/wav")
-        async with self.http.post(f"{self.base}/api/voices", data=form) as response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with self.http.post(f"{self.base}/api/voices", data=form, headers=headers) as response:
             body = await response.json()
             assert response.status == 201, body
             return str(body["id"])
@@ -205,8 +207,9 @@ class PyClient:
     async def receive(self, wait_s: float = 5.0) -> dict[str, Any]:
         return await receive_json(self.ws, wait_s)
 
-    async def hello(self) -> dict[str, Any]:
-        await self.send("hello")
+    async def hello(self, token: str | None = None) -> dict[str, Any]:
+        """``token``: an access token (a server with auth required)."""
+        await self.send("hello", **({"token": token} if token else {}))
         self.ready = await self.receive()
         return self.ready
 
@@ -225,9 +228,11 @@ class PyClient:
         self._pump = asyncio.create_task(self._pump_candidates())
         self._reader = asyncio.create_task(self._read())
 
-    async def dial(self, voice: str, settings: dict[str, Any] | None = None) -> None:
+    async def dial(
+        self, voice: str, settings: dict[str, Any] | None = None, token: str | None = None
+    ) -> None:
         """Hello, then the offer: the call is under way (``start``)."""
-        await self.hello()
+        await self.hello(token)
         await self.start(voice, settings)
 
     async def talk_until_converted(self, samples: Audio, timeout_s: float = 10.0) -> float:
