@@ -4,7 +4,7 @@ one network namespace and the Python client in another (tests/webrtc_loss_harnes
 engine: what the caller hears back is what it said, through the network twice.
 
 What a caller must get on such a link: the call connected within 1.5 s of the offer (the handshake
-protection of vcstream.media.dtls_certificate), the server's packets carrying Opus in-band FEC, and
+protection of vcstream.media.handshake_protection), the server's packets carrying Opus in-band FEC, and
 audio close to the clean call's: at most 1 % of speech frames 10 dB or more too quiet after the first
 second, energy envelopes correlated at 0.9 or better, and a p95 latency at most 30 ms above the clean
 call's."""

@@ -38,7 +38,7 @@ sys.path.insert(0, str(TESTS))
 
 from netns import NetnsPair  # noqa: E402
 from vcstream.bench.talk_markers import MarkerLocator, TalkTrack, envelope, talk_track  # noqa: E402
-from vcstream.media.dtls_certificate import PROTECTION_VARIABLE  # noqa: E402
+from vcstream.media.handshake_protection import PROTECTION_VARIABLE  # noqa: E402
 from vcstream.media.webrtc import OPUS_RATE  # noqa: E402
 
 HTTP_PORT = 8080

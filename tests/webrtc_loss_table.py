@@ -20,7 +20,7 @@ sys.path.insert(0, str(TESTS))
 from conftest import write_wav  # noqa: E402
 from netns import netns_pair  # noqa: E402
 from vcstream.bench.signals import flite_speech  # noqa: E402
-from vcstream.media.dtls_certificate import PROTECTION_VARIABLE  # noqa: E402
+from vcstream.media.handshake_protection import PROTECTION_VARIABLE  # noqa: E402
 from webrtc_loss_harness import LossyLink, compare  # noqa: E402
 
 HEADER = (

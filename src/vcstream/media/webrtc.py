@@ -58,8 +58,8 @@ from vcstream.audio.types import Audio
 from vcstream.errors import MediaError, VcstreamError
 from vcstream.media.appio import AudioSink, AudioSource
 from vcstream.media.candidates import announce_candidate, announce_in_sdp
-from vcstream.media.dtls_certificate import harden_element, tune_ice_agent
 from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements
+from vcstream.media.handshake_protection import harden_element, tune_ice_agent
 from vcstream.media.loss_protection import LossProtection, Protection
 from vcstream.media.mainloop import GLibLoop
 from vcstream.media.opus_packets import carries_fec
@@ -369,7 +369,7 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
 
     The agent is reached through ``nicesrc``/``nicesink``: webrtcbin's own ``ice-agent`` property
     hands out a reference it does not own in 1.22 (reading it from Python frees the agent)."""
-    harden_element(element)  # the DTLS certificate and handshake under loss (see dtls_certificate)
+    harden_element(element)  # the DTLS handshake under loss (see handshake_protection)
     factory = element.get_factory()
     _bound_retransmission(element, config)
     if factory is None or factory.get_name() not in ("nicesrc", "nicesink"):

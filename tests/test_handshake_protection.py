@@ -1,4 +1,4 @@
-"""Which datagrams the handshake protection copies (vcstream.media.dtls_certificate): DTLS handshake
+"""Which datagrams the handshake protection copies (vcstream.media.handshake_protection): DTLS handshake
 and change_cipher_spec records, nothing else; the first SRTP packet ends it. The effect on calls is
 measured across namespaces in tests/test_webrtc_loss.py."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from vcstream.media import dtls_certificate
+from vcstream.media import handshake_protection
 from vcstream.media.gst import Gst, ensure_gst
 
 
@@ -21,11 +21,11 @@ def _buffer(data: bytes) -> object:
 )
 def test_flight_datagrams_are_told_from_the_rest(first: int, expected: bool | None) -> None:
     # 22 handshake, 20 change_cipher_spec, 23 application data, 21 alert, 0 STUN, 0x80/0x90 (S)RTP
-    assert dtls_certificate._is_flight_datagram(_buffer(bytes([first, 0xFE, 0xFD, 0, 0]))) is expected
+    assert handshake_protection._is_flight_datagram(_buffer(bytes([first, 0xFE, 0xFD, 0, 0]))) is expected
 
 
 def test_the_protection_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(dtls_certificate.PROTECTION_VARIABLE, raising=False)
-    assert dtls_certificate.protected()
-    monkeypatch.setenv(dtls_certificate.PROTECTION_VARIABLE, "0")
-    assert not dtls_certificate.protected()
+    monkeypatch.delenv(handshake_protection.PROTECTION_VARIABLE, raising=False)
+    assert handshake_protection.protected()
+    monkeypatch.setenv(handshake_protection.PROTECTION_VARIABLE, "0")
+    assert not handshake_protection.protected()
