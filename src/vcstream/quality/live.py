@@ -231,7 +231,8 @@ class _Speech:
 
 class LiveQualityWorker:
     """The per-process estimator: one low-priority thread behind a bounded queue (started with the
-    first call; ``close`` stops it). ``load`` makes the encoder (default: CAM++), on the worker."""
+    first call; ``close`` stops it). ``load`` makes the encoder (default: CAM++, one per process);
+    ``preload`` loads it ahead of the first call."""
 
     def __init__(self, load: Callable[[], Encoder] = load_campplus, queue_limit: int = QUEUE_LIMIT) -> None:
         self._load = load
@@ -294,6 +295,15 @@ class LiveQualityWorker:
                 break
         self._queue.put(None)
         thread.join(timeout_s)
+
+    def preload(self) -> None:
+        """Load the encoder now, on the calling thread (the server's warm-up, before it says it is
+        ready): loaded with the first call instead, torch's import held that call's first converted
+        audio back from about 0.2 s to about 1 s (it holds the GIL). The worker then finds it loaded."""
+        try:
+            self._load()
+        except Exception as exc:  # the worker says so again when it starts, and estimates stay null
+            log.warning("live quality: the encoder could not be loaded: %s: %s", type(exc).__name__, exc)
 
     def _start(self) -> None:
         with self._lock:

@@ -104,10 +104,10 @@ def create_app(settings: ServiceSettings, engine: Engine | None = None) -> web.A
     app[STATE_KEY] = ServiceState()
     app[METRICS_KEY].watch_capacity(_capacity_sources(app))
     app.cleanup_ctx.append(_runtime_context)
+    if settings.live_quality:  # before the engine: its warm-up loads the estimator's encoder
+        app.cleanup_ctx.append(_live_quality_context)
     app.cleanup_ctx.append(_engine_context(engine))
     app.cleanup_ctx.append(_voices_context)
-    if settings.live_quality:
-        app.cleanup_ctx.append(_live_quality_context)
     app.cleanup_ctx.append(_tenancy_context)
     app.on_shutdown.append(_mark_draining)
 
@@ -175,7 +175,11 @@ def _engine_context(given: Engine | None) -> Callable[[web.Application], AsyncIt
         admission = Admission(*slots)
         app[ADMISSION_KEY] = admission
         app[METRICS_KEY].watch_schedulers(lambda: [slot.scheduler.snapshot() for slot in admission.slots])
-        warming = asyncio.create_task(_warm(runtime, state, admission, settings), name="engine-warm-up")
+        worker = app.get(LIVE_QUALITY_KEY)
+        preload = worker.preload if worker is not None else None
+        warming = asyncio.create_task(
+            _warm(runtime, state, admission, settings, preload), name="engine-warm-up"
+        )
         try:
             yield
         finally:
@@ -204,9 +208,14 @@ def _slot(role: str, loaded_engine: LoadedEngine, settings: ServiceSettings) -> 
 
 
 async def _warm(
-    runtime: Runtime, state: ServiceState, admission: Admission, settings: ServiceSettings
+    runtime: Runtime,
+    state: ServiceState,
+    admission: Admission,
+    settings: ServiceSettings,
+    preload: Callable[[], None] | None = None,
 ) -> None:
-    """Warm each engine, then measure what it carries; the server is ready after both."""
+    """Warm each engine, then measure what it carries, then ``preload`` (the live quality
+    estimator's encoder, after the measurement so as not to disturb it); ready after all three."""
     try:
         planned_cores = 0.0
         for slot in admission.slots:
@@ -234,6 +243,8 @@ async def _warm(
                 slot.places,
                 slot.capacity.detail,
             )
+        if preload is not None:
+            await runtime.run_blocking(ENGINE_POOL, preload)
     except Exception as exc:  # stays up, unready, and says why (on /readyz and in the log)
         log.exception("engine warm-up failed")
         state.warm_error = f"{type(exc).__name__}: {exc}"
@@ -261,7 +272,8 @@ async def _voices_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _live_quality_context(app: web.Application) -> AsyncIterator[None]:
-    """The calls' quality estimator: its thread starts, and CAM++ loads, with the first call."""
+    """The calls' quality estimator: its encoder loads during the engine's warm-up, its thread
+    starts with the first call."""
     worker = LiveQualityWorker()
     app[LIVE_QUALITY_KEY] = worker
     try:
