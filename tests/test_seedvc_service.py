@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from browser_harness import CAPTURE_JS, CHROMIUM_FLAGS, captured, wait_for
+from browser_harness import CAPTURE_JS, CHROMIUM_FLAGS, captured, choose_newest_voice, wait_for
 from conftest import vcstream_argv, write_wav
 from rtp_harness import relay_commands, to_rate
 from vcstream.media import decode_file
@@ -192,6 +192,7 @@ def test_page_in_chromium_converts_on_seedvc(
                 page = await context.new_page()
                 await page.goto(server.base + "/")
                 await page.wait_for_selector("#server-state[data-state='ready']", timeout=20000)
+                await choose_newest_voice(page)  # the page preselects no voice for a newcomer
                 steps = page.locator("#setting-diffusion_steps")
                 assert await steps.input_value() == str(STEPS)  # the operator's default, from the schema
                 assert await page.locator("#setting-block_time").get_attribute("step") == "0.02"
