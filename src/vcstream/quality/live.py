@@ -16,8 +16,8 @@ speech it embeds that window with CAM++ (``vcstream.quality.speaker``) and compa
 Both are CAM++ cosine similarities clipped to [0, 1] (a negative cosine, i.e. unrelated voices, reads 0);
 the page shows them as percentages. On synthetic voices the same speaker scores 0.83-0.94 and different
 speakers 0.39-0.54 (STACK-NOTES), so "72 %" reads "closer to the chosen voice than a stranger, short of
-the same person". The encoder is loaded by the worker when the first call starts it (once, before its
-priority is lowered), never at server start-up. The worker's CPU is measured with ``time.thread_time``
+the same person". The encoder is loaded once per process, during the server's warm-up (``preload``);
+loaded with the first call, torch's import held that call's first audio back by about 0.8 s. The worker's CPU is measured with ``time.thread_time``
 (``WorkerStats``).
 """
 
