@@ -17,7 +17,8 @@ Both are CAM++ cosine similarities clipped to [0, 1] (a negative cosine, i.e. un
 the page shows them as percentages. On synthetic voices the same speaker scores 0.83-0.94 and different
 speakers 0.39-0.54 (STACK-NOTES), so "72 %" reads "closer to the chosen voice than a stranger, short of
 the same person". The encoder is loaded once per process, during the server's warm-up (``preload``);
-loaded with the first call, torch's import held that call's first audio back by about 0.8 s. The worker's CPU is measured with ``time.thread_time``
+loaded with the first call, torch's import held that call's first audio back by about 0.8 s.
+The worker's CPU is measured with ``time.thread_time``
 (``WorkerStats``).
 """
 
