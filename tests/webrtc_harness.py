@@ -197,6 +197,7 @@ class PyClient:
         self.ready: dict[str, Any] = {}
         self.messages: list[dict[str, Any]] = []
         self.offer_sent: float | None = None
+        self._offer_sdp: str | None = None
         self._pump: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
@@ -217,13 +218,23 @@ class PyClient:
         self, voice: str, settings: dict[str, Any] | None = None, peer_config: PeerConfig | None = None
     ) -> None:
         """Offer and let signalling run in the background (``self.messages`` collects the rest)."""
+        await self.prepare_offer(peer_config)
+        await self.send_offer(voice, settings)
+
+    async def prepare_offer(self, peer_config: PeerConfig | None = None) -> None:
+        """The peer and its offer, not sent yet (several callers can then offer in the same instant)."""
         self.peer = WebRtcPeer(self.events, peer_config)
         await asyncio.to_thread(self.peer.offer)
         offer = await asyncio.wait_for(self.events.outgoing.get(), 5)
         assert offer["type"] == "offer"
+        self._offer_sdp = str(offer["sdp"])
+
+    async def send_offer(self, voice: str, settings: dict[str, Any] | None = None) -> None:
+        """Sends the prepared offer; signalling then runs in the background."""
+        assert self._offer_sdp is not None, "prepare_offer first"
         self.offer_sent = time.perf_counter()
         await self.send(
-            "offer", sdp=offer["sdp"], voice=voice, **({"settings": settings} if settings else {})
+            "offer", sdp=self._offer_sdp, voice=voice, **({"settings": settings} if settings else {})
         )
         self._pump = asyncio.create_task(self._pump_candidates())
         self._reader = asyncio.create_task(self._read())
