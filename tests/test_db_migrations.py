@@ -85,8 +85,17 @@ OLD_ROWS = [
 
 
 #: the rows as they stand after revision 0002 (the recording's file name is gone with the files)
-#: after revision 0003 the old voices belong to no tenant: the library of an --auth open server
-NEW_ROWS = [{**{k: v for k, v in row.items() if k != "audio_path"}, "tenant_id": None} for row in OLD_ROWS]
+#: after revision 0003 the old voices belong to no tenant: the library of an --auth open server;
+#: after 0004 each holds its name's comparison key and the open library's owner key ("")
+NEW_ROWS = [
+    {
+        **{k: v for k, v in row.items() if k != "audio_path"},
+        "tenant_id": None,
+        "name_key": str(row["name"]).casefold(),
+        "owner_key": "",
+    }
+    for row in OLD_ROWS
+]
 
 
 def make_old_database(url: str, voices_dir: Path) -> dict[str, bytes]:
@@ -195,11 +204,17 @@ def test_upgrade_of_an_empty_database_gives_the_models_schema(
     with engine_for(database_url) as engine:  # what autogenerate compares, spelled out once
         inspector = sa.inspect(engine)
         indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("voices")}
+        unique = {i["name"] for i in inspector.get_indexes("voices") if i["unique"]}
         nullable = {c["name"]: c["nullable"] for c in inspector.get_columns("voices")}
         audio_columns = {c["name"]: c["nullable"] for c in inspector.get_columns("voice_audio")}
         (audio_key,) = inspector.get_foreign_keys("voice_audio")
         audio_primary_key = inspector.get_pk_constraint("voice_audio")["constrained_columns"]
-    assert indexes == {"ix_voices_created_at": ["created_at"], "ix_voices_tenant_id": ["tenant_id"]}
+    assert indexes == {
+        "ix_voices_created_at": ["created_at"],
+        "ix_voices_tenant_id": ["tenant_id"],
+        "uq_voices_owner_name_key": ["owner_key", "name_key"],
+    }
+    assert unique == {"uq_voices_owner_name_key"}
     assert audio_columns == {"voice_id": False, "wav": False} and audio_primary_key == ["voice_id"]
     assert (audio_key["constrained_columns"], audio_key["referred_table"]) == (["voice_id"], "voices")
     assert audio_key["options"].get("ondelete") == "CASCADE"
@@ -213,6 +228,8 @@ def test_upgrade_of_an_empty_database_gives_the_models_schema(
         "created_at": False,
         "notices": False,
         "tenant_id": True,
+        "name_key": False,
+        "owner_key": False,
     }
 
 
@@ -381,10 +398,12 @@ def test_a_model_change_gets_a_revision_that_migrates_to_it(tmp_path: Path) -> N
     with pytest.raises(ConfigurationError, match="nothing to migrate"):
         new_revision("no change", versions_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+    head = head_revision()
+    following = f"{int(head) + 1:04d}"  # the number after the head's
     script = new_revision("add languages", versions_dir=tmp_path, target_metadata=changed)
-    assert script.name == "r0004_add_languages.py"
+    assert script.name == f"r{following}_add_languages.py"
     text = script.read_text()
-    assert "down_revision: str | None = '0003'" in text
+    assert f"down_revision: str | None = '{head}'" in text
     assert "op.create_table('languages'" in text and "add_column(sa.Column('language'" in text
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -396,7 +415,7 @@ def test_a_model_change_gets_a_revision_that_migrates_to_it(tmp_path: Path) -> N
         config.set_main_option("version_locations", os.pathsep.join((str(versions), str(tmp_path))))
         command.upgrade(config, "head")
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == "0004"
+        assert context.get_current_revision() == following
         assert compare_metadata(context, changed) == []
 
 

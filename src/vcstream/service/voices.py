@@ -3,13 +3,13 @@
 each voice's engine features computed on first use and kept per replica in a bounded LRU cache.
 
 An upload is validated completely before anything is stored: its name must be one people can read
-(``voice_names``: NFC, visible, no controls or bidi overrides) and unlike every other voice's after
-NFC and case folding, and it must decode (GStreamer: wav, flac,
-mp3, ogg, webm/opus as browsers record...), pass ``prepare_reference`` (finite, not silent, 1 s of
-sound after trimming silence; beyond 30 s it is cut, with a notice) and give the engine a voice. The
-trimmed reference is stored as a 16-bit 48 kHz WAV (engine-independent, so a library recorded under the
-CPU engine serves Seed-VC unchanged later) in ``voice_audio``, inserted with the voice's row in one
-transaction: both or neither. Listing reads only ``voices``.
+(``voice_names``: NFC, visible, no controls or bidi overrides) and unlike the owner's other voices'
+after NFC and case folding (a unique index holds that across replicas), and it must decode
+(GStreamer: wav, flac, mp3, ogg, webm/opus as browsers record...), pass ``prepare_reference``
+(finite, not silent, 1 s of sound after trimming silence; beyond 30 s it is cut, with a notice) and
+give the engine a voice. The trimmed reference is stored as a 16-bit 48 kHz WAV (engine-independent,
+so a library recorded under the CPU engine serves Seed-VC unchanged later) in ``voice_audio``,
+inserted with the voice's row in one transaction: both or neither. Listing reads only ``voices``.
 
 A voice may be deleted through any replica, so every use checks its row first: a voice gone from the
 database is refused (VoiceNotFoundError) and dropped from this replica's cache.
@@ -49,7 +49,7 @@ from vcstream.media.files import decode_file
 from vcstream.media.mainloop import Runtime
 from vcstream.service.db.connect import create_database_engine, ensure_sqlite_folder, shown_url
 from vcstream.service.db.migrate import prepare_for_serving
-from vcstream.service.db.models import VoiceAudio, VoiceRecord
+from vcstream.service.db.models import OPEN_LIBRARY_OWNER, VoiceAudio, VoiceRecord
 from vcstream.service.keys import VOICES_DB_POOL, VOICES_WORK_POOL
 from vcstream.service.profile_cache import ProfileCache, ProfileKey
 from vcstream.service.voice_names import InvalidVoiceNameError, name_key, normalise_name, shown_filename
@@ -77,6 +77,11 @@ def _owned_by(owner: Owner) -> sa.ColumnElement[bool]:
         return sa.true()
     column = VoiceRecord.tenant_id
     return column.is_(None) if owner is None else column == owner
+
+
+def _owner_key(owner: str | None) -> str:
+    """The owner as the names' unique index holds it (never NULL: see VoiceRecord.owner_key)."""
+    return OPEN_LIBRARY_OWNER if owner is None else owner
 
 
 #: bytes copied at a time from an upload's spool to the file the decoder reads
@@ -312,14 +317,17 @@ class VoiceLibrary:
 
     @staticmethod
     def _refuse_taken(session: Session, name: str, owner: str | None) -> None:
-        # compared in Python: NFC and case folding are not portable SQL; a library has few voices
-        key = name_key(name)
-        for taken in session.scalars(sa.select(VoiceRecord.name).where(_owned_by(owner))):
-            if name_key(taken) == key:
-                raise VoiceNameTakenError(
-                    f"a voice named {taken!r} exists already (names are compared ignoring case and "
-                    "Unicode normalisation); choose another name or delete that voice"
-                )
+        # by the stored key: NFC and case folding are not portable SQL
+        taken = session.scalar(
+            sa.select(VoiceRecord.name).where(
+                VoiceRecord.owner_key == _owner_key(owner), VoiceRecord.name_key == name_key(name)
+            )
+        )
+        if taken is not None:
+            raise VoiceNameTakenError(
+                f"a voice named {taken!r} exists already (names are compared ignoring case and "
+                "Unicode normalisation); choose another name or delete that voice"
+            )
 
     def _add_blocking(
         self,
@@ -345,6 +353,8 @@ class VoiceLibrary:
             created_at=datetime.now(UTC),
             notices=list(reference.notices),
             tenant_id=owner,
+            name_key=name_key(name),
+            owner_key=_owner_key(owner),
         )
         self._insert(record, wav, max_voices)
         return VoiceInfo.of(record), profile
@@ -352,8 +362,16 @@ class VoiceLibrary:
     def _insert(self, record: VoiceRecord, wav: bytes, max_voices: int | None) -> None:
         """The row and its audio in one transaction, or neither, if no voice has the name. Checked
         here, after the recording passed (what is wrong with the file is said first), under a lock
-        that orders this process's uploads; two replicas inserting one name in the same instant can
-        still both succeed (no unique index: names stored before NFC may already collide)."""
+        that orders this process's uploads; another replica inserting the name in the same instant
+        passes the check too, and the database's unique index refuses the later insert."""
+        try:
+            self._insert_checked(record, wav, max_voices)
+        except sa.exc.IntegrityError:
+            with self._sessions() as session:  # the same answer as the check's, if that was the cause
+                self._refuse_taken(session, record.name, record.tenant_id)
+            raise
+
+    def _insert_checked(self, record: VoiceRecord, wav: bytes, max_voices: int | None) -> None:
         with self._naming, self._sessions.begin() as session:
             self._refuse_taken(session, record.name, record.tenant_id)
             if max_voices is not None:

@@ -9,6 +9,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 MAX_NAME_CHARS = 100
+#: a name's comparison key (NFC, case folded): folding may turn one character into three ("ΐ")
+MAX_NAME_KEY_CHARS = 3 * MAX_NAME_CHARS
+#: the owner key of the open library (a server with --auth open), whose voices have no tenant
+OPEN_LIBRARY_OWNER = ""
 
 
 class Base(DeclarativeBase):
@@ -16,7 +20,12 @@ class Base(DeclarativeBase):
 
 
 class VoiceRecord(Base):
+    """A voice's metadata. Its name is unique per owner after NFC and case folding, in the database
+    (the unique index over ``owner_key`` and ``name_key``), so replicas storing one name at the same
+    instant cannot both succeed."""
+
     __tablename__ = "voices"
+    __table_args__ = (sa.Index("uq_voices_owner_name_key", "owner_key", "name_key", unique=True),)
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(MAX_NAME_CHARS))
@@ -30,6 +39,11 @@ class VoiceRecord(Base):
     tenant_id: Mapped[str | None] = mapped_column(
         sa.String(32), sa.ForeignKey("tenants.id", name="fk_voices_tenant_id", ondelete="CASCADE"), index=True
     )
+    #: the name as names are compared (``voice_names.name_key``)
+    name_key: Mapped[str] = mapped_column(sa.String(MAX_NAME_KEY_CHARS))
+    #: ``tenant_id``, or OPEN_LIBRARY_OWNER: never NULL, because a unique index treats NULLs as all
+    #: different (PostgreSQL and SQLite alike), which would leave the open library's names unchecked
+    owner_key: Mapped[str] = mapped_column(sa.String(32))
 
 
 class VoiceAudio(Base):
