@@ -44,7 +44,8 @@ from vcstream.service.db.migrate import (
     new_revision,
     upgrade,
 )
-from vcstream.service.db.models import Base
+from vcstream.service.db.models import Base, VoiceRecord
+from vcstream.service.voice_names import name_key
 from vcstream.service.voices import VoiceLibrary, VoiceNotFoundError
 
 # -- the model as it stood before migrations (a frozen copy: what old deployments' databases hold) -----
@@ -491,3 +492,95 @@ def test_a_missing_recording_stops_the_upgrade_unchanged(
     assert revision_of(database_url) == head_revision()
     assert voice_rows(database_url) == NEW_ROWS[:1]
     assert stored_audio(database_url) == {OLD_ROWS[0]["id"]: files[OLD_ROWS[0]["id"]]}
+
+
+# -- revision 0004: voice names unique per owner -------------------------------------------------------
+
+TENANT = "t" * 32
+#: (id, name, owner, day) as stored before 0004, and the name each has after it
+NAMES_BEFORE_AND_AFTER = [
+    ("a1", "Alice", None, 1, "Alice"),
+    ("a2", "ALICE", None, 2, "ALICE (3)"),  # "alice (2)" is another voice's name already
+    ("a3", "alice (2)", None, 3, "alice (2)"),
+    ("z1", "Zoë", None, 4, "Zoë"),
+    ("z2", "zoe\u0308", None, 5, "zoë (2)"),  # stored before names were NFC: the same name
+    ("t1", "Alice", TENANT, 6, "Alice"),  # another owner's library
+    ("t2", " alice", TENANT, 7, " alice"),  # not the same name: white space counts once stored
+    ("t3", "aLiCe", TENANT, 8, "aLiCe (2)"),
+    ("l1", "L" * 100, None, 9, "L" * 100),
+    ("l2", "l" * 100, None, 10, "l" * 96 + " (2)"),  # cut to fit the column
+    ("b2", "bob", None, 11, "bob (2)"),  # stored in the same instant as b1: the id decides
+    ("b1", "Bob", None, 11, "Bob"),
+]
+
+
+def make_database_at_0003_with_duplicates(url: str) -> None:
+    with engine_for(url) as engine, engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0003")
+        tables = sa.MetaData()
+        tenants = sa.Table("tenants", tables, autoload_with=connection)
+        voices = sa.Table("voices", tables, autoload_with=connection)
+        created = datetime(2026, 1, 1, tzinfo=UTC)
+        connection.execute(sa.insert(tenants).values(id=TENANT, name="Acme", plan="free", created_at=created))
+        for voice_id, name, owner, day, _ in NAMES_BEFORE_AND_AFTER:
+            connection.execute(
+                sa.insert(voices).values(
+                    id=voice_id.ljust(32, "0"),
+                    name=name,
+                    filename=None,
+                    content_type=None,
+                    duration_s=3.0,
+                    sample_rate=48000,
+                    created_at=datetime(2026, 1, day, tzinfo=UTC),
+                    notices=[],
+                    tenant_id=owner,
+                )
+            )
+
+
+def test_revision_0004_renames_later_duplicate_names_and_makes_names_unique(database_url: str) -> None:
+    make_database_at_0003_with_duplicates(database_url)
+    # as the operator runs it: the renames are in the command's output
+    command_line = [sys.executable, "-m", "vcstream.cli", "db", "upgrade", "--database-url", database_url]
+    done = subprocess.run(command_line, capture_output=True, text=True, timeout=120, check=False)
+    err = done.stderr
+    assert done.returncode == 0, err
+    assert revision_of(database_url) == head_revision()
+    assert differences_from_models(database_url) == []
+
+    with engine_for(database_url) as engine, engine.connect() as connection:
+        stored = {
+            voice_id[:2]: (name, name_key, owner_key)
+            for voice_id, name, name_key, owner_key in connection.execute(
+                sa.select(VoiceRecord.id, VoiceRecord.name, VoiceRecord.name_key, VoiceRecord.owner_key)
+            )
+        }
+    expected = {voice_id: after for voice_id, _, _, _, after in NAMES_BEFORE_AND_AFTER}
+    assert {voice_id: name for voice_id, (name, _, _) in stored.items()} == expected
+    assert all(key == name_key(name) for name, key, _ in stored.values())
+    assert {owner for _, _, owner in stored.values()} == {"", TENANT}
+
+    # each rename is logged, naming the voice, its owner, the old name and the new one
+    renamed = [row for row in NAMES_BEFORE_AND_AFTER if row[1] != row[4]]
+    assert err.count("renamed") == len(renamed), err
+    for voice_id, before, owner, _, after in renamed:
+        assert f"voice {voice_id.ljust(32, '0')} of " in err and f"{before!r} to {after!r}" in err
+        assert (f"tenant {owner}" if owner else "the open library") in err
+
+    # from now on the database itself refuses a second voice of one name (per owner)
+    with engine_for(database_url) as engine:
+        for owner, spelling in ((None, "ALICE (3)"), (TENANT, "ALICE")):
+            with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+                connection.execute(
+                    sa.insert(VoiceRecord).values(
+                        id="f" * 32,
+                        name=spelling,
+                        name_key=name_key(spelling),
+                        owner_key=owner or "",
+                        duration_s=3.0,
+                        sample_rate=48000,
+                        created_at=datetime(2026, 2, 1, tzinfo=UTC),
+                        notices=[],
+                        tenant_id=owner,
+                    )
+                )

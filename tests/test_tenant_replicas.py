@@ -41,6 +41,8 @@ CALLERS_PER_REPLICA = 2
 ROUNDS = 5
 #: the ledger's default: a call not written to for this long no longer counts (its replica is gone)
 STALE_AFTER_S = 3 * RECORD_EVERY_S
+#: simultaneous uploads of one voice name through both replicas
+NAME_ROUNDS = 4
 #: a call's offer answered (admitted) or refused, on this shared 2-core machine
 DECIDED_WITHIN_S = 15.0
 #: scheduling on a loaded machine: the place may come back this much after the stale window
@@ -55,6 +57,7 @@ class PaidReplicas:
     voice: str
     tenant_id: str
     speech: Audio
+    reference: Path
 
     def both_up(self) -> None:
         for replica in self.replicas:
@@ -114,7 +117,7 @@ def paid(
                 tenant_id = connection.scalar(sa.select(VoiceRecord.tenant_id).where(VoiceRecord.id == voice))
             assert tenant_id is not None
             yield PaidReplicas(
-                replicas, database, key, str(voice), tenant_id, speech_48k(flite_speech, "slt")
+                replicas, database, key, str(voice), tenant_id, speech_48k(flite_speech, "slt"), reference
             )
         finally:
             for replica in replicas:
@@ -219,6 +222,39 @@ def test_racing_callers_on_two_replicas_get_exactly_one_call_per_round(paid: Pai
                 print(f"hang-up written after {time.perf_counter() - hung_up:.2f} s")
 
     asyncio.run(main())
+
+
+def test_one_voice_name_uploaded_through_both_replicas_at_once_is_stored_once(paid: PaidReplicas) -> None:
+    paid.both_up()
+    first, second = paid.replicas
+
+    async def main() -> list[tuple[int, dict[str, object]]]:
+        outcomes = []
+        for n in range(NAME_ROUNDS):
+            # one name spelled two ways (case, and a combining diaeresis): one name after NFC + folding
+            spellings = (f"Zoë {n}", f"ZOE\u0308 {n}")
+            pair = await asyncio.gather(
+                upload(first, paid.key, paid.reference, spellings[0]),
+                upload(second, paid.key, paid.reference, spellings[1]),
+            )
+            assert sorted(status for status, _ in pair) == [201, 409], pair
+            outcomes += pair
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    refused = [body for status, body in outcomes if status == 409]
+    assert all(body["error"] == "name_taken" for body in refused), refused
+    with paid.database.connect() as connection:
+        stored = connection.scalars(
+            sa.select(VoiceRecord.name).where(
+                VoiceRecord.tenant_id == paid.tenant_id, VoiceRecord.name_key.like("zoë %")
+            )
+        ).all()
+    assert len(stored) == NAME_ROUNDS, stored
+    # how many pairs were close enough that both passed the replicas' own check (the index decided)
+    by_index = sum(r.log.read_text(errors="replace").count("stored by another writer") for r in paid.replicas)
+    print(f"\n{NAME_ROUNDS} rounds of one name through both replicas: one 201 and one 409 each; "
+          f"{by_index} decided by the database's unique index")  # fmt: skip
 
 
 def test_a_killed_replicas_call_gives_its_place_back_after_the_stale_window(paid: PaidReplicas) -> None:

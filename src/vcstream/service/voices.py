@@ -368,7 +368,11 @@ class VoiceLibrary:
             self._insert_checked(record, wav, max_voices)
         except sa.exc.IntegrityError:
             with self._sessions() as session:  # the same answer as the check's, if that was the cause
-                self._refuse_taken(session, record.name, record.tenant_id)
+                try:
+                    self._refuse_taken(session, record.name, record.tenant_id)
+                except VoiceNameTakenError:
+                    log.info("voice name %r: stored by another writer in the same instant", record.name)
+                    raise
             raise
 
     def _insert_checked(self, record: VoiceRecord, wav: bytes, max_voices: int | None) -> None:

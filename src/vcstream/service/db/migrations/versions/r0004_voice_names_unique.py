@@ -16,6 +16,7 @@ Revises: 0003
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections import defaultdict
 
 import sqlalchemy as sa
@@ -86,8 +87,9 @@ def upgrade() -> None:
 
 
 def _free_name(name: str, used: set[str]) -> str:
-    """``name`` with the first suffix " (2)", " (3)"... whose key no voice uses, the name cut so the
-    whole fits the column."""
+    """``name`` (in NFC, as names are stored now) with the first suffix " (2)", " (3)"... whose key
+    no voice uses, the name cut so the whole fits the column."""
+    name = unicodedata.normalize("NFC", name)
     number = 2
     while True:
         suffix = f" ({number})"
