@@ -7,7 +7,7 @@
 //   signalling.js  the WebSocket, reconnection     session.js   messages, placing/stopping calls
 //   call.js        one RTCPeerConnection            move.js      moving a call off a draining server
 //   microphone.js  the microphone                  meters.js    level meters
-//   figures.js     live figures
+//   figures.js     live figures                    waiting.js   waiting for a place on a full server
 
 import { renderStats } from "./figures.js";
 import { current, showEngine } from "./page.js";
@@ -29,7 +29,7 @@ async function loadInfo() {
   }
 }
 
-current.signalling = new Signalling({ onMessage: handleMessage, onClosed: onSignallingClosed });
+current.signalling = new Signalling({ onMessage: handleMessage, onClosed: onSignallingClosed, wait: true });
 renderStats();
 loadInfo();
 loadVoices();

@@ -75,6 +75,7 @@ function attemptMove(old) {
       // make: the new connection and call become the page's
       next.onMessage = handleMessage;
       next.onClosed = onSignallingClosed;
+      next.wait = true; // from now the page's own connection
       current.signalling = next;
       current.call = nextCall;
       state.ready = ready;

@@ -39,7 +39,9 @@ export const state = {
   // moving the call off a draining server: null, or { status: "moving"|"moved"|"stayed", reason }
   move: null,
   moves: 0, // calls moved to another server so far
-  waiting: null, // null, or { retryInMs, attempts } while the server is full and the call waits for a place
+  // null, or { retryInMs, attempts, queued, position } while the server is full and the call waits for a
+  // place (queued: in the server's queue, at position; retryInMs: until the next try of a fresh connection)
+  waiting: null,
   draining: false, // the server announced it is going away
 };
 window.vcstream = state;

@@ -10,6 +10,7 @@ import { moveCall } from "./move.js";
 import { current, setCallState, setServerState, showEngine, state, ui } from "./page.js";
 import { renderSettings } from "./settings.js";
 import { chosenVoice, loadVoices, renderVoices } from "./voices.js";
+import { stopTryingElsewhere, waitInQueue } from "./waiting.js";
 
 export function handleMessage(message) {
   switch (message.type) {
@@ -22,6 +23,12 @@ export function handleMessage(message) {
       setServerState("ready", "Connected");
       state.draining = false;
       current.signalling.markReady();
+      stopTryingElsewhere();
+      // a place came to a call that waits for one (the server's queue, or a try elsewhere)
+      if (state.callWanted && !current.call) placeCall();
+      break;
+    case "waiting":
+      waitInQueue(message);
       break;
     case "answer":
       current.call?.onAnswer(message.sdp);
@@ -96,6 +103,7 @@ function onServerError(error) {
 }
 
 export function onSignallingClosed(event) {
+  stopTryingElsewhere();
   const leaving = state.closingOnPurpose;
   state.closingOnPurpose = false;
   if (current.call) {
@@ -256,6 +264,12 @@ function stopCall(text = "Stopped. Press Start to talk again.") {
     state.closingOnPurpose = true;
     current.signalling.bye();
   }
+  if (state.waiting?.queued) {
+    // leave the server's queue: its place goes to the next in line
+    state.closingOnPurpose = true;
+    current.signalling.bye();
+  }
+  stopTryingElsewhere();
   closeMicrophone();
   state.waiting = null;
   clearFigures();

@@ -9,8 +9,10 @@ export class Signalling {
   // handlers: where this connection's messages and its close go (the page's by default; a call
   // being moved to another server has its own until the move completes)
   // reserve: the connection is opened to call at once, so the server holds a place from hello
-  constructor({ onMessage, onClosed, reserve = false }) {
+  // wait: while a call is wanted, a full server queues the connection instead of refusing it
+  constructor({ onMessage, onClosed, reserve = false, wait = false }) {
     this.reserve = reserve;
+    this.wait = wait;
     this.onMessage = onMessage;
     this.onClosed = onClosed;
     this.ws = null;
@@ -32,6 +34,7 @@ export class Signalling {
   // a place is held from hello when the connection is for a call about to start
   helloFields() {
     const fields = this.reserve || state.callWanted ? { reserve: true } : {};
+    if (this.wait && state.callWanted) fields.wait = true;
     return ACCESS_TOKEN ? { ...fields, token: ACCESS_TOKEN } : fields;
   }
 
