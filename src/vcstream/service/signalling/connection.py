@@ -359,9 +359,9 @@ class Connection:
     async def _welcome_waiter(self, slot: EngineSlot) -> None:
         try:
             await self._welcome(slot)
-        except VcstreamError as exc:  # the voice library failed: as a failed hello would
-            log.warning("connection %s: admitted, but ready failed: %s", self.id, exc)
-            self.send_error("internal_error", "the server could not welcome this connection", fatal=True)
+        except Exception:  # as a failed hello would (its place is given back as the connection closes)
+            log.exception("connection %s: a place came, but ready could not be sent", self.id)
+            self.send_error("internal_error", "the server could not answer ready (logged)", fatal=True)
 
     async def _welcome(self, slot: EngineSlot) -> None:
         """``ready``: the connection may call on ``slot``."""
