@@ -7,12 +7,14 @@ capacity (``vcstream.streaming.capacity``). ``Admission`` owns the places: one o
 which the cluster's admission (the deployment's) builds on.
 
 Places are taken and given back from any thread (sessions end on worker threads), under one lock;
-``take`` checks and counts at once, so two requests cannot both get the last place.
+``take`` checks and counts at once, so two requests cannot both get the last place. Whoever waits for
+a place (the signalling's waiting room) hears of each one given back through ``on_release``.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vcstream.engines.base import Engine
@@ -52,6 +54,11 @@ class Admission:
         self.primary = primary
         self.overflow = overflow
         self._lock = threading.Lock()
+        self._release_listeners: list[Callable[[], None]] = []
+
+    def on_release(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each place given back, on the releasing thread, outside the lock."""
+        self._release_listeners.append(listener)
 
     @property
     def slots(self) -> list[EngineSlot]:
@@ -89,3 +96,5 @@ class Admission:
     def release(self, slot: EngineSlot) -> None:
         with self._lock:
             slot.active = max(0, slot.active - 1)
+        for listener in self._release_listeners:
+            listener()

@@ -47,6 +47,11 @@ class ServiceMetrics:
         r = self.registry
         self._active = Gauge("vcstream_active_sessions", "Conversion sessions running now", registry=r)
         self._started = Counter("vcstream_sessions_started", "Conversion sessions started", registry=r)
+        self._waiting = Gauge(
+            "vcstream_waiting_connections",
+            "Signalling connections queued for a place on this full server (hello with wait)",
+            registry=r,
+        )
         self._ended = Counter("vcstream_sessions_ended", "Conversion sessions that ended", registry=r)
         self._failed = Counter(
             "vcstream_sessions_failed",
@@ -139,6 +144,10 @@ class ServiceMetrics:
         ``engine``, ``full``, ``draining``, ``not_ready``, ``voice`` (normalised to [a-z0-9_])."""
         label = _REASON.sub("_", reason.strip().lower())[:40] or "unknown"
         self._failed.labels(reason=label).inc()
+
+    def waiting(self, count: int) -> None:
+        """How many connections wait in the queue for a place now."""
+        self._waiting.set(count)
 
     @property
     def active_sessions(self) -> int:

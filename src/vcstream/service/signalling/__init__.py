@@ -3,6 +3,9 @@
 * ``protocol``: the wire protocol (its description is served as /ws's in the OpenAPI document),
   message checks and the per-call settings;
 * ``connection``: one WebSocket's state machine, handlers and timers;
+* ``hello``: who a client is (its token) and the ``ready`` message;
+* ``waiting_room``: the queue of connections waiting for a place on a full server (``hello`` with
+  ``wait``), handed the places given back first come first served;
 * ``stats``: the periodic ``stats`` message and the metrics it feeds;
 * ``registry``: every connection of the application, the thread pool and asyncio bridge they
   share, admission and shutdown; ``setup`` registers it.

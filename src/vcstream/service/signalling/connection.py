@@ -22,10 +22,9 @@ from vcstream.errors import VcstreamError
 from vcstream.media.webrtc import InvalidSdpError, opus_payload_type
 from vcstream.quality.live import CallQuality
 from vcstream.service.admission import EngineSlot
-from vcstream.service.auth import OPEN, AuthError, Principal
+from vcstream.service.auth import OPEN, Principal
 from vcstream.service.budget import TokenBucket
 from vcstream.service.health import session_refusal
-from vcstream.service.ice import ice_servers
 from vcstream.service.keys import (
     ADMISSION_KEY,
     DEFAULTS_KEY,
@@ -36,19 +35,19 @@ from vcstream.service.keys import (
 )
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.service.signalling.call_meter import CallMeter
+from vcstream.service.signalling.hello import authenticated, ready_fields
 from vcstream.service.signalling.protocol import (
-    MAX_MESSAGE_BYTES,
     MAX_REMOTE_CANDIDATES,
     PROTOCOL_VERSION,
     STATS_INTERVAL_S,
     SignallingError,
     parse_candidate,
     parse_message,
-    settings_schema,
     validate_settings,
 )
 from vcstream.service.signalling.stats import CallStatistics
-from vcstream.service.tenant_api import AUTH_KEY, LEDGER_KEY
+from vcstream.service.signalling.waiting_room import WaitingRoom
+from vcstream.service.tenant_api import LEDGER_KEY
 from vcstream.service.voices import VoiceNotFoundError
 from vcstream.transports.webrtc_call import Call
 
@@ -308,60 +307,68 @@ class Connection:
     async def _hello(self, data: dict[str, Any]) -> None:
         if self.state != "new":
             raise SignallingError("unexpected", "hello was already received")
+        reserve = data.get("reserve") is True
+        wait = reserve and data.get("wait") is True  # a full server queues it (waiting_room)
         refusal = self._refusal()
-        if refusal is not None:
+        if refusal is not None and not (wait and refusal.code == "server_full"):
             raise refusal
-        self.principal = await self._authenticated(data.get("token"))
-        app = self.app
-        slot = app[ADMISSION_KEY].choose()
-        if slot is None:  # taken since the refusal check
-            raise self._full()
-        if data.get("reserve") is True:
+        self.principal = await authenticated(self.app, data.get("token"), self.client_address)
+        admission, room = self.app[ADMISSION_KEY], self.registry.waiting_room
+        # places given back go to those already waiting: nobody overtakes the queue
+        slot = admission.choose() if room.waiting == 0 else None
+        if slot is not None and reserve:
             # a client about to call holds its place from now: two callers racing for the last place
             # are told at hello (one ``ready``, one ``server_full``), never after ``ready``
-            if not app[ADMISSION_KEY].take(slot):
-                raise self._full()
-            self._reserved = slot
-            self._reserve_timer = asyncio.get_running_loop().call_later(RESERVE_S, self._unreserve)
-        settings, engine = app[SETTINGS_KEY], slot.engine
-        principal = self.principal
-        voices = [v for v in await app[VOICES_KEY].list(principal.tenant_id) if principal.may_use(v.id)]
+            slot = slot if admission.take(slot) else None
+            if slot is not None:
+                self._hold(slot)
+        if slot is None:
+            if wait and not self._closing and self._queue(room):
+                return
+            raise refusal or self._full()
+        await self._welcome(slot)
+
+    def _hold(self, slot: EngineSlot) -> None:
+        """Keep a place taken for this connection until its offer, for ``RESERVE_S`` at most."""
+        self._reserved = slot
+        self._reserve_timer = asyncio.get_running_loop().call_later(RESERVE_S, self._unreserve)
+
+    def _queue(self, room: WaitingRoom) -> bool:
+        """Wait in ``room`` for a place (``waiting``); False when its queue is full."""
+        self.state = "waiting"
+        position = room.join(self)
+        if position is None:
+            self.state = "new"
+            return False
+        self.moved_up(position)
+        room.admit()  # a place given back while this hello was being checked
+        return True
+
+    # -- the waiting room's calls (``waiting_room.Waiter``) ---------------------------------------
+
+    def admitted(self, slot: EngineSlot) -> None:
+        self._hold(slot)
+        self._spawn(self._welcome_waiter(slot), "admitted")
+
+    def moved_up(self, position: int) -> None:
+        self.send("waiting", position=position, retry_after_s=RETRY_FULL_S)
+
+    def turned_away(self) -> None:
+        self.send_error("server_draining", "the server is shutting down", fatal=True)
+
+    async def _welcome_waiter(self, slot: EngineSlot) -> None:
+        try:
+            await self._welcome(slot)
+        except Exception:  # as a failed hello would (its place is given back as the connection closes)
+            log.exception("connection %s: a place came, but ready could not be sent", self.id)
+            self.send_error("internal_error", "the server could not answer ready (logged)", fatal=True)
+
+    async def _welcome(self, slot: EngineSlot) -> None:
+        """``ready``: the connection may call on ``slot``."""
+        fields = await ready_fields(self.app, slot, self.principal, self.id)
         self.slot, self.settings = slot, slot.defaults
         self.state = "ready"
-        self.send(
-            "ready",
-            session=self.id,
-            ice_servers=ice_servers(settings, f"vcstream-{self.id}").for_browser(),
-            engine={
-                "name": engine.name,
-                "note": slot.note,
-                "cpu_fallback": slot.cpu_fallback,
-                "overflow": slot.role == "overflow",
-                "device": str(engine.describe().get("device", "cpu")),
-                "sample_rate": engine.sample_rate,
-            },
-            voices=[{"id": v.id, "name": v.name, "duration_s": round(v.duration_s, 2)} for v in voices],
-            settings=self.settings.values(per_call_only=True),
-            settings_schema=slot.choices.schema(settings_schema(self.settings)),
-            max_message_bytes=MAX_MESSAGE_BYTES,
-            stats_interval_s=STATS_INTERVAL_S,
-        )
-
-    async def _authenticated(self, token: object) -> Principal:
-        """The principal of hello's ``token`` (an access token, or a backend's API key)."""
-        authenticator = self.app[AUTH_KEY]
-        if authenticator.open:
-            return OPEN
-        if not isinstance(token, str) or not token:
-            raise SignallingError(
-                "unauthorized", 'this server needs an access token in hello ("token")', fatal=True
-            )
-        try:
-            return await authenticator.of_credential(token, self.client_address)
-        except AuthError as exc:
-            raise SignallingError(
-                exc.code, exc.message, fatal=True, retry_after_s=exc.retry_after_s
-            ) from None
+        self.send("ready", **fields)
 
     async def _metered(self, slot: EngineSlot) -> CallMeter:
         """The call admitted under the tenant's plan and recorded (a fatal error when it is not)."""
@@ -397,8 +404,8 @@ class Connection:
         return merged
 
     async def _offer(self, data: dict[str, Any]) -> None:
-        if self.state == "new":
-            raise SignallingError("unexpected", "send hello before the offer")
+        if self.state in ("new", "waiting"):
+            raise SignallingError("unexpected", "send the offer after ready")
         if self.state == "calling":
             raise SignallingError(
                 "renegotiation_unsupported", "one offer per connection: change voice or settings instead"
@@ -673,6 +680,7 @@ class Connection:
 
     def _retire(self) -> asyncio.Task[None] | None:
         """Hand the call (or the one being opened) to the registry to close; None if there is none."""
+        self.registry.waiting_room.leave(self)
         self._unreserve()
         if self.quality is not None:
             self.quality.close()

@@ -14,13 +14,18 @@ once and 2 a second after that, and hold at most 20 open; beyond, the upgrade is
 ``too_many_connections`` with ``Retry-After``. A browser making calls never comes near either.
 
 Client -> server
-  ``hello``     ``{"reserve": true?}``, within 10 s of connecting. The server answers ``ready`` (or
-                ``error`` ``server_full`` with ``retry_after_s``, ``server_draining`` or
-                ``server_not_ready``, and closes: a full server never answers ``ready``). ``reserve``:
-                the client is about to call, and its place is held from now for 10 s (the offer then
-                cannot be refused for lack of room); without it the place is taken at the offer. A
-                connection
-                without a call is closed (``error`` ``timeout``) after 10 minutes without a message.
+  ``hello``     ``{"reserve": true?, "wait": true?}``, within 10 s of connecting. The server answers
+                ``ready`` (or ``error`` ``server_full`` with ``retry_after_s``, ``server_draining`` or
+                ``server_not_ready``, and closes). ``reserve``: the client is about to call, and its
+                place is held from now for 10 s (the offer then cannot be refused for lack of room);
+                without it the place is taken at the offer. ``wait`` (with ``reserve``): on a full
+                server, queue for a place instead of being refused: the server answers ``waiting`` and
+                keeps the connection; places given back go to the waiters first come first served,
+                each announced with ``ready`` and held as a reservation, as if the hello had just
+                found it free. The queue holds twice the server's places; beyond, and without
+                ``wait``, a full server answers ``server_full`` and closes as before. A server that
+                does not know ``wait`` ignores it. A connection without a call (waiting or not) is
+                closed (``error`` ``timeout``) after 10 minutes without a message.
   ``offer``     ``{"sdp": "v=0...", "voice": "<voice id>", "settings": {...}?}``: starts the session
                 (audio only, Opus, sendrecv). Answered with ``answer``; one offer per connection (no
                 renegotiation: voice and settings change without it).
@@ -39,6 +44,12 @@ Server -> client
                 "settings_schema": {"block_time": {"type", "unit", "min", "max", "step", "default"},
                 ...}, "max_message_bytes", "stats_interval_s"}``. TURN entries carry time-limited
                 credentials (coturn's REST scheme, see ``vcstream.service.ice``).
+  ``waiting``   ``{"position", "retry_after_s"}``: the answer to a ``hello`` with ``wait`` on a full
+                server, and again whenever the position changes (1: the next place is this
+                connection's). Not an error: the connection stays open, and ``ready`` follows when a
+                place is free; ``offer`` before it is ``unexpected``. A drain turns waiters away at
+                once (``error`` ``server_draining``, fatal). ``retry_after_s``: the hint a refused
+                client would have had, for a client that also tries elsewhere (behind a balancer).
   ``answer``    ``{"sdp"}``.
   ``ice``       ``{"candidate", "sdpMLineIndex"}``; ``"candidate": null`` once the server gathered all.
   ``state``     ``{"connection"|"ice"|"gathering": "<state>"}``: the server side's WebRTC states.

@@ -27,6 +27,7 @@ from vcstream.service.admission import EngineSlot
 from vcstream.service.api import error_response
 from vcstream.service.budget import AddressBudget
 from vcstream.service.forwarded import TrustedProxies
+from vcstream.service.health import session_refusal
 from vcstream.service.ice import ice_servers
 from vcstream.service.keys import (
     ADMISSION_KEY,
@@ -41,6 +42,7 @@ from vcstream.service.origins import origin_allowed
 from vcstream.service.signalling.call_meter import CallMeter
 from vcstream.service.signalling.connection import Connection
 from vcstream.service.signalling.protocol import FRAME_LIMIT, PROTOCOL_DESCRIPTION, SignallingError
+from vcstream.service.signalling.waiting_room import WaitingRoom
 from vcstream.transports.webrtc_call import Call
 
 __all__ = ["SessionRegistry", "setup"]
@@ -75,12 +77,17 @@ class SessionRegistry:
         self._connects = AddressBudget(CONNECTS_PER_S, CONNECT_BURST)
         self._open_by_address: Counter[str] = Counter()
         self._proxies = TrustedProxies(app[SETTINGS_KEY].trusted_proxies)
+        self._waiting_room: WaitingRoom | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: the DTLS certificate before the first call (the runtime, set up before, runs
-        the GLib loop and the pools, and closes after)."""
+        the GLib loop and the pools, and closes after), and the waiting room on the engines' places."""
+        self._waiting_room = WaitingRoom(
+            app[ADMISSION_KEY], lambda: not self.closing and session_refusal(app) is None, app[METRICS_KEY]
+        )
+        self._waiting_room.attach(asyncio.get_running_loop())
         try:
             started = time.perf_counter()
             await self.blocking(prepare)
@@ -117,6 +124,8 @@ class SessionRegistry:
         told = [c for c in self._connections if c.state == "calling"]
         for connection in told:
             connection.send("draining", grace_s=grace_s)
+        if self._waiting_room is not None:  # no place will come: waiters try elsewhere at once
+            self._waiting_room.turn_away()
         return len(told)
 
     def retire(
@@ -163,6 +172,13 @@ class SessionRegistry:
                 await meter.end()
 
     # -- services to connections ------------------------------------------------------------------
+
+    @property
+    def waiting_room(self) -> WaitingRoom:
+        """The queue for places on this server (set up with the application)."""
+        if self._waiting_room is None:
+            raise RuntimeError("the session registry has not started")
+        return self._waiting_room
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call (GStreamer state changes, engine session setup) on the media pool."""
