@@ -1,6 +1,6 @@
 """WebRTC calls over a lossy link: a vcstream server (passthrough engine) in one network namespace, the
-caller in another, nftables dropping a share of every UDP datagram leaving either namespace (ICE, DTLS,
-SRTP alike; signalling is TCP and untouched).
+caller in another, nftables dropping a share of every UDP datagram arriving in either namespace (ICE,
+DTLS, SRTP alike; signalling is TCP and untouched).
 
 The host side (``LossyLink``, ``compare``) is what tests/test_webrtc_loss.py and
 scripts/webrtc-loss-table.sh use; the caller side runs inside the caller's namespace as
@@ -178,10 +178,15 @@ class CallRecord:
 
 
 def _loss_rules(percent: float) -> str:
+    # dropped as they arrive, not as they leave: a datagram dropped in the sender's output hook fails
+    # its sendto() with EPERM, which no real network does, and libnice fails a connectivity-check pair
+    # at once on a send error (no retransmission): that, not the loss, failed ICE in one call in
+    # three to five at 10-20 % here (libnice's debug output: "state FAILED (candidate_check_pair_fail)"
+    # the instant the check was sent)
     return (
         "table inet vcstream_loss {\n"
-        "  chain out {\n"
-        "    type filter hook output priority 0; policy accept;\n"
+        "  chain arriving {\n"
+        "    type filter hook input priority 0; policy accept;\n"
         f"    meta l4proto udp numgen random mod 1000 < {round(10 * percent)} drop\n"
         "  }\n"
         "}\n"
@@ -210,15 +215,16 @@ class LossyLink:
             **self.env,
         }
         # the server's log goes to a file: a pipe nobody reads until the end blocks a server that logs
-        # much (libnice's debug output with NICE_DEBUG/G_MESSAGES_DEBUG in ``env``)
+        # much; stdout too, where GLib writes debug messages (libnice's, with NICE_DEBUG=all and
+        # G_MESSAGES_DEBUG=libnice in ``env``)
         self.server_log = self.workdir / "server.log"
         with self.server_log.open("w") as log_file:
             server = subprocess.Popen(
                 self.pair.command(self.pair.b, [sys.executable, "-m", "vcstream.cli", "serve", "--port",
                                                 str(HTTP_PORT)]),
                 env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.pair.processes.append(server)
         try:
@@ -253,9 +259,9 @@ class LossyLink:
         return done.stdout.strip().splitlines()[-1]
 
     def set_loss(self, percent: float, legs: str = "both") -> None:
-        """Drop ``percent`` of the UDP datagrams leaving the caller's namespace (``legs="up"``: the
-        caller->server leg), the server's (``"down"``) or both."""
-        lossy = {"both": (self.pair.a, self.pair.b), "up": (self.pair.a,), "down": (self.pair.b,)}[legs]
+        """Drop ``percent`` of the UDP datagrams arriving in the server's namespace (``legs="up"``: the
+        caller->server leg), the caller's (``"down"``) or both."""
+        lossy = {"both": (self.pair.a, self.pair.b), "up": (self.pair.b,), "down": (self.pair.a,)}[legs]
         for namespace in (self.pair.a, self.pair.b):
             self.pair.clear_loss(namespace)
             if percent > 0 and namespace in lossy:
