@@ -58,6 +58,9 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
         # the client offered NACK and RTX (the default): the server's answer keeps both
         assert "a=rtcp-fb:96 nack" in answer and "rtx/48000" in answer, answer
         assert set(LOSS_FIELDS) <= set(stats), stats
+        # the caller offered NACK (PeerConfig's default): the server counts retransmissions both ways
+        assert set(stats["retransmissions"]) == {"requested", "recovered", "late", "asked", "resent"}
+        assert all(isinstance(n, int) and n >= 0 for n in stats["retransmissions"].values()), stats
         assert stats["fec"] is offer_fec
         assert stats["remote_jitter_ms"] is not None
         assert stats["received_loss_pct"] is not None and stats["concealed_pct"] is not None
@@ -128,6 +131,7 @@ def test_the_server_protects_more_when_the_caller_reports_loss(tmp_path: Path, f
         print(f"\n20% of the server's packets lost on the way: stats {stats}")
         assert stats is not None, "no receiver report with the loss reached the server"
         assert stats["fec"] is True
+        assert stats["retransmissions"] is None  # no NACK offered
         # the same reading applied it: the encoder now expects what was reported (up to the ceiling)
         assert stats["fec_expected_loss_pct"] >= min(30, math.ceil(stats["sent_loss_pct"])), stats
 

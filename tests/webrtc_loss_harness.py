@@ -146,6 +146,7 @@ async def python_call(
         "packets_received": stats.packets_received,
         "concealed_ms": stats.concealed_ms,
         "decoded_ms": stats.decoded_ms,
+        "retransmissions": None if stats.retransmissions is None else vars(stats.retransmissions),
         "server_stats": server_stats[-1] if server_stats else {},
     }
 
@@ -317,8 +318,9 @@ def _frame_db(x: np.ndarray) -> np.ndarray:
     return result
 
 
-def _align(clean: np.ndarray, lossy: np.ndarray, max_lag_s: float = 0.3) -> np.ndarray:
-    """``lossy`` shifted onto ``clean`` by the lag that best matches their envelopes."""
+def _align(clean: np.ndarray, lossy: np.ndarray, max_lag_s: float = 1.0) -> np.ndarray:
+    """``lossy`` shifted onto ``clean`` by the lag that best matches their envelopes (up to a second:
+    two calls' recordings have been seen 340 ms apart, the time each took to bring audio back)."""
     a, b = envelope(clean, OPUS_RATE), envelope(lossy, OPUS_RATE)
     n = min(a.size, b.size)
     a, b = a[:n] - a[:n].mean(), b[:n] - b[:n].mean()

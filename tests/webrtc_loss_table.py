@@ -4,8 +4,9 @@
 ends run webrtcbin's own handshake (VCSTREAM_WEBRTC_HANDSHAKE_PROTECTION=0); "after": FEC and NACK
 offered and the handshake protected, the defaults. For each, a server in one namespace, the Python
 client in another, a clean call first, then one call per loss level (that % of UDP datagrams dropped
-each way), each compared with the clean call of the same mode. One call per cell: figures of a
-single call, not a distribution.
+each way), each compared with the clean call of the same mode. ``--legs`` picks the directions:
+``up`` (only the caller's datagrams to the server are lost), ``down`` (only the server's to the
+caller), ``both``. One call per cell: figures of a single call, not a distribution.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vcstream.media.handshake_protection import PROTECTION_VARIABLE  # noqa: E40
 from webrtc_loss_harness import LossyLink, compare  # noqa: E402
 
 HEADER = (
-    "| loss each way | mode | frames too quiet | envelope corr. | latency p95 (clean) | "
+    "| loss | lost on | mode | frames too quiet | envelope corr. | latency p95 (clean) | "
     "offer -> first audio | ICE+DTLS connected |"
 )
 
@@ -35,12 +36,14 @@ def main() -> None:
     )
     parser.add_argument("--losses", default="0,5,10,20", help="loss levels, %% each way")
     parser.add_argument("--seconds", type=float, default=10.0, help="talk track per call")
+    parser.add_argument("--legs", default="both", help="up, down and/or both, comma-separated")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vcstream-webrtc-loss"))
     args = parser.parse_args()
     losses = [float(x) for x in args.losses.split(",")]
+    legs = args.legs.split(",")
     args.workdir.mkdir(parents=True, exist_ok=True)
     reference = write_wav(args.workdir / "reference.wav", flite_speech("slt", 16000), 16000)
-    rows: dict[tuple[float, str], str] = {}
+    rows: dict[tuple[float, str, str], str] = {}
     with netns_pair() as pair:
         for mode, on in (("before", False), ("after", True)):
             workdir = args.workdir / mode
@@ -49,27 +52,31 @@ def main() -> None:
             with link.serving(reference):
                 clean = link.python_call(0, args.seconds, fec=on, protection=on)
                 for loss in losses:
-                    try:
-                        call = link.python_call(loss, args.seconds, fec=on, protection=on)
-                    except AssertionError as failure:
-                        why = " ".join(str(failure).split())[-70:].replace("|", "/")
-                        rows[(loss, mode)] = f"| {loss:g} % | {mode} | call failed: ...{why} | | | | |"
-                        print(rows[(loss, mode)], flush=True)
-                        continue
-                    c = compare(clean, call)
-                    connected = "-" if c.connected_s is None else f"{c.connected_s:.2f} s"
-                    rows[(loss, mode)] = (
-                        f"| {loss:g} % | {mode} | {c.too_quiet_pct:.1f} % | {c.envelope_correlation:.3f} | "
-                        f"{c.latency_p95_ms:.0f} ms ({c.clean_latency_p95_ms:.0f}) | {c.connect_s:.2f} s | "
-                        f"{connected} |"
-                    )
-                    print(rows[(loss, mode)], flush=True)
+                    for leg in legs if loss else ["both"]:
+                        key = (loss, leg, mode)
+                        cell = f"| {loss:g} % | {leg} | {mode} |"
+                        try:
+                            call = link.python_call(loss, args.seconds, fec=on, protection=on, legs=leg)
+                        except AssertionError as failure:
+                            why = " ".join(str(failure).split())[-70:].replace("|", "/")
+                            rows[key] = f"{cell} call failed: ...{why} | | | | |"
+                            print(rows[key], flush=True)
+                            continue
+                        c = compare(clean, call)
+                        connected = "-" if c.connected_s is None else f"{c.connected_s:.2f} s"
+                        rows[key] = (
+                            f"{cell} {c.too_quiet_pct:.1f} % | {c.envelope_correlation:.3f} | "
+                            f"{c.latency_p95_ms:.0f} ms ({c.clean_latency_p95_ms:.0f}) | "
+                            f"{c.connect_s:.2f} s | {connected} |"
+                        )
+                        print(rows[key], flush=True)
     print()
     print(HEADER)
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for loss in losses:
-        for mode in ("before", "after"):
-            print(rows.get((loss, mode), f"| {loss:g} % | {mode} | (not run) |"))
+        for leg in legs if loss else ["both"]:
+            for mode in ("before", "after"):
+                print(rows.get((loss, leg, mode), f"| {loss:g} % | {leg} | {mode} | (not run) |"))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ __all__ = [
     "PeerConfig",
     "PeerListener",
     "PeerStats",
+    "Retransmissions",
     "WebRtcPeer",
     "live_pipelines",
     "opus_payload_type",
@@ -192,6 +193,23 @@ class PeerStats:
     #: ms of audio it decoded in all
     concealed_ms: float = 0.0
     decoded_ms: float = 0.0
+    #: NACK/RTX so far (``Retransmissions``): None where neither end negotiated it
+    retransmissions: Retransmissions | None = None
+
+
+@dataclass(frozen=True)
+class Retransmissions:
+    """NACK/RTX counters since the call began. Of the audio received: packets our jitter buffer
+    asked again for (``requested``), how many came back in time (``recovered``) and those that came
+    after their time was up (``late``). Of the audio sent: packets the remote end asked again for
+    (``asked``) and those resent (``resent``; fewer when a packet was no longer kept, see
+    ``_bound_retransmission``)."""
+
+    requested: int = 0
+    recovered: int = 0
+    late: int = 0
+    asked: int = 0
+    resent: int = 0
 
 
 # -- process-wide: the DTLS certificate and the pipeline count ---------------------------------------
@@ -794,11 +812,33 @@ class WebRtcPeer:
         decoded_ms = 1000 * self.bytes_decoded / 4 / self.config.audio_rate  # float32 mono
         return PeerStats(
             **figures,
+            retransmissions=self._retransmissions(webrtc) if self._nack else None,
             relayed=ice.relayed(),
             protection=self._protect(figures.get("remote_fraction_lost")),
             concealed_ms=self._concealed_ns / 1e6,
             decoded_ms=decoded_ms,
         )
+
+    @staticmethod
+    def _retransmissions(webrtc: Any) -> Retransmissions:
+        """Counters from the elements webrtcbin made for NACK/RTX (its own stats have none)."""
+        counts = dict.fromkeys(("requested", "recovered", "late", "asked", "resent"), 0)
+        iterator = webrtc.iterate_recurse()
+        while True:
+            result, element = iterator.next()
+            if result != Gst.IteratorResult.OK:
+                break
+            factory = element.get_factory()
+            name = factory.get_name() if factory is not None else ""
+            if name == "rtpjitterbuffer":
+                figures = element.get_property("stats")
+                counts["requested"] += int(figures.get_value("rtx-count") or 0)
+                counts["recovered"] += int(figures.get_value("rtx-success-count") or 0)
+                counts["late"] += int(figures.get_value("num-late") or 0)
+            elif name == "rtprtxsend":
+                counts["asked"] += int(element.get_property("num-rtx-requests"))
+                counts["resent"] += int(element.get_property("num-rtx-packets"))
+        return Retransmissions(**counts)
 
     # -- teardown ---------------------------------------------------------------------------------
 

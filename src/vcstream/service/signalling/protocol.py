@@ -64,6 +64,9 @@ Server -> client
                 receiver report says), ``fec`` (the server sends Opus in-band FEC),
                 ``fec_expected_loss_pct`` (the loss its encoder protects against) and
                 ``concealed_pct`` (received audio the server's decoder made up: FEC or concealment),
+                ``retransmissions`` (NACK/RTX since the call began, null without NACK: ``requested``,
+                ``recovered`` and ``late`` of the audio the server receives, ``asked`` and ``resent``
+                of the audio it sends),
                 ``bitrate_in_kbps``, ``bitrate_out_kbps``,
                 ``voice_similarity`` and ``own_voice_similarity`` (live quality: CAM++ speaker
                 similarity, cosine clipped to 0..1, of the last few seconds of converted speech to the

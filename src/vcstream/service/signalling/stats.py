@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vcstream.media.webrtc import PeerStats
+from vcstream.media.webrtc import PeerStats, Retransmissions
 from vcstream.quality.live import Estimate
 from vcstream.service.metrics import ServiceMetrics
 from vcstream.streaming.live import LiveSession, LiveStats
@@ -43,6 +43,10 @@ def _grown(now: float | None, before: float) -> tuple[float, float]:
     if now is None:
         return 0.0, before
     return (now - before if now >= before else now), now
+
+
+def _retransmissions(counts: Retransmissions | None) -> dict[str, int] | None:
+    return None if counts is None else dataclasses.asdict(counts)
 
 
 def _percent(part: float, whole: float) -> float | None:
@@ -167,6 +171,10 @@ class CallStatistics:
             "jitter_ms": r(peer.jitter_ms),
             "remote_jitter_ms": r(peer.remote_jitter_ms),
             "remote_packets_lost": peer.remote_packets_lost,
+            # NACK/RTX counters since the call began (null when the caller offered no NACK)
+            "retransmissions": None
+            if peer.retransmissions is None
+            else dataclasses.asdict(peer.retransmissions),
             **dataclasses.asdict(loss),
             "bitrate_in_kbps": r(rate_in),
             "bitrate_out_kbps": r(rate_out),
