@@ -614,7 +614,7 @@ class Connection:
                 self.send("error", code="engine_error", message="the engine failed on a block", fatal=False)
             self.send("stats", **fields)
             if self._meter is not None:
-                await self._allowance(await self._meter.observe(live, stats.samples_out / call.io_rate))
+                await self._allowance(self._meter.observe(live, stats.samples_out / call.io_rate))
 
     async def _allowance(self, verdict: str | None) -> None:
         """Tell the caller a minute before its plan's minutes run out; end the call when they have."""
