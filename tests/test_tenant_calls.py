@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -206,6 +207,7 @@ def test_a_call_redialled_at_once_after_a_hang_up_is_admitted_on_a_one_call_plan
         ) as server:
             voice = await upload(server, key, reference_wav(tmp_path, flite_speech, "awb"))
             calls: list[PyClient] = []
+            hung_up_at: list[datetime] = []
 
             async def dialled() -> PyClient:
                 calls.append(PyClient(await server.http.ws_connect(server.ws_url)))
@@ -220,6 +222,7 @@ def test_a_call_redialled_at_once_after_a_hang_up_is_admitted_on_a_one_call_plan
                     redial = await dialled()
                     await redial.prepare_offer()
                     await current.ws.close()  # hung up: the close handshake has completed
+                    hung_up_at.append(datetime.now(UTC).replace(tzinfo=None))  # as SQLite keeps it
                     await redial.send_offer(voice, {"block_time": 0.1})
                     await current.close()
                     await redial.talk(speech, answered_or_refused(redial), 10)
@@ -230,8 +233,13 @@ def test_a_call_redialled_at_once_after_a_hang_up_is_admitted_on_a_one_call_plan
                 for call in calls:
                     await call.close()
 
-        rows = await asyncio.to_thread(usage_rows, data)
+        rows = sorted(await asyncio.to_thread(usage_rows, data), key=lambda r: r.started_at)
         assert len(rows) == 1 + REDIALS and all(r.ended_at is not None for r in rows), rows
+        # each hung-up call's end was in the ledger before its hang-up completed
+        ends = [r.ended_at for r in rows[:REDIALS] if r.ended_at is not None]
+        margins_ms = [(hung - end).total_seconds() * 1000 for end, hung in zip(ends, hung_up_at, strict=True)]
+        print(f"\nend written {[f'{m:.1f}' for m in margins_ms]} ms before the hang-up completed")
+        assert all(m >= 0 for m in margins_ms), margins_ms
         print(
             f"\n{REDIALS} redials at once after a hang-up admitted; ended as {[r.end_reason for r in rows]}"
         )
