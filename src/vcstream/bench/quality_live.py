@@ -34,11 +34,10 @@ from typing import Any
 import numpy as np
 
 from vcstream.audio.types import Audio
+from vcstream.bench import process_events
 from vcstream.bench.calls import end_process, serve_command
 from vcstream.bench.latency import global_offset
 from vcstream.bench.netns import NamespacesUnavailable, NetnsPair, netns_pair, netns_unavailable_reason
-from vcstream.bench.process_events import EventNotSeenError
-from vcstream.bench.process_events import read_event as read_process_event
 from vcstream.errors import MediaError
 from vcstream.media import decode_file
 from vcstream.media.rtp import OPUS_RATE
@@ -133,8 +132,8 @@ def read_event(
     """The first JSON line on ``process``'s stdout whose "event" is ``event`` (a bounded wait); a
     PathFailed with the end of the process's log if it does not come."""
     try:
-        return read_process_event(process, event, timeout_s)
-    except EventNotSeenError as exc:
+        return process_events.read_event(process, event, timeout_s)
+    except process_events.EventNotSeenError as exc:
         raise PathFailed(f"{_name(process)} {exc}: {_tail(log_path)}") from exc
 
 

@@ -381,8 +381,7 @@ class VoiceLibrary:
             raise
 
     def _insert_checked(self, record: VoiceRecord, wav: bytes, max_voices: int | None) -> None:
-        limited = max_voices is not None
-        transaction = self._limited_transaction if limited else self._unlimited_transaction
+        transaction = self._unlimited_transaction if max_voices is None else self._limited_transaction
         with self._naming, transaction(record.tenant_id) as session:
             self._refuse_taken(session, record.name, record.tenant_id)
             if max_voices is not None:
