@@ -3,10 +3,8 @@ pipelines on loopback), and measures of continuity on received audio."""
 
 from __future__ import annotations
 
-import queue
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -180,33 +178,8 @@ def free_udp_port_pair() -> int:
     raise RuntimeError("no free pair of UDP ports")
 
 
-def read_json_line(process: subprocess.Popen[str], event: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    """The first JSON line of ``process``'s stdout whose "event" is ``event`` (bounded wait)."""
-    import json
-
-    assert process.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    stream = process.stdout
-
-    def pump() -> None:
-        for line in stream:
-            lines.put(line)
-            if f'"{event}"' in line:
-                return
-        lines.put("")
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + timeout_s
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            break
-        if not line:
-            raise AssertionError(f"process ended before printing {event!r} (exit {process.poll()})")
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            return dict(json.loads(line))
-    raise AssertionError(f"no {event!r} line within {timeout_s} s")
+#: how long an RTP command may take to start listening (its JSON "listening" line)
+LISTENING_WITHIN_S = 20.0
 
 
 # -- the RTP commands as processes --------------------------------------------------------------------

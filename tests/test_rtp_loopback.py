@@ -16,17 +16,18 @@ import pytest
 
 from conftest import median_f0, snr_db, vcstream_argv, write_wav
 from rtp_harness import (
+    LISTENING_WITHIN_S,
     align,
     dominant_hz,
     free_udp_port_pair,
     open_chain,
-    read_json_line,
     relay_commands,
     silence_gaps_ms,
     timeline_drift_ms,
     to_rate,
     tone,
 )
+from vcstream.bench.process_events import read_event
 from vcstream.commands.rtp import parse_endpoint, parse_listen
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.engines.world import WorldEngine
@@ -120,7 +121,7 @@ def test_commands_relay_a_file_end_to_end(flite_speech: Speech, tmp_path: Path) 
     reference = write_wav(tmp_path / "reference.wav", *flite_speech("awb"))
     out = tmp_path / "out.flac"
     with relay_commands(reference, out, "--engine", "passthrough", idle_timeout_s=1.0, duration_s=40) as run:
-        read_json_line(run.relay, "listening")  # ready before anything is sent
+        read_event(run.relay, "listening", LISTENING_WITHIN_S)  # ready before anything is sent
         sent = run.send(source)
         rx_out, _ = run.receiver.communicate(timeout=30)
         assert run.receiver.returncode == 0
@@ -163,7 +164,7 @@ def test_receive_stops_on_sigterm_and_writes_what_it_got(flite_speech: Speech, t
         text=True,
     )
     try:
-        read_json_line(receiver, "listening")
+        read_event(receiver, "listening", LISTENING_WITHIN_S)
         sender = RtpOpusSender("127.0.0.1", port).start()
         try:
             from vcstream.transports.pacing import push_in_real_time

@@ -20,7 +20,15 @@ import pytest
 
 from conftest import snr_db, write_wav
 from netns import NetnsPair, netns_pair, require_netns
-from rtp_harness import align, frame_db, read_json_line, silence_gaps_ms, timeline_drift_ms, to_rate
+from rtp_harness import (
+    LISTENING_WITHIN_S,
+    align,
+    frame_db,
+    silence_gaps_ms,
+    timeline_drift_ms,
+    to_rate,
+)
+from vcstream.bench.process_events import read_event
 from vcstream.media import decode_file
 from vcstream.media.rtp import OPUS_RATE
 
@@ -70,8 +78,8 @@ def relay_once(
                 "--engine", "passthrough", "--latency", 80, "--duration", 60, *codec,
             ),
         )  # fmt: skip
-        read_json_line(receiver, "listening")
-        read_json_line(relay, "listening")
+        read_event(receiver, "listening", LISTENING_WITHIN_S)
+        read_event(relay, "listening", LISTENING_WITHIN_S)
         impairment = ["--netsim-delay", f"{JITTER_MS[0]}:{JITTER_MS[1]}"] if impaired else []
         sent = pair.run(
             pair.a,

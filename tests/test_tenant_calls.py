@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -172,5 +173,75 @@ def test_the_open_server_checks_the_origin_too(tmp_path: Path, origin: str) -> N
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await server.http.ws_connect(server.ws_url, origin=origin)
             assert refused.value.status == 403
+
+    asyncio.run(main())
+
+
+#: one call at a time, no minute limit
+ONE_CALL_PLANS = {"default": "solo", "plans": {"solo": {"concurrent_calls": 1}}}
+#: hang-ups each followed at once by a redial (each one a chance for the race)
+REDIALS = 3
+
+
+def answered_or_refused(call: PyClient) -> Callable[[], bool]:
+    return lambda: bool(call.of_type("error")) or call.events.first_audio is not None
+
+
+def test_a_call_redialled_at_once_after_a_hang_up_is_admitted_on_a_one_call_plan(
+    tmp_path: Path, flite_speech: Speech
+) -> None:
+    """The hung-up call's end is in the ledger by the time the client's hang-up completes (the
+    server's close frame follows the write), so the redial finds the plan's one place free: the next
+    call's offer is ready before the hang-up and sent the moment it completes."""
+    data = tmp_path / "data"
+    (key,) = tenant_keys(data, "Acme", plans=ONE_CALL_PLANS)
+    speech = speech_48k(flite_speech, "slt")
+
+    async def main() -> None:
+        async with serving(
+            data,
+            running=PassthroughEngine(),
+            auth="required",
+            token_secret=SECRET,
+            plans_file=data / "plans.json",
+        ) as server:
+            voice = await upload(server, key, reference_wav(tmp_path, flite_speech, "awb"))
+            calls: list[PyClient] = []
+            hung_up_at: list[datetime] = []
+
+            async def dialled() -> PyClient:
+                calls.append(PyClient(await server.http.ws_connect(server.ws_url)))
+                assert (await calls[-1].hello(await token(server, key)))["type"] == "ready"
+                return calls[-1]
+
+            try:
+                current = await dialled()
+                await current.start(voice, {"block_time": 0.1})
+                await current.talk_until_converted(speech)
+                for _ in range(REDIALS):
+                    redial = await dialled()
+                    await redial.prepare_offer()
+                    await current.ws.close()  # hung up: the close handshake has completed
+                    hung_up_at.append(datetime.now(UTC).replace(tzinfo=None))  # as SQLite keeps it
+                    await redial.send_offer(voice, {"block_time": 0.1})
+                    await current.close()
+                    await redial.talk(speech, answered_or_refused(redial), 10)
+                    assert not redial.of_type("error"), redial.of_type("error")
+                    assert redial.events.first_audio is not None, redial.messages[-3:]
+                    current = redial
+            finally:
+                for call in calls:
+                    await call.close()
+
+        rows = sorted(await asyncio.to_thread(usage_rows, data), key=lambda r: r.started_at)
+        assert len(rows) == 1 + REDIALS and all(r.ended_at is not None for r in rows), rows
+        # each hung-up call's end was in the ledger before its hang-up completed
+        ends = [r.ended_at for r in rows[:REDIALS] if r.ended_at is not None]
+        margins_ms = [(hung - end).total_seconds() * 1000 for end, hung in zip(ends, hung_up_at, strict=True)]
+        print(f"\nend written {[f'{m:.1f}' for m in margins_ms]} ms before the hang-up completed")
+        assert all(m >= 0 for m in margins_ms), margins_ms
+        print(
+            f"\n{REDIALS} redials at once after a hang-up admitted; ended as {[r.end_reason for r in rows]}"
+        )
 
     asyncio.run(main())

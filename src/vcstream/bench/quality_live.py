@@ -20,22 +20,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from vcstream.audio.types import Audio
+from vcstream.bench import process_events
 from vcstream.bench.calls import end_process, serve_command
 from vcstream.bench.latency import global_offset
 from vcstream.bench.netns import NamespacesUnavailable, NetnsPair, netns_pair, netns_unavailable_reason
@@ -130,30 +129,12 @@ def vcstream_argv(*args: object) -> list[str]:
 def read_event(
     process: subprocess.Popen[str], event: str, timeout_s: float, log_path: Path
 ) -> dict[str, Any]:
-    """The first JSON line on ``process``'s stdout whose "event" is ``event`` (a bounded wait)."""
-    stream = process.stdout
-    assert stream is not None
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump(out: IO[str]) -> None:
-        for line in out:
-            lines.put(line)
-            if f'"{event}"' in line:
-                return
-        lines.put("")
-
-    threading.Thread(target=pump, args=(stream,), daemon=True).start()
-    deadline = time.monotonic() + timeout_s
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            break
-        if not line:
-            raise PathFailed(f"{_name(process)} ended before {event!r}: {_tail(log_path)}")
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            return dict(json.loads(line))
-    raise PathFailed(f"{_name(process)} printed no {event!r} within {timeout_s:g} s: {_tail(log_path)}")
+    """The first JSON line on ``process``'s stdout whose "event" is ``event`` (a bounded wait); a
+    PathFailed with the end of the process's log if it does not come."""
+    try:
+        return process_events.read_event(process, event, timeout_s)
+    except process_events.EventNotSeenError as exc:
+        raise PathFailed(f"{_name(process)} {exc}: {_tail(log_path)}") from exc
 
 
 def _name(process: subprocess.Popen[str]) -> str:

@@ -10,6 +10,8 @@ after NFC and case folding (a unique index holds that across replicas), and it m
 give the engine a voice. The trimmed reference is stored as a 16-bit 48 kHz WAV (engine-independent,
 so a library recorded under the CPU engine serves Seed-VC unchanged later) in ``voice_audio``,
 inserted with the voice's row in one transaction: both or neither. Listing reads only ``voices``.
+Under a plan's voice limit that transaction holds the tenant's row from the count to the commit
+(``TenantTurns``, as call admission does): replicas racing for the last place take turns.
 
 A voice may be deleted through any replica, so every use checks its row first: a voice gone from the
 database is refused (VoiceNotFoundError) and dropped from this replica's cache.
@@ -32,6 +34,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -52,6 +55,7 @@ from vcstream.service.db.migrate import prepare_for_serving
 from vcstream.service.db.models import OPEN_LIBRARY_OWNER, VoiceAudio, VoiceRecord
 from vcstream.service.keys import VOICES_DB_POOL, VOICES_WORK_POOL
 from vcstream.service.profile_cache import ProfileCache, ProfileKey
+from vcstream.service.tenancy.tenant_turns import TenantTurns
 from vcstream.service.voice_names import InvalidVoiceNameError, name_key, normalise_name, shown_filename
 
 log = logging.getLogger(__name__)
@@ -186,6 +190,7 @@ class VoiceLibrary:
         self.max_upload_bytes = max_upload_bytes
         self._db = create_database_engine(database_url)
         self._sessions = sessionmaker(self._db, expire_on_commit=False)
+        self._turns = TenantTurns(self._db)
         self._profiles = ProfileCache(profile_cache_size)
         self._computing: dict[ProfileKey, asyncio.Future[VoiceProfile]] = {}
         #: the name check and the insert of one process's uploads in turn (replicas: see _insert)
@@ -376,17 +381,29 @@ class VoiceLibrary:
             raise
 
     def _insert_checked(self, record: VoiceRecord, wav: bytes, max_voices: int | None) -> None:
-        with self._naming, self._sessions.begin() as session:
+        transaction = self._unlimited_transaction if max_voices is None else self._limited_transaction
+        with self._naming, transaction(record.tenant_id) as session:
             self._refuse_taken(session, record.name, record.tenant_id)
             if max_voices is not None:
-                stored = session.scalar(
-                    sa.select(sa.func.count()).select_from(VoiceRecord).where(_owned_by(record.tenant_id))
-                )
-                if (stored or 0) >= max_voices:
-                    raise VoiceLimitError(f"the plan allows {max_voices} voice(s); delete one to add another")
+                self._refuse_over_limit(session, record.tenant_id, max_voices)
             session.add(record)
             session.flush()  # the row first: the audio's foreign key names it
             session.add(VoiceAudio(voice_id=record.id, wav=wav))
+
+    def _limited_transaction(self, owner: str | None) -> AbstractContextManager[Session]:
+        """For an upload under a plan's limit: the owner's voices are counted and the new one stored
+        while the tenant's row is held, so replicas adding voices for one tenant take turns and the
+        second counts the first's voice (its count alone would let each store one past the limit)."""
+        return self._turns.transaction(owner)
+
+    def _unlimited_transaction(self, owner: str | None) -> AbstractContextManager[Session]:
+        return self._sessions.begin()
+
+    @staticmethod
+    def _refuse_over_limit(session: Session, owner: str | None, max_voices: int) -> None:
+        stored = session.scalar(sa.select(sa.func.count()).select_from(VoiceRecord).where(_owned_by(owner)))
+        if (stored or 0) >= max_voices:
+            raise VoiceLimitError(f"the plan allows {max_voices} voice(s); delete one to add another")
 
     def _decode_upload(self, filename: str | None, recording: IO[bytes]) -> Reference:
         described = _described(filename)

@@ -2,13 +2,18 @@
 under the tenant's plan, its converted seconds written every few seconds while it runs and at its end,
 and its minute allowance watched: a warning a minute before it runs out, the end of the call when it
 has. The ledger's calls block on the database, so they run in the registry's pool; a failed write is
-logged and the call goes on (the next write carries the whole figure again)."""
+logged and the call goes on (the next write carries the whole figure again).
+
+The running writes are the call's heartbeat (a call not written to for a while no longer counts
+against the plan's concurrent calls), so they run on a timer of the meter's own: the statistics
+loop only reports the figures, and a call whose statistics stall still counts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -32,8 +37,12 @@ class CallMeter:
         principal: Principal,
         engine: str,
         metrics: ServiceMetrics,
+        *,
+        record_every_s: float = RECORD_EVERY_S,
     ) -> None:
         self._ledger = ledger
+        self._record_every_s = record_every_s
+        self._heartbeat: asyncio.Task[None] | None = None
         self._blocking = blocking
         self._principal = principal
         self._engine = engine
@@ -45,7 +54,6 @@ class CallMeter:
         #: the usage row's id: unique across replicas
         self.id = secrets.token_hex(16)
         self._seconds_left: float | None = None
-        self._written_at = 0.0
         self._warned = False
         self.started = False
         self._ended = False
@@ -71,13 +79,24 @@ class CallMeter:
             self._metrics.plan_refused(self.plan, exc.code)
             raise SignallingError(exc.code, str(exc), fatal=True) from exc
         self._seconds_left = allowance.seconds_left
-        self._written_at = time.monotonic()
         self.started = True
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"usage-{self.id}")
 
-    async def observe(self, session: object, session_s: float) -> str | None:
-        """The converted seconds of the call's current ``session`` (each stats sample). Writes the
-        call's total when due; returns ``"warn"`` once when a minute is left, ``"end"`` when the
-        allowance is used up, else None."""
+    async def _beat(self) -> None:
+        """The call's figure written every ``record_every_s`` until it ends, whatever else runs."""
+        while True:
+            await asyncio.sleep(self._record_every_s)
+            converted_s = self.converted_s
+            try:
+                await self._blocking(self._ledger.record, self.id, converted_s)
+            except Exception:
+                log.exception("call %s: writing its usage failed (the next write carries it)", self.id)
+            self._count(converted_s)
+
+    def observe(self, session: object, session_s: float) -> str | None:
+        """The converted seconds of the call's current ``session`` (each stats sample; the
+        heartbeat writes the latest). Returns ``"warn"`` once when a minute is left, ``"end"`` when
+        the allowance is used up, else None."""
         if not self.started or self._ended:
             return None
         # the session's id, not the session: a finished call's engine session must not live on here
@@ -86,16 +105,7 @@ class CallMeter:
             self._before_s += self._session_s
             self._session, self._session_s = id(session), 0.0
         self._session_s = session_s
-        converted_s = self.converted_s
-        now = time.monotonic()
-        if now - self._written_at >= RECORD_EVERY_S:
-            self._written_at = now
-            try:
-                await self._blocking(self._ledger.record, self.id, converted_s)
-            except Exception:
-                log.exception("call %s: writing its usage failed (the next write carries it)", self.id)
-            self._count(converted_s)
-        left = self.seconds_left(converted_s)
+        left = self.seconds_left(self.converted_s)
         if left is None:
             return None
         if left <= 0:
@@ -115,6 +125,10 @@ class CallMeter:
         if not self.started or self._ended:
             return
         self._ended = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         self._count(self.converted_s)
         try:
             await self._blocking(self._ledger.end_call, self.id, self.converted_s, reason)

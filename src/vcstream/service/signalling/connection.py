@@ -82,6 +82,9 @@ ERROR_COST = 4.0
 #: (waiting means parsing whatever the client still floods in, up to the close timeout)
 ABUSE_CODES = frozenset({"rate_limited", "message_too_large"})
 ABUSE_CLOSE_WAIT_S = 0.1
+#: how long the close frame waits for the call's end to be written to the usage ledger (a database
+#: that hangs must not hold the client's hang-up)
+USAGE_END_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class Connection:
         self.principal: Principal = OPEN
         #: the call's entry in the usage ledger, from the offer
         self._meter: CallMeter | None = None
+        #: the write of the call's end to the usage ledger, once it has begun
+        self._usage_end: asyncio.Task[None] | None = None
         self.app = app
         self.ws = ws
         #: the socket under ``ws``: reading stops at once when a client is cut off for abuse
@@ -181,6 +186,7 @@ class Connection:
             self._closing = True
             if self._meter is not None:
                 self._meter.end_reason = reason or "closed"
+                self._end_usage()
             if abrupt and self.transport is not None:
                 # nothing more of what it floods in is parsed (aiohttp reads ahead 128 KiB of messages)
                 self.transport.pause_reading()
@@ -190,6 +196,8 @@ class Connection:
         while True:
             item = await self._outbox.get()
             if isinstance(item, _Close):
+                if self._usage_end is not None:  # the close frame ends the hang-up: the call's end first
+                    await asyncio.wait({self._usage_end}, timeout=USAGE_END_WAIT_S)
                 closing = self.ws.close(code=item.code, message=item.reason.encode()[:120])
                 if item.abrupt:  # the close frame goes out at once; then aiohttp drops the socket
                     with contextlib.suppress(TimeoutError):
@@ -240,6 +248,7 @@ class Connection:
             self._cancel_timers()
             for task in list(self._tasks):
                 task.cancel()
+            self._end_usage()  # the client closed: before the answer to its close frame
             retiring = self._retire()
             self.close(1000, "")
             try:
@@ -441,7 +450,8 @@ class Connection:
             raise
         if self._closing:  # the client left while the ledger admitted it
             self.app[ADMISSION_KEY].release(slot)
-            self._spawn(self._meter.end("closed"), "usage")
+            self._meter.end_reason = "closed"
+            self._end_usage()
             return
         self._held = slot
         self.metrics.session_started()
@@ -621,7 +631,7 @@ class Connection:
                 self.send("error", code="engine_error", message="the engine failed on a block", fatal=False)
             self.send("stats", **fields)
             if self._meter is not None:
-                await self._allowance(await self._meter.observe(live, stats.samples_out / call.io_rate))
+                await self._allowance(self._meter.observe(live, stats.samples_out / call.io_rate))
 
     async def _allowance(self, verdict: str | None) -> None:
         """Tell the caller a minute before its plan's minutes run out; end the call when they have."""
@@ -678,6 +688,13 @@ class Connection:
         if reserved is not None:
             self.app[ADMISSION_KEY].release(reserved)
 
+    def _end_usage(self) -> None:
+        """Write the call's end to the usage ledger now (once, on a task the registry owns), before
+        the close frame goes out and before the call is closed: a client that redials the moment
+        its hang-up completes finds the call's place in its plan free, on any replica."""
+        if self._meter is not None and self._usage_end is None:
+            self._usage_end = self.registry.end_usage(self._meter)
+
     def _retire(self) -> asyncio.Task[None] | None:
         """Hand the call (or the one being opened) to the registry to close; None if there is none."""
         self.registry.waiting_room.leave(self)
@@ -687,7 +704,7 @@ class Connection:
         target: Call | asyncio.Future[Call] | None = self.call or self._opening
         self.call, self._opening = None, None
         held, self._held = self._held, None
-        meter, self._meter = self._meter, None
+        self._meter = None  # its end is written by _end_usage
         if target is None and held is None:
             return None
-        return self.registry.retire(self.id, target, held, meter)
+        return self.registry.retire(self.id, target, held)

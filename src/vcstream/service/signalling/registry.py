@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from aiohttp import hdrs, web
@@ -133,12 +133,19 @@ class SessionRegistry:
         connection_id: str,
         target: Call | asyncio.Future[Call] | None,
         held: EngineSlot | None,
-        meter: CallMeter | None = None,
     ) -> asyncio.Task[None]:
         """Close a call on a task of the registry's own (a cancelled handler cannot interrupt it),
         count the session as ended and give its place back on ``held`` (after the call is closed,
-        so the engine never runs more sessions than its places), and write its final usage."""
-        task = asyncio.get_running_loop().create_task(self._close_call(connection_id, target, held, meter))
+        so the engine never runs more sessions than its places)."""
+        return self._owned(self._close_call(connection_id, target, held))
+
+    def end_usage(self, meter: CallMeter) -> asyncio.Task[None]:
+        """Write a call's end to the usage ledger on a task of the registry's own (shutdown waits
+        for it; a cancelled handler cannot interrupt it)."""
+        return self._owned(meter.end())
+
+    def _owned(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return task
@@ -148,7 +155,6 @@ class SessionRegistry:
         connection_id: str,
         target: Call | asyncio.Future[Call] | None,
         held: EngineSlot | None,
-        meter: CallMeter | None,
     ) -> None:
         try:
             call = target
@@ -166,10 +172,6 @@ class SessionRegistry:
                 self._app[ADMISSION_KEY].release(held)
                 self._app[METRICS_KEY].session_ended()
                 log.info("connection %s: session ended", connection_id)
-            # the closed call is let go before the (slower) database write, so nothing of it lives on
-            target = call = None
-            if meter is not None:
-                await meter.end()
 
     # -- services to connections ------------------------------------------------------------------
 
@@ -274,7 +276,9 @@ class SessionRegistry:
                 del self._open_by_address[client]
 
     async def _serve(self, request: web.Request, client: str) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=FRAME_LIMIT, heartbeat=20.0, timeout=2.0)
+        # autoclose off: the answer to a client's close frame is the connection's to send, after the
+        # call's end is in the usage ledger (Connection._end_usage)
+        ws = web.WebSocketResponse(max_msg_size=FRAME_LIMIT, heartbeat=20.0, timeout=2.0, autoclose=False)
         await ws.prepare(request)
         transport = request.transport
         connection = Connection(

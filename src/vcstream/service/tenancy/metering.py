@@ -1,8 +1,8 @@
 """Metering and the limits that depend on it, on the database every replica shares.
 
-A call is admitted by ``start_call`` in one transaction that holds the tenant's row (``SELECT ... FOR
-UPDATE`` on PostgreSQL), so two replicas racing for a tenant's last place are served one after the
-other and the second sees the first's call. SQLite serves one process; a lock orders its threads.
+A call is admitted by ``start_call`` in one transaction that holds the tenant's row (``TenantTurns``:
+``SELECT ... FOR UPDATE``), so two replicas racing for a tenant's last place are served one after the
+other and the second sees the first's call.
 
 While a call runs its converted seconds are written every few seconds (``record``): a replica that
 crashes loses at most that much, and the write is the call's heartbeat: calls not written to for
@@ -11,9 +11,7 @@ writes the final figure. Usage is reported per day of the call's start (UTC) and
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -21,13 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from vcstream.errors import VcstreamError
-from vcstream.service.db.models import CallUsageRecord, TenantRecord
+from vcstream.service.db.models import CallUsageRecord
 from vcstream.service.tenancy.plans import Plans
 from vcstream.service.tenancy.store import Tenant
+from vcstream.service.tenancy.tenant_turns import TenantTurns
 
-#: SQLite serves one process and ignores FOR UPDATE: this orders that process's admissions (every
-#: ledger's, not one's: a test may run two "replicas" in one process)
-_ONE_PROCESS_ADMISSIONS = threading.Lock()
 #: how often a running call's converted seconds are written (at most this much is lost in a crash)
 RECORD_EVERY_S = 5.0
 
@@ -101,10 +97,7 @@ class UsageLedger:
         self.replica = replica
         self.stale_after_s = stale_after_s
         self._sessions = sessionmaker(database, expire_on_commit=False)
-        # other databases order admissions by the tenant's row lock, across replicas
-        self._admission_order: AbstractContextManager[object] = (
-            _ONE_PROCESS_ADMISSIONS if database.dialect.name == "sqlite" else nullcontext()
-        )
+        self._turns = TenantTurns(database)
 
     def start_call(
         self, call_id: str, tenant: Tenant | None, engine: str, now: datetime | None = None
@@ -113,12 +106,9 @@ class UsageLedger:
         now = now or datetime.now(UTC)
         plan = None if tenant is None else self.plans.get(tenant.plan)
         seconds_left: float | None = None
-        with self._admission_order, self._sessions.begin() as session:
+        # every admission for this tenant, on any replica, waits here for the one before it
+        with self._turns.transaction(None if tenant is None else tenant.id) as session:
             if tenant is not None and plan is not None:
-                # every admission for this tenant, on any replica, waits here for the one before it
-                session.execute(
-                    sa.select(TenantRecord.id).where(TenantRecord.id == tenant.id).with_for_update()
-                )
                 if plan.concurrent_calls is not None:
                     running = session.scalar(
                         sa.select(sa.func.count())
