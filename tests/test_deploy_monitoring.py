@@ -191,7 +191,7 @@ def test_queries_name_no_other_metric() -> None:
     """Names outside the vcstream_ prefix would slip past the check above: the only one is up."""
     promql_words = {
         "sum", "by", "rate", "histogram_quantile", "max", "avg", "le", "instance", "job", "reason",
-        "role", "namespace", "pod", "bool", "on", "ignoring", "without", "count",
+        "direction", "role", "namespace", "pod", "bool", "on", "ignoring", "without", "count",
     }  # fmt: skip
     for where, expr in [*dashboard_queries(), *(("alert", e) for e in alert_queries())]:
         bare = re.sub(r"\{[^}]*\}|\"[^\"]*\"|\[[^\]]*\]", " ", expr)  # label matchers, strings, ranges
