@@ -142,6 +142,14 @@ async () => {
       pick("remote_", s, ["packetsLost", "fractionLost", "roundTripTime"]);
     }
   });
+  // what each end said about Opus: FEC (fmtp) and feedback (rtcp-fb: nack or not)
+  const opus = (sdp) => {
+    const pt = (sdp.match(/a=rtpmap:(\\d+) opus\\/48000/i) || [])[1];
+    const said = (l) => l.startsWith(`a=fmtp:${pt} `) || l.startsWith(`a=rtcp-fb:${pt} `);
+    return pt ? sdp.split("\\r\\n").filter(said) : [];
+  };
+  figures.offer_opus = opus(pc.localDescription.sdp);
+  figures.answer_opus = opus(pc.remoteDescription.sdp);
   return figures;
 }
 """
@@ -272,6 +280,7 @@ def chromium_call_on(link: LossyLink, loss_pct: float, seconds: float, legs: str
     if done.returncode != 0:
         raise AssertionError(f"the Chromium call at {loss_pct} % loss failed: {done.stderr[-3000:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))  # beside the audio, for a look later
     return record(summary, out, seconds)
 
 
