@@ -180,6 +180,14 @@ def file_phase(mic: np.ndarray, played: np.ndarray) -> int:
     return int(np.argmax(scores)) * OPUS_RATE // 1000
 
 
+def _track_start(phase: int, lead: int, period: int, first_index: int) -> int:
+    """The tap index where the microphone starts the talk track, first after the audio came back."""
+    track_at = (lead - phase) % period
+    while track_at < first_index + SETTLED_S * OPUS_RATE:
+        track_at += period
+    return track_at
+
+
 def _decode(b64: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(b64), dtype="<f4").copy()
 
@@ -191,8 +199,7 @@ async def chromium_call(base: str, seconds: float, out: Path, executable: str) -
     from playwright.async_api import async_playwright
 
     await _wait_ready(base, 30)
-    folder = Path(tempfile.mkdtemp(prefix="vcstream-chromium-"))
-    microphone, lead = microphone_file(folder, seconds)
+    microphone, lead = microphone_file(out.parent, seconds)
     played, _ = read_wav(microphone)  # as Chromium plays it (16-bit)
     async with async_playwright() as playwright:
         # the server's page is on the namespace's address, not localhost: a secure context only by flag
@@ -220,10 +227,7 @@ async def chromium_call(base: str, seconds: float, out: Path, executable: str) -
             await wait_for(page, f"window.__capture.n > {first_index + OPUS_RATE}", 10, "a second tapped")
             taken = await page.evaluate(TAKE_BOTH_JS)
             phase = file_phase(_decode(taken["mic"]), played)
-            period = played.shape[0]
-            track_at = (lead - phase) % period
-            while track_at < first_index + SETTLED_S * OPUS_RATE:
-                track_at += period
+            track_at = _track_start(phase, lead, played.shape[0], first_index)
             end = track_at + round((seconds + TAIL_S) * OPUS_RATE)
             await wait_for(page, f"window.__capture.n >= {end}", end / OPUS_RATE + 5, "the talk track tapped")
             stats = await page.evaluate(STATS_JS)
@@ -235,9 +239,7 @@ async def chromium_call(base: str, seconds: float, out: Path, executable: str) -
     mic, heard = _decode(taken["mic"]), _decode(taken["heard"])
     # the phase again over the whole tap: the track's start as recorded, not as first predicted
     whole_phase = file_phase(mic, played)
-    track_at = (lead - whole_phase) % period
-    while track_at < first_index + SETTLED_S * OPUS_RATE:
-        track_at += period
+    track_at = _track_start(whole_phase, lead, played.shape[0], first_index)
     received = heard[track_at : track_at + round((seconds + TAIL_S) * OPUS_RATE)]
     np.savez(out, received=received, microphone=mic[track_at : track_at + received.shape[0]])
     connected = timeline.get("connected")
@@ -245,7 +247,7 @@ async def chromium_call(base: str, seconds: float, out: Path, executable: str) -
         "connect_s": (timeline["first"] - timeline["offer"]) / 1000,
         "connected_s": None if connected is None else (connected - timeline["offer"]) / 1000,
         "track_start_s": (track_at - first_index) / OPUS_RATE,
-        "phase_drift_ms": 1000 * ((whole_phase - phase) % period) / OPUS_RATE,
+        "phase_drift_ms": 1000 * ((whole_phase - phase) % played.shape[0]) / OPUS_RATE,
         "chromium": stats,
         "server_stats": server_stats or {},
     }
