@@ -1,0 +1,81 @@
+"""A call from headless Chromium on the server's own page over a link that loses 10 % of the UDP
+datagrams each way (nftables in the kernel, as tests/test_webrtc_loss.py does for the Python client),
+against a clean call with the same talk track: Chromium runs inside the caller's namespace, the
+server (passthrough engine) in the other (tests/webrtc_loss_chromium.py). What the caller hears is
+Chromium's own decoding: its jitter buffer, Opus in-band FEC and concealment, as a real caller's.
+
+The issue's bars: connected (offer -> first audio back) within 1.5 s, the server's packets carrying
+FEC (Chromium counts the FEC it received), at most 1 % of speech frames 10 dB or more too quiet after
+the first second, envelopes correlated at 0.9 or better, latency p95 at most 30 ms above the clean
+call's. The server and the clean call are shared by the module's tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import Speech, write_wav
+from netns import netns_pair, require_netns
+from webrtc_loss_chromium import chromium_call_on
+from webrtc_loss_harness import CallRecord, LossyLink, compare
+
+pytest.importorskip("playwright.async_api")
+
+# issue 12 is open: in Chromium at 10 % loss each way 0-2.4 % of speech frames came back too quiet in 8
+# of 9 calls and 5.6 % in one (bar: 1 %), correlation 0.86-0.98 (bar: 0.9), latency p95 -23 to +65 ms
+# against the clean call's (bar: 30 ms; clean calls alone differ by up to 40 ms), offer to first audio
+# 0.32-1.27 s: 3 of 9 calls met every bar.
+# Run it with `pytest -m open_issue tests/test_webrtc_loss_chromium.py -s`
+pytestmark = pytest.mark.open_issue
+
+LOSS_PCT = 10
+SECONDS = 10.0
+#: the most a clean call's latency may vary from marker to marker (a steady call: 15-30 ms here)
+STEADY_MS = 60
+
+
+@pytest.fixture(scope="module")
+def link_and_clean_call(
+    tmp_path_factory: pytest.TempPathFactory, flite_speech: Speech, chromium: str
+) -> Iterator[tuple[LossyLink, CallRecord]]:
+    require_netns()
+    workdir = tmp_path_factory.mktemp("chromium-loss")
+    reference = write_wav(workdir / "reference.wav", *flite_speech("slt", None, 16000))
+    with netns_pair() as pair, LossyLink(pair, workdir).serving(reference) as link:
+        yield link, chromium_call_on(link, 0, SECONDS)
+
+
+def _describe(label: str, clean: CallRecord, lossy: CallRecord) -> str:
+    result = compare(clean, lossy)
+    figures = lossy.summary["chromium"]
+    lossy_trace = [round(1000 * lag) for lag in lossy.latencies_s()]
+    clean_trace = [round(1000 * lag) for lag in clean.latencies_s()]
+    return (
+        f"\n{label}: offer -> first audio {result.connect_s:.2f} s (ICE+DTLS {result.connected_s:.2f} s; "
+        f"clean {clean.summary['connect_s']:.2f} s), speech frames too quiet {result.too_quiet_pct:.2f} %, "
+        f"envelope correlation {result.envelope_correlation:.3f}, latency p95 {result.latency_p95_ms:.0f} ms "
+        f"(clean {result.clean_latency_p95_ms:.0f} ms, +{result.extra_latency_ms:.0f})\n"
+        f"  each marker's latency (ms): {lossy_trace}; clean call {clean_trace}\n"
+        f"  Chromium: {figures}\n  server: {lossy.summary['server_stats']}"
+    )
+
+
+def test_chromium_call_at_10_percent_loss_each_way(link_and_clean_call: tuple[LossyLink, CallRecord]) -> None:
+    link, clean = link_and_clean_call
+    lossy = chromium_call_on(link, LOSS_PCT, SECONDS)
+    clean_trace = [round(1000 * lag) for lag in clean.latencies_s()]
+    result = compare(clean, lossy)
+    print(_describe(f"Chromium at {LOSS_PCT} % loss each way", clean, lossy))
+    figures = lossy.summary["chromium"]
+    # the link really lost packets on the way down, and Chromium's NetEq got FEC to recover them with
+    assert figures["in_packetsLost"] > 0.03 * figures["in_packetsReceived"], figures
+    assert figures["in_fecPacketsReceived"] > 0, figures
+    assert clean.summary["chromium"]["in_packetsLost"] == 0, clean.summary["chromium"]
+    # the clean call is the yardstick: its latency must hold still (seen: 577 ms at the first marker,
+    # draining to 212 ms over 6 s, in a call without loss), or every comparison with it is off
+    assert max(clean_trace) - min(clean_trace) <= STEADY_MS, f"clean call's latency per marker: {clean_trace}"
+    assert result.connect_s <= 1.5
+    assert result.too_quiet_pct <= 1.0
+    assert result.envelope_correlation >= 0.9
+    assert result.extra_latency_ms <= 30
