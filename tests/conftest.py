@@ -151,3 +151,13 @@ def postgres_url(postgres_cluster: str) -> Iterator[str]:
     """An empty database of its own on the shared cluster, dropped afterwards."""
     with created_database(postgres_cluster) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that takes it runs twice: on a SQLite file of its own and on an empty PostgreSQL
+    database (test_tenant_isolation overrides it with its own pair)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'vcstream.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

@@ -31,14 +31,6 @@ STALE_S = 1.0
 RECORD_EVERY_S = 0.2
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vcstream.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 

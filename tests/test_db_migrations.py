@@ -127,14 +127,6 @@ def write_recordings(voices_dir: Path) -> dict[str, bytes]:
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vcstream.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def vcstream_db(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = cli_main(["db", *args])
     out, err = capsys.readouterr()

@@ -12,7 +12,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -63,14 +62,6 @@ class CountedTogether(VoiceLibrary):
             MEET_WITHIN_S,
             "the other library counted the voices or waited for its turn",
         )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vcstream.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 def voices_of(url: str, tenant: str) -> list[str]:

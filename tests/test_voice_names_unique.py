@@ -44,14 +44,6 @@ class CheckedTogether(VoiceLibrary):
             self._barrier.wait(MEET_WITHIN_S)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vcstream.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def stored_names(url: str) -> list[tuple[str | None, str]]:
     engine = sa.create_engine(url)
     try:
