@@ -21,6 +21,8 @@ _ONE_PROCESS = threading.Lock()
 
 
 class TenantTurns:
+    """Per-tenant turns on one database: call admission and voice uploads under a plan's limits."""
+
     def __init__(self, database: sa.Engine) -> None:
         self._sessions = sessionmaker(database, expire_on_commit=False)
         # other databases order the transactions by the tenant's row lock, across replicas
