@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def paid_service(data: Path) -> str:
     """A tenant on the tiny plan and its API key, in ``data``'s database (plans in plans.json)."""
     (key,) = tenant_keys(data, "Acme", plans=PLANS)
     return key
+
+
+def serving_plans(data: Path) -> AbstractAsyncContextManager[Server]:
+    """A passthrough server with auth required and the plans written in ``data`` (plans.json)."""
+    plans = data / "plans.json"
+    return serving(data, running=PassthroughEngine(), auth="required", token_secret=SECRET, plans_file=plans)
 
 
 async def upload(server: Server, key: str, path: Path) -> str:
@@ -90,13 +97,7 @@ def test_a_paid_call_needs_a_token_is_limited_metered_and_ended_when_minutes_run
     speech = speech_48k(flite_speech, "slt")
 
     async def main() -> None:
-        async with serving(
-            data,
-            running=PassthroughEngine(),
-            auth="required",
-            token_secret=SECRET,
-            plans_file=data / "plans.json",
-        ) as server:
+        async with serving_plans(data) as server:
             voice = await upload(server, key, reference_wav(tmp_path, flite_speech, "awb"))
             async with client(server) as anonymous:
                 refused = await hello(anonymous)
@@ -198,13 +199,7 @@ def test_a_call_redialled_at_once_after_a_hang_up_is_admitted_on_a_one_call_plan
     speech = speech_48k(flite_speech, "slt")
 
     async def main() -> None:
-        async with serving(
-            data,
-            running=PassthroughEngine(),
-            auth="required",
-            token_secret=SECRET,
-            plans_file=data / "plans.json",
-        ) as server:
+        async with serving_plans(data) as server:
             voice = await upload(server, key, reference_wav(tmp_path, flite_speech, "awb"))
             calls: list[PyClient] = []
             hung_up_at: list[datetime] = []
