@@ -1,5 +1,6 @@
 """The FEC policy: a floor from the start, up at once with reported loss, down slowly, capped, and
-the bitrate following; nothing at all when the remote decoder did not ask for FEC."""
+the bitrate following; nothing at all when the remote decoder did not ask for FEC. RED redundancy:
+on from the start and while reports show loss, off after a run of clean reports."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from vcstream.media.loss_protection import (
     DECAY_PCT_PER_REPORT,
     FEC_CEILING_PCT,
     FEC_FLOOR_PCT,
+    RED_CLEAN_REPORTS,
     LossProtection,
     Protection,
 )
 
 
 def test_the_first_packets_are_already_protected() -> None:
-    assert LossProtection(48000, inband_fec=True).current() == Protection(True, FEC_FLOOR_PCT, 49200)
+    assert LossProtection(48000, inband_fec=True).current() == Protection(True, FEC_FLOOR_PCT, 49200, True)
 
 
 def test_reported_loss_raises_protection_at_once_and_it_decays_slowly() -> None:
@@ -40,5 +42,18 @@ def test_a_fraction_is_rounded_up_so_small_losses_count() -> None:
 
 def test_without_fec_nothing_changes() -> None:
     policy = LossProtection(48000, inband_fec=False)
-    assert policy.current() == Protection(False, 0, 48000)
-    assert policy.report(0.3) == Protection(False, 0, 48000)
+    assert policy.current() == Protection(False, 0, 48000, redundancy=True)
+    assert policy.report(0.3) == Protection(False, 0, 48000, redundancy=True)
+
+
+def test_redundancy_stops_after_a_run_of_clean_reports_and_returns_with_loss() -> None:
+    for inband_fec in (True, False):  # RED does not depend on the remote decoder's FEC
+        policy = LossProtection(48000, inband_fec=inband_fec)
+        for _ in range(RED_CLEAN_REPORTS - 1):
+            assert policy.report(0.0).redundancy
+        policy.report(0.004)  # any loss at all starts the run again
+        for _ in range(RED_CLEAN_REPORTS - 1):
+            assert policy.report(0.0).redundancy
+        assert not policy.report(0.0).redundancy
+        assert not policy.current().redundancy
+        assert policy.report(0.02).redundancy

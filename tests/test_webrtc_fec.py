@@ -47,6 +47,7 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
                 await call.talk(speech, lambda: False, timeout_s=speech.shape[0] / OPUS_RATE - 0.05)
                 await wait_until_async(reported, 5, "a stats message with the caller's report")
                 packets, with_fec = peer.received_fec
+                red_packets = peer.red_received
                 answer = call.of_type("answer")[0]["sdp"]
                 stats = call.of_type("stats")[-1]
                 assert not call.of_type("error"), call.of_type("error")
@@ -55,6 +56,13 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
         print(f"\nFEC offered={offer_fec}: {with_fec}/{packets} packets back with LBRR; stats {stats}")
         # either way the server's decoder uses FEC, and says so: a browser then sends it (RFC 7587)
         assert "a=fmtp:96 useinbandfec=1" in answer, answer
+        # the client offered RED (the default): the answer lists it first, as libwebrtc needs to
+        # send it, without the ULPFEC webrtcbin offers with it, and the server sends RED packets
+        assert re.search(r"^m=audio \S+ \S+ (\d+) 96\b", answer, re.MULTILINE), answer
+        red = re.search(r"^m=audio \S+ \S+ (\d+)", answer, re.MULTILINE).group(1)  # type: ignore[union-attr]
+        assert f"a=rtpmap:{red} red/48000" in answer and f"a=fmtp:{red} 96/96" in answer, answer
+        assert "ulpfec" not in answer, answer
+        assert red_packets > 0.9 * packets
         # the client offered NACK and RTX (the default): the server's answer keeps both
         assert "a=rtcp-fb:96 nack" in answer and "rtx/48000" in answer, answer
         assert set(LOSS_FIELDS) <= set(stats), stats

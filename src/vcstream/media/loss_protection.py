@@ -20,6 +20,12 @@ is steered by two encoder settings: ``packet-loss-percentage`` (how strongly LBR
   at bitrates where it would otherwise code CELT only (measured: 80 kb/s).
 
 Without FEC (the remote decoder did not ask for it) nothing changes: loss 0, the base bitrate.
+
+RED (RFC 2198, where both ends negotiated it) is the second layer: each packet also carries an older
+frame whole, so that with LBRR covering the previous frame a frame is lost only when three packets
+in a row are. It costs a second copy of the audio, so it is on from the start (the first losses of a
+call are protected before any report comes) and while reports show loss, and off once
+``RED_CLEAN_REPORTS`` reports in a row showed none.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import math
 import threading
 from dataclasses import dataclass
 
-__all__ = ["FEC_CEILING_PCT", "FEC_FLOOR_PCT", "LossProtection", "Protection"]
+__all__ = ["FEC_CEILING_PCT", "FEC_FLOOR_PCT", "RED_CLEAN_REPORTS", "LossProtection", "Protection"]
 
 #: expected loss the encoder is told at least, with FEC on (%)
 FEC_FLOOR_PCT = 10
@@ -38,15 +44,20 @@ FEC_CEILING_PCT = 30
 DECAY_PCT_PER_REPORT = 2
 #: highest bitrate the protection raises to (bits/s)
 MAX_BITRATE = 64000
+#: receiver reports in a row without loss after which RED redundancy stops (RTCP reports come every
+#: 1-5 s: about half a minute of a clean link)
+RED_CLEAN_REPORTS = 10
 
 
 @dataclass(frozen=True)
 class Protection:
-    """Encoder settings: ``opusenc``'s ``inband-fec``, ``packet-loss-percentage`` and ``bitrate``."""
+    """Encoder settings: ``opusenc``'s ``inband-fec``, ``packet-loss-percentage`` and ``bitrate``, and
+    whether RED packets carry an older frame (``redundancy``; where RED was negotiated)."""
 
     inband_fec: bool
     packet_loss_pct: int
     bitrate: int
+    redundancy: bool = False
 
 
 class LossProtection:
@@ -68,12 +79,14 @@ class LossProtection:
         self.max_bitrate = max(max_bitrate, base_bitrate)
         self._lock = threading.Lock()
         self._expected_pct = floor_pct if inband_fec else 0
+        self._clean_reports = 0
 
     def _settings(self, expected_pct: int) -> Protection:
+        redundancy = self._clean_reports < RED_CLEAN_REPORTS
         if not self.inband_fec:
-            return Protection(False, 0, self.base_bitrate)
+            return Protection(False, 0, self.base_bitrate, redundancy)
         bitrate = min(self.max_bitrate, self.base_bitrate * (400 + expected_pct) // 400)
-        return Protection(True, expected_pct, bitrate)
+        return Protection(True, expected_pct, bitrate, redundancy)
 
     def current(self) -> Protection:
         with self._lock:
@@ -81,10 +94,11 @@ class LossProtection:
 
     def report(self, fraction_lost: float) -> Protection:
         """A receiver report's fraction lost (0..1): the settings to apply from now on."""
-        if not self.inband_fec:
-            return self.current()
         reported = math.ceil(100 * min(1.0, max(0.0, fraction_lost)))
         with self._lock:
+            self._clean_reports = 0 if reported > 0 else self._clean_reports + 1
+            if not self.inband_fec:
+                return self._settings(0)
             decayed = self._expected_pct - DECAY_PCT_PER_REPORT
             self._expected_pct = min(self.ceiling_pct, max(self.floor_pct, reported, decayed))
             return self._settings(self._expected_pct)

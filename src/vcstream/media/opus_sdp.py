@@ -1,4 +1,5 @@
-"""What a remote session description asks of our Opus stream: in-band FEC, NACK and RTX.
+"""What a remote session description asks of our Opus stream (in-band FEC, NACK and RTX), and our own
+descriptions made ready for RED (``red_first``).
 
 Read from the first active audio section's attributes for the Opus payload type:
 ``a=fmtp:<pt> ...;useinbandfec=1`` (RFC 7587: the remote decoder uses in-band FEC, so our encoder
@@ -12,11 +13,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["OpusFeatures", "opus_features"]
+__all__ = ["OpusFeatures", "opus_features", "red_first"]
 
 _FMTP = re.compile(r"^a=fmtp:(\d{1,3})\s+(.*)$", re.IGNORECASE)
 _RTCP_FB = re.compile(r"^a=rtcp-fb:(\d{1,3}|\*)\s+(\S+)(?:\s+(\S+))?\s*$", re.IGNORECASE)
 _RTX = re.compile(r"^a=rtpmap:(\d{1,3})\s+rtx/48000\s*$", re.IGNORECASE)
+_RED = re.compile(r"^a=rtpmap:(\d{1,3})\s+red/48000(?:/\d+)?\s*$", re.IGNORECASE)
+_ULPFEC = re.compile(r"^a=rtpmap:(\d{1,3})\s+ulpfec/48000\s*$", re.IGNORECASE)
+_PAYLOAD_ATTRIBUTE = re.compile(r"^a=(?:rtpmap|fmtp|rtcp-fb):(\d{1,3})\s", re.IGNORECASE)
+_OPUS = re.compile(r"^a=rtpmap:(\d{1,3})\s+opus/48000(?:/\d+)?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -79,3 +84,58 @@ def opus_features(sdp: str, payload_type: int) -> OpusFeatures:
         nack=nack,
         rtx_payload_type=rtx,
     )
+
+
+def red_first(sdp: str) -> str:
+    """``sdp`` (our own offer or answer, as webrtcbin made it) ready for RED (RFC 2198) on its first
+    active audio section: RED listed before Opus, with the ``a=fmtp:<red> <opus>/<opus>`` line
+    webrtcbin leaves out (libwebrtc sends RED only when the RED payload comes before the codec it
+    carries and its fmtp names that codec), and no ULPFEC payload, which webrtcbin adds next to RED
+    but audio does not use: with it negotiated, webrtcbin's ULPFEC decoder marks every unrecovered
+    loss "might have been FEC" and the depayloader then drops it instead of letting the decoder
+    conceal it (measured: 40 of 52 lost frames vanished from the timeline). Unchanged without
+    RED or Opus."""
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(newline)
+    start = next((i for i, line in enumerate(lines) if _active_audio(line)), None)
+    if start is None:
+        return sdp
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    section = lines[start:end]
+    red = _payload_of(_RED, section)
+    opus = _payload_of(_OPUS, section)
+    if red is None or opus is None:
+        return sdp
+    ulpfec = _payload_of(_ULPFEC, section)
+    dropped = set() if ulpfec is None else {ulpfec, *_retransmissions_of(ulpfec, section)}
+    kept = [line for line in section[1:] if _payload_type_of_attribute(line) not in dropped]
+    fields = section[0].split()
+    formats = [red, *(f for f in fields[3:] if f != red and f not in dropped)]
+    if not any((m := _FMTP.match(line)) and m.group(1) == red for line in kept):
+        rtpmap = next(i for i, line in enumerate(kept) if _RED.match(line))
+        kept.insert(rtpmap + 1, f"a=fmtp:{red} {opus}/{opus}")
+    return newline.join([*lines[:start], " ".join([*fields[:3], *formats]), *kept, *lines[end:]])
+
+
+def _active_audio(line: str) -> bool:
+    fields = line[2:].split() if line.startswith("m=") else []
+    return len(fields) >= 2 and fields[0] == "audio" and fields[1] != "0"
+
+
+def _payload_of(pattern: re.Pattern[str], section: list[str]) -> str | None:
+    return next((m.group(1) for line in section if (m := pattern.match(line))), None)
+
+
+def _retransmissions_of(payload_type: str, section: list[str]) -> list[str]:
+    """The RTX payload types that resend ``payload_type`` (``a=fmtp:<rtx> apt=<payload_type>``)."""
+    return [
+        m.group(1)
+        for line in section
+        if (m := _FMTP.match(line)) and m.group(2).strip() == f"apt={payload_type}"
+    ]
+
+
+def _payload_type_of_attribute(line: str) -> str | None:
+    """The payload type an ``a=rtpmap``/``a=fmtp``/``a=rtcp-fb`` line is about (None for others)."""
+    match = _PAYLOAD_ATTRIBUTE.match(line)
+    return match.group(1) if match else None

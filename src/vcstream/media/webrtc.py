@@ -35,9 +35,11 @@ look for leaks.
 DTLS: webrtcbin's DTLS elements generate one certificate per process on first use (about 150 ms) and
 share it; ``prepare()`` does that ahead of the first call instead of during it.
 
-Loss: the peer offers ``useinbandfec=1`` and NACK/RTX; answering, it sends Opus in-band FEC when the
-offer asks for it (``vcstream.media.opus_sdp``) and follows the offer's NACK. How strongly FEC is coded
-follows the loss the remote end reports, read at each ``stats()`` (``vcstream.media.loss_protection``).
+Loss: the peer offers ``useinbandfec=1``, NACK/RTX and RED; answering, it sends Opus in-band FEC when
+the offer asks for it (``vcstream.media.opus_sdp``) and follows the offer's NACK and RED (listed first
+in the answer, so that browsers send RED too). How strongly FEC is coded, and whether RED packets carry
+an older frame, follow the loss the remote end reports, read at each ``stats()``
+(``vcstream.media.loss_protection``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from vcstream.media.handshake_protection import harden_element, tune_ice_agent
 from vcstream.media.loss_protection import LossProtection, Protection
 from vcstream.media.mainloop import GLibLoop
 from vcstream.media.opus_packets import carries_fec
-from vcstream.media.opus_sdp import OpusFeatures, opus_features
+from vcstream.media.opus_sdp import OpusFeatures, opus_features, red_first
 
 gi.require_version("GstSdp", "1.0")
 gi.require_version("GstWebRTC", "1.0")
@@ -165,6 +167,12 @@ class PeerConfig:
     #: read each received Opus packet's header (a Python call per packet: for tests and benchmarks)
     #: and count the packets that carry FEC (``WebRtcPeer.received_fec``)
     count_received_fec: bool = False
+    #: RED (RFC 2198), offered and answered: while ``LossProtection`` asks for redundancy, each packet
+    #: also carries the frame sent this many packets before it (0: RED packets with no older frame).
+    #: 2, not 1: in-band FEC already carries the previous frame, so a frame is then lost only when
+    #: three packets in a row are. A receiver recovers from RED before its jitter buffer, so only a
+    #: frame still missing when its wait (``latency_ms``) is up is concealed
+    red_distance: int = 2
 
 
 @dataclass(frozen=True)
@@ -390,6 +398,8 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
     harden_element(element)  # the DTLS handshake under loss (see handshake_protection)
     factory = element.get_factory()
     _bound_retransmission(element, config)
+    if factory is not None and factory.get_name() == "rtpredenc":
+        element.set_property("distance", config.red_distance)  # redundancy from the start (see there)
     if factory is None or factory.get_name() not in ("nicesrc", "nicesink"):
         return
     _load_nice_typelib()  # before the agent is first wrapped (see there)
@@ -411,6 +421,19 @@ def _bound_retransmission(element: Any, config: PeerConfig) -> None:
     factory = element.get_factory()
     if factory is not None and factory.get_name() == "rtprtxsend":
         element.set_property("max-size-time", max(config.latency_ms, 20))
+
+
+def _elements(bin_: Any, factory_name: str) -> list[Any]:
+    """The elements made by ``factory_name`` anywhere inside ``bin_``."""
+    found: list[Any] = []
+    iterator = bin_.iterate_recurse()
+    while True:
+        result, element = iterator.next()
+        if result != Gst.IteratorResult.OK:
+            return found
+        factory = element.get_factory()
+        if factory is not None and factory.get_name() == factory_name:
+            found.append(element)
 
 
 def _on_pad_added(_webrtc: Any, pad: Any, ref: PeerRef) -> None:
@@ -505,6 +528,7 @@ class WebRtcPeer:
         self._received_fec_packets = 0
         self._protection: LossProtection | None = None
         self._encoder: Any = None
+        self._red_encoder: Any = None  # webrtcbin's rtpredenc, found once negotiated
         #: NACK/RTX negotiated: the receiving jitter buffer asks for retransmissions
         self._nack = False
         ref: PeerRef = weakref.ref(self)
@@ -690,6 +714,12 @@ class WebRtcPeer:
         # requests only then (an answerer left to follow the offer resends but never asks)
         self._nack = self.config.nack and features.nack
         transceiver.set_property("do-nack", self._nack)
+        if self.config.red_distance > 0:
+            # RED offered and answered (webrtcbin adds its encoder on the way out and its decoder
+            # before the jitter buffer); the ULPFEC it offers with it is left out of the descriptions
+            # (``red_first``) and makes no packets
+            transceiver.set_property("fec-type", GstWebRTC.WebRTCFECType.ULP_RED)
+            transceiver.set_property("fec-percentage", 0)
 
     def _link_incoming(self, pad: Any) -> None:
         """Decode a new incoming stream (webrtcbin's streaming thread)."""
@@ -742,14 +772,8 @@ class WebRtcPeer:
         end only (an answerer resends on request but never asks); the buffer stops asking when a
         packet's time in it is up (``rtx-retry-period`` defaults to its latency), so a retransmission
         never delays the audio beyond the jitter buffer's budget."""
-        iterator = self._webrtc.iterate_recurse()
-        while True:
-            result, element = iterator.next()
-            if result != Gst.IteratorResult.OK:
-                return
-            factory = element.get_factory()
-            if factory is not None and factory.get_name() == "rtpjitterbuffer":
-                element.set_property("do-retransmission", True)
+        for element in _elements(self._webrtc, "rtpjitterbuffer"):
+            element.set_property("do-retransmission", True)
 
     # -- media ------------------------------------------------------------------------------------
 
@@ -773,6 +797,14 @@ class WebRtcPeer:
         with self._lock:
             return self._received_packets, self._received_fec_packets
 
+    @property
+    def red_received(self) -> int:
+        """RED packets received so far (webrtcbin's RED decoder's count; 0 before any, or closed)."""
+        webrtc = self._webrtc
+        if webrtc is None or self._closed:
+            return 0
+        return sum(int(decoder.get_property("received")) for decoder in _elements(webrtc, "rtpreddec"))
+
     def _protect(self, fraction_lost: float | None) -> Protection | None:
         """Apply the encoder settings for the loss the remote end reported (opusenc takes
         ``packet-loss-percentage`` and ``bitrate`` while PLAYING)."""
@@ -782,11 +814,22 @@ class WebRtcPeer:
         if fraction_lost is None:
             return protection.current()
         settings = protection.report(fraction_lost)
+        self._set_redundancy(settings.redundancy)
         if encoder.get_property("packet-loss-percentage") != settings.packet_loss_pct:
             encoder.set_property("packet-loss-percentage", settings.packet_loss_pct)
         if encoder.get_property("bitrate") != settings.bitrate:
             encoder.set_property("bitrate", settings.bitrate)
         return settings
+
+    def _set_redundancy(self, on: bool) -> None:
+        """RED packets with or without an older frame (webrtcbin's ``rtpredenc`` takes ``distance``
+        while PLAYING; it exists once the call is negotiated)."""
+        if self._red_encoder is None and self.config.red_distance > 0 and self._webrtc is not None:
+            self._red_encoder = next(iter(_elements(self._webrtc, "rtpredenc")), None)
+        if self._red_encoder is not None:
+            distance = self.config.red_distance if on else 0
+            if self._red_encoder.get_property("distance") != distance:
+                self._red_encoder.set_property("distance", distance)
 
     @property
     def samples_sent(self) -> int:
@@ -857,7 +900,7 @@ class WebRtcPeer:
                 self._bus.remove_signal_watch()
             if self._pipeline is not None:
                 self._pipeline.set_state(Gst.State.NULL)
-            self._pipeline = self._webrtc = self._bus = self._encoder = None
+            self._pipeline = self._webrtc = self._bus = self._encoder = self._red_encoder = None
             self._source = self._sink = None
             self._release_port()  # the pipeline is down: its sockets are closed
 
@@ -902,6 +945,9 @@ def _description_created(promise: Any, ref: PeerRef, kind: str) -> None:
         return
     description = reply.get_value(kind)
     text = description.sdp.as_text()
+    ready = red_first(text)  # RED before Opus for browsers, and no ULPFEC (see there)
+    if ready != text:
+        text, description = ready, GstWebRTC.WebRTCSessionDescription.new(description.type, _parse(ready))
     # handed on once it is set: the other end's reply can then never arrive before it is in place
     done = Gst.Promise.new_with_change_func(_local_description_set, ref, kind, text)
     peer._webrtc.emit("set-local-description", description, done)
