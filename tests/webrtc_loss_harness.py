@@ -99,9 +99,15 @@ async def python_call(
 
         client.events.on_state = on_state  # type: ignore[method-assign]
         try:
-            # without FEC the offer asks for none (so the server sends none) and offers no NACK: main's call
+            # without FEC the offer asks for none (so the server sends none) and offers no NACK or RED: main's call
             await client.hello()
-            config = PeerConfig(inband_fec=fec, nack=fec, count_received_fec=True, latency_ms=latency_ms)
+            config = PeerConfig(
+                inband_fec=fec,
+                nack=fec,
+                red_distance=2 if fec else 0,
+                count_received_fec=True,
+                latency_ms=latency_ms,
+            )
             await client.start(voice, peer_config=config)
             # nothing is said before the connection is up: audio pushed earlier waits in the send
             # queue (up to its 0.5 s) and would delay the whole call by the connection time

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -43,11 +44,13 @@ def main() -> None:
     parser.add_argument("--losses", default="0,5,10,20", help="loss levels, %% each way")
     parser.add_argument("--seconds", type=float, default=10.0, help="talk track per call")
     parser.add_argument("--legs", default="both", help="up, down and/or both, comma-separated")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/vcstream-webrtc-loss"))
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
     parser.add_argument("--chromium", action="store_true", help="Chromium as the caller (one mode)")
     args = parser.parse_args()
     losses = [float(x) for x in args.losses.split(",")]
     legs = args.legs.split(",")
+    # a fresh folder per run: a server started on the last run's data would refuse the voice's name
+    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vcstream-webrtc-loss-"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     reference = write_wav(args.workdir / "reference.wav", flite_speech("slt", 16000), 16000)
     if args.chromium:

@@ -398,8 +398,6 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
     harden_element(element)  # the DTLS handshake under loss (see handshake_protection)
     factory = element.get_factory()
     _bound_retransmission(element, config)
-    if factory is not None and factory.get_name() == "rtpredenc":
-        element.set_property("distance", config.red_distance)  # redundancy from the start (see there)
     if factory is None or factory.get_name() not in ("nicesrc", "nicesink"):
         return
     _load_nice_typelib()  # before the agent is first wrapped (see there)
@@ -766,6 +764,8 @@ class WebRtcPeer:
             self._fail("media", "the incoming audio could not be linked to the Opus decoder")
         if self._nack:
             self._request_retransmissions()
+        if self._protection is not None:  # negotiated by now: redundancy from the start (see there)
+            self._set_redundancy(self._protection.current().redundancy)
 
     def _request_retransmissions(self) -> None:
         """Let the receiving jitter buffer send NACKs. webrtcbin 1.22 turns that on for the offering
@@ -823,11 +823,14 @@ class WebRtcPeer:
 
     def _set_redundancy(self, on: bool) -> None:
         """RED packets with or without an older frame (webrtcbin's ``rtpredenc`` takes ``distance``
-        while PLAYING; it exists once the call is negotiated)."""
+        while PLAYING). webrtcbin gives its encoder the RED payload type once RED is negotiated, and
+        payload type 0 where it is not: it must then pass Opus through untouched (distance 0), or
+        it would wrap it in packets of payload type 0 (PCMU) that the remote end cannot decode."""
         if self._red_encoder is None and self.config.red_distance > 0 and self._webrtc is not None:
             self._red_encoder = next(iter(_elements(self._webrtc, "rtpredenc")), None)
         if self._red_encoder is not None:
-            distance = self.config.red_distance if on else 0
+            negotiated = self._red_encoder.get_property("pt") > 0
+            distance = self.config.red_distance if on and negotiated else 0
             if self._red_encoder.get_property("distance") != distance:
                 self._red_encoder.set_property("distance", distance)
 
