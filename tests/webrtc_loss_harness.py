@@ -99,7 +99,7 @@ async def python_call(
 
         client.events.on_state = on_state  # type: ignore[method-assign]
         try:
-            # without FEC the offer asks for none (so the server sends none) and offers no NACK or RED: main's call
+            # without FEC the offer asks for none (so the server sends none), nor NACK or RED: main's call
             await client.hello()
             config = PeerConfig(
                 inband_fec=fec,
