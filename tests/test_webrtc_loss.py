@@ -27,7 +27,7 @@ from webrtc_loss_harness import LossyLink, compare
 pytestmark = pytest.mark.open_issue
 
 LOSS_PCT = 10
-SECONDS = 10.0
+SECONDS = 20.0
 
 
 def test_python_call_at_10_percent_loss_each_way(tmp_path: Path, flite_speech: Speech) -> None:

@@ -1,12 +1,12 @@
 """The before/after table of WebRTC calls on a lossy link (scripts/webrtc-loss-table.sh).
 
-"before": the caller offers no FEC and no NACK (so the server sends neither, as on main) and both
-ends run webrtcbin's own handshake (VCSTREAM_WEBRTC_HANDSHAKE_PROTECTION=0); "after": FEC and NACK
-offered and the handshake protected, the defaults. For each, a server in one namespace, the Python
-client in another, a clean call first, then one call per loss level (that % of UDP datagrams dropped
-each way), each compared with the clean call of the same mode. ``--legs`` picks the directions:
-``up`` (only the caller's datagrams to the server are lost), ``down`` (only the server's to the
-caller), ``both``. One call per cell: figures of a single call, not a distribution.
+"before": the caller offers no FEC, no NACK and no RED (so the server sends none of them, as main did
+before issue 12) and both ends run webrtcbin's own handshake (VCSTREAM_WEBRTC_HANDSHAKE_PROTECTION=0);
+"after": FEC, NACK and RED offered and the handshake protected, the defaults. For each, a server in one
+namespace, the Python client in another, a clean call first, then one call per loss level (that % of UDP
+datagrams dropped each way), each compared with the clean call of the same mode. ``--legs`` picks the
+directions: ``up`` (only the caller's datagrams to the server are lost), ``down`` (only the server's to
+the caller), ``both``. One call per cell: figures of a single call, not a distribution.
 
 ``--chromium``: the caller is headless Chromium on the server's page instead (tests/webrtc_loss_chromium.py),
 defaults only (Chrome offers FEC itself), with Chromium's own figures of each call; ``--legs`` makes the
