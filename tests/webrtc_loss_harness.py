@@ -79,7 +79,7 @@ async def _wait_ready(base: str, timeout_s: float) -> None:
 
 
 async def python_call(
-    base: str, voice: str, seconds: float, out: Path, fec: bool, latency_ms: int = 60
+    base: str, voice: str, seconds: float, out: Path, fec: bool, latency_ms: int = 40
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -288,7 +288,7 @@ class LossyLink:
         fec: bool = True,
         protection: bool = True,
         legs: str = "both",
-        latency_ms: int = 60,
+        latency_ms: int = 40,
     ) -> CallRecord:
         """A call from the Python client at ``loss_pct`` each way; without ``fec`` it offers neither FEC
         nor NACK, without ``protection`` its handshake is webrtcbin's own (the server's is set by
@@ -426,7 +426,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-fec", action="store_true", help="offer no FEC and no NACK (main's call)")
-    parser.add_argument("--latency-ms", type=int, default=60, help="the caller's jitter buffer")
+    parser.add_argument("--latency-ms", type=int, default=40, help="the caller's jitter buffer")
     args = parser.parse_args()
     call = python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec, args.latency_ms)
     result = asyncio.run(call)

@@ -132,11 +132,8 @@ class PeerListener(Protocol):
 
 @dataclass(frozen=True)
 class PeerConfig:
-    #: webrtcbin's jitter buffer latency (its default of 200 ms adds straight to the delay). It waits
-    #: only around a gap (packets in order leave on arrival: the sink does not sync to the clock), and
-    #: must outwait RED's copy two frames later plus some jitter: at 40 ms a frame lost together with
-    #: its successor was rebuilt just after its deadline and concealed instead
-    latency_ms: int = 60
+    #: webrtcbin's jitter buffer latency (its default of 200 ms adds straight to the delay)
+    latency_ms: int = 40
     #: ``stun://host:port``, GStreamer's form
     stun_server: str | None = None
     #: ``turn://user:password@host:port`` (``turns://`` for TLS), user and password percent-encoded
