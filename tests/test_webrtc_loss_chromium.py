@@ -22,10 +22,9 @@ from webrtc_loss_harness import CallRecord, LossyLink, compare
 
 pytest.importorskip("playwright.async_api")
 
-# issue 12 is open: in Chromium at 10 % loss each way 0-2.4 % of speech frames came back too quiet in 8
-# of 9 calls and 5.6 % in one (bar: 1 %), correlation 0.86-0.98 (bar: 0.9), latency p95 -23 to +65 ms
-# against the clean call's (bar: 30 ms; clean calls alone differ by up to 40 ms), offer to first audio
-# 0.32-1.27 s: 3 of 9 calls met every bar.
+# issue 12 is open: with RED both ways, Chromium at 10 % loss each way met every bar in 4 of 5 calls
+# with a 20 s talk track (too quiet 0.00-0.70 %, latency +5 to +31 ms over the clean call's p95); the
+# fifth missed the latency bar by 1 ms. Before RED, 3 of 9 calls met every bar.
 # Run it with `pytest -m open_issue tests/test_webrtc_loss_chromium.py -s`
 pytestmark = pytest.mark.open_issue
 

@@ -150,6 +150,11 @@ async () => {
   };
   figures.offer_opus = opus(pc.localDescription.sdp);
   figures.answer_opus = opus(pc.remoteDescription.sdp);
+  // RED: whether each end listed it, and before Opus (the payload order of the audio m= line)
+  const red = (sdp) => sdp.split("\\r\\n").filter(
+    (l) => l.startsWith("m=audio") || /^a=rtpmap:\\d+ red\\//i.test(l));
+  figures.offer_red = red(pc.localDescription.sdp);
+  figures.answer_red = red(pc.remoteDescription.sdp);
   return figures;
 }
 """
