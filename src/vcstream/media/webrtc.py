@@ -133,8 +133,8 @@ class PeerListener(Protocol):
 @dataclass(frozen=True)
 class PeerConfig:
     #: webrtcbin's jitter buffer latency (its default of 200 ms adds straight to the delay). Not 60,
-    #: though that outwaits RED's copy two frames later: Chromium callers at 10 % loss each way then
-    #: heard +31 to +52 ms more at p95 than in a clean call (3 calls; +5 to +31 at 40 ms, 5 calls), as
+    #: though that outwaits RED's copy two frames later: the latency p95 of Chromium callers at 10 %
+    #: loss each way then sat 31-52 ms above a clean call's (3 calls; 5-31 ms at 40, 5 calls), as
     #: NetEq follows the longer holds of the server's output
     latency_ms: int = 40
     #: ``stun://host:port``, GStreamer's form
