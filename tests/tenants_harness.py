@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from vcstream.service.db.migrate import upgrade
+from vcstream.service.db.models import TenantRecord
 from vcstream.service.tenancy.plans import BUILT_IN, load_plans
 from vcstream.service.tenancy.store import TenantStore
 
@@ -44,3 +45,17 @@ def tenant_keys(
         return keys
     finally:
         database.dispose()
+
+
+def only_tenant(database_url: str, data_dir: Path, name: str = "Acme") -> str:
+    """A database brought to head holding one tenant, ``name`` (with a key, as ``tenant_keys`` makes
+    it): its id."""
+    tenant_keys(data_dir, name, database_url=database_url)
+    database = sa.create_engine(database_url)
+    try:
+        with database.connect() as connection:
+            tenant = connection.scalar(sa.select(TenantRecord.id).where(TenantRecord.name == name))
+    finally:
+        database.dispose()
+    assert tenant is not None, f"tenant {name} was not stored"
+    return str(tenant)

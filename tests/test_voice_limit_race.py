@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from conftest import Speech, write_wav
-from tenants_harness import tenant_keys
+from tenants_harness import only_tenant
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.media.mainloop import Runtime
 from vcstream.service.app import POOLS
-from vcstream.service.db.models import TenantRecord, VoiceRecord
+from vcstream.service.db.models import VoiceRecord
 from vcstream.service.voices import VoiceInfo, VoiceLibrary, VoiceLimitError
 from waiting import wait_until
 
@@ -78,12 +78,7 @@ def voices_of(url: str, tenant: str) -> list[str]:
 def test_two_libraries_racing_for_the_last_voice_place_store_one_voice(
     database_url: str, tmp_path: Path, flite_speech: Speech
 ) -> None:
-    tenant_keys(tmp_path / "operator", "Acme", database_url=database_url)
-    engine = sa.create_engine(database_url)
-    with engine.connect() as connection:
-        tenant = connection.scalar(sa.select(TenantRecord.id))
-    engine.dispose()
-    assert tenant is not None
+    tenant = only_tenant(database_url, tmp_path / "operator")
     recording = write_wav(tmp_path / "slt.wav", *flite_speech("slt", None, 16000)).read_bytes()
 
     async def race() -> list[BaseException | VoiceInfo]:

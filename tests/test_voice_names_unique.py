@@ -15,11 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from conftest import Speech, write_wav
-from tenants_harness import tenant_keys
+from tenants_harness import only_tenant
 from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.media.mainloop import Runtime
 from vcstream.service.app import POOLS
-from vcstream.service.db.models import TenantRecord, VoiceRecord
+from vcstream.service.db.models import VoiceRecord
 from vcstream.service.voices import VoiceLibrary, VoiceNameTakenError
 
 #: one name spelled two ways: NFC lower case, and upper case with a combining diaeresis
@@ -58,11 +58,7 @@ def test_two_libraries_storing_one_name_at_once_store_it_once(
     database_url: str, tmp_path: Path, flite_speech: Speech
 ) -> None:
     # the schema as the migrations make it, and a tenant
-    tenant_keys(tmp_path / "operator", "Acme", database_url=database_url)
-    engine = sa.create_engine(database_url)
-    with engine.connect() as connection:
-        tenant = connection.scalar(sa.select(TenantRecord.id))
-    engine.dispose()
+    tenant = only_tenant(database_url, tmp_path / "operator")
     recording = write_wav(tmp_path / "slt.wav", *flite_speech("slt", None, 16000)).read_bytes()
 
     async def race(owner: str | None) -> list[BaseException | object]:
