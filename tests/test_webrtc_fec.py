@@ -60,8 +60,9 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
         if offer_fec:
             # RED offered: the answer lists it first, as libwebrtc needs to send it, without the
             # ULPFEC webrtcbin offers with it, and the server sends RED packets
-            assert re.search(r"^m=audio \S+ \S+ (\d+) 96\b", answer, re.MULTILINE), answer
-            red = re.search(r"^m=audio \S+ \S+ (\d+)", answer, re.MULTILINE).group(1)  # type: ignore[union-attr]
+            listed_first = re.search(r"^m=audio \S+ \S+ (\d+) 96\b", answer, re.MULTILINE)
+            assert listed_first, answer
+            red = listed_first.group(1)
             assert f"a=rtpmap:{red} red/48000" in answer and f"a=fmtp:{red} 96/96" in answer, answer
             assert "ulpfec" not in answer, answer
             assert red_packets > 0.9 * packets

@@ -39,18 +39,18 @@ class OpusFeatures:
 
 def _audio_section(sdp: str) -> list[str]:
     """The lines of the first audio section whose port is not 0 (empty if there is none)."""
-    section: list[str] | None = None
-    for raw in sdp.splitlines():
-        line = raw.strip()
-        if line.startswith("m="):
-            if section is not None:
-                return section
-            fields = line[2:].split()
-            if len(fields) >= 2 and fields[0] == "audio" and fields[1] != "0":
-                section = []
-        elif section is not None:
-            section.append(line)
-    return section or []
+    lines = [raw.strip() for raw in sdp.splitlines()]
+    bounds = _active_audio_bounds(lines)
+    return [] if bounds is None else lines[bounds[0] + 1 : bounds[1]]
+
+
+def _active_audio_bounds(lines: list[str]) -> tuple[int, int] | None:
+    """Where the first audio section whose port is not 0 starts (its ``m=`` line) and ends."""
+    start = next((i for i, line in enumerate(lines) if _active_audio(line)), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    return start, end
 
 
 def _fmtp_parameters(text: str) -> dict[str, str]:
@@ -97,10 +97,10 @@ def red_first(sdp: str) -> str:
     RED or Opus."""
     newline = "\r\n" if "\r\n" in sdp else "\n"
     lines = sdp.split(newline)
-    start = next((i for i, line in enumerate(lines) if _active_audio(line)), None)
-    if start is None:
+    bounds = _active_audio_bounds(lines)
+    if bounds is None:
         return sdp
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    start, end = bounds
     section = lines[start:end]
     red = _payload_of(_RED, section)
     opus = _payload_of(_OPUS, section)
