@@ -334,7 +334,7 @@ def test_settings_from_the_environment() -> None:
         "0.0.0.0",
         8080,
         "auto",
-        40,
+        20,
     )
     assert defaults.stun_urls == () and defaults.turn_secret is None and defaults.turn_ttl_s == 86400
     assert defaults.max_upload_bytes == 10 << 20 and defaults.data_dir == Path("var")

@@ -39,7 +39,7 @@ sys.path.insert(0, str(TESTS))
 from netns import NetnsPair  # noqa: E402
 from vcstream.bench.talk_markers import MarkerLocator, TalkTrack, envelope, talk_track  # noqa: E402
 from vcstream.media.handshake_protection import PROTECTION_VARIABLE  # noqa: E402
-from vcstream.media.webrtc import OPUS_RATE  # noqa: E402
+from vcstream.media.webrtc import OPUS_RATE, PeerConfig  # noqa: E402
 
 HTTP_PORT = 8080
 CHUNK = OPUS_RATE // 50
@@ -79,11 +79,10 @@ async def _wait_ready(base: str, timeout_s: float) -> None:
 
 
 async def python_call(
-    base: str, voice: str, seconds: float, out: Path, fec: bool, latency_ms: int = 40
+    base: str, voice: str, seconds: float, out: Path, fec: bool, latency_ms: int = PeerConfig.latency_ms
 ) -> dict[str, Any]:
     import aiohttp
 
-    from vcstream.media.webrtc import PeerConfig
     from waiting import wait_until_async
     from webrtc_harness import PyClient
 
@@ -288,7 +287,7 @@ class LossyLink:
         fec: bool = True,
         protection: bool = True,
         legs: str = "both",
-        latency_ms: int = 40,
+        latency_ms: int = PeerConfig.latency_ms,
     ) -> CallRecord:
         """A call from the Python client at ``loss_pct`` each way; without ``fec`` it offers neither FEC
         nor NACK, without ``protection`` its handshake is webrtcbin's own (the server's is set by
@@ -426,7 +425,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-fec", action="store_true", help="offer no FEC and no NACK (main's call)")
-    parser.add_argument("--latency-ms", type=int, default=40, help="the caller's jitter buffer")
+    parser.add_argument(
+        "--latency-ms", type=int, default=PeerConfig.latency_ms, help="the caller's jitter buffer"
+    )
     args = parser.parse_args()
     call = python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec, args.latency_ms)
     result = asyncio.run(call)

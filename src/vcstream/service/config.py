@@ -136,7 +136,8 @@ class ServiceSettings:
       ``max_uploads`` (VCSTREAM_MAX_UPLOADS, 4): voice uploads one process reads and decodes at once;
       one more waits up to 2 s for a place, then is answered 503 with Retry-After.
     WebRTC:
-      ``webrtc_latency_ms`` (VCSTREAM_WEBRTC_LATENCY_MS, 40): webrtcbin's jitter buffer latency.
+      ``webrtc_latency_ms`` (VCSTREAM_WEBRTC_LATENCY_MS, 20): webrtcbin's jitter buffer latency, the
+      longest a gap holds the packets behind it (see ``PeerConfig.latency_ms``).
       ``stun_urls`` (VCSTREAM_STUN_URLS, comma-separated ``stun:host:port``; default none: on a LAN or
       loopback host candidates connect directly, and no request leaves the network). ``turn_urls``
       (VCSTREAM_TURN_URLS, comma-separated ``turn:``/``turns:`` URLs) with ``turn_secret``
@@ -273,7 +274,8 @@ class ServiceSettings:
         metadata=_meta("VCSTREAM_MAX_UPLOADS", int, "voice uploads handled at once (beyond: 503)"),
     )
     webrtc_latency_ms: int = field(
-        default=40, metadata=_meta("VCSTREAM_WEBRTC_LATENCY_MS", int, "webrtcbin jitter latency")
+        default=20,  # PeerConfig.latency_ms says why
+        metadata=_meta("VCSTREAM_WEBRTC_LATENCY_MS", int, "webrtcbin jitter latency"),
     )
     stun_urls: tuple[str, ...] = field(
         default=(),
