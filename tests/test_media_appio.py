@@ -256,3 +256,49 @@ def test_bounded_live_queue_drops_oldest_audio() -> None:
     # about 0.1 s queued in appsrc plus a few buffers in flight, not the 2 s pushed
     assert y.shape[0] < 0.5 * x.shape[0]
     assert y[-1] == x[-1]  # the newest audio is kept
+
+
+def test_live_source_ahead_of_the_clock_drops_the_excess() -> None:
+    rate = 16000
+    source = AudioSource(rate, max_ahead_s=0.02)
+    sink = AudioSink(rate, on_audio=lambda _block: None)
+    pipeline = resampling_pipeline(source, sink)
+    stamps: list[tuple[int, int]] = []
+
+    def probe(_pad: Any, info: Any) -> Any:
+        buffer = info.get_buffer()
+        stamps.append((buffer.pts, buffer.duration))
+        return Gst.PadProbeReturn.OK
+
+    sink.element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, probe)
+    try:
+        start(pipeline)
+        assert source.push(np.zeros(rate // 5, np.float32))  # 200 ms at once: 200 ms ahead
+        assert source.push(np.zeros(rate // 50, np.float32))  # at once again: all of it dropped
+        assert source.frames_trimmed == rate // 50
+        time.sleep(0.19)  # the clock catches up to within 20 ms: taken whole
+        assert source.push(np.zeros(rate // 50, np.float32))
+        assert source.frames_trimmed == rate // 50
+        time.sleep(0.1)  # behind the clock: never trimmed, whatever the lag
+        assert source.push(np.zeros(rate // 50, np.float32))
+        source.end_of_stream()
+        assert poll_bus(pipeline.get_bus(), 10)
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+    assert source.frames_trimmed == rate // 50
+    assert source.samples_pushed == rate // 5 + 2 * rate // 50
+    # the timeline stays continuous: what is kept starts where the audio before it ended
+    for (pts, duration), (next_pts, _) in itertools.pairwise(stamps):
+        assert next_pts == pts + duration
+
+
+def test_a_source_without_max_ahead_is_never_trimmed() -> None:
+    source = AudioSource(16000)
+    pipeline = resampling_pipeline(source, AudioSink(16000, on_audio=lambda _block: None))
+    try:
+        start(pipeline)
+        for _ in range(10):
+            assert source.push(np.zeros(1600, np.float32))
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+    assert source.frames_trimmed == 0 and source.samples_pushed == 16000

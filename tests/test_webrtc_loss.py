@@ -17,7 +17,7 @@ import pytest
 
 from conftest import Speech, write_wav
 from netns import netns_pair, require_netns
-from webrtc_loss_harness import LossyLink, compare
+from webrtc_loss_harness import PYTHON_CALL_SERVER_ENV, LossyLink, compare
 
 # issue 12 is open: at 10 % loss each way (RED, FEC and NACK on, 20 s calls) 0.00-3.05 % of speech
 # frames came back too quiet (over the 1 % bar in 3 of 6 calls) and the latency p95 exceeded the clean
@@ -36,12 +36,9 @@ SECONDS = 20.0
 def test_python_call_at_10_percent_loss_each_way(tmp_path: Path, flite_speech: Speech) -> None:
     require_netns()
     reference = write_wav(tmp_path / "reference.wav", *flite_speech("slt", None, 16000))
-    # 20 ms engine blocks, one Opus frame: with 100 ms blocks a gap held anywhere before a block's
-    # end delays the whole block, and where the block boundaries fall moves every marker by up to
-    # 100 ms from call to call; this client, with no playout buffer, would count both as the network's
     with (
         netns_pair() as pair,
-        LossyLink(pair, tmp_path, env={"VCSTREAM_BLOCK_TIME": "0.02"}).serving(reference) as link,
+        LossyLink(pair, tmp_path, env=PYTHON_CALL_SERVER_ENV).serving(reference) as link,
     ):
         clean = link.python_call(0, SECONDS)
         lossy = link.python_call(LOSS_PCT, SECONDS)

@@ -50,6 +50,11 @@ TOO_QUIET_DB = 10.0
 #: frames of the clean run this loud (dBFS) count as speech
 SPEECH_DBFS = -40.0
 FRAME = OPUS_RATE // 50
+#: the server's settings for calls from the Python client: 20 ms engine blocks, one Opus frame. With
+#: 100 ms blocks a gap held anywhere before a block's end delays the whole block, and where the block
+#: boundaries fall moves every marker by up to 100 ms from call to call; this client, with no playout
+#: buffer, would count both as the network's
+PYTHON_CALL_SERVER_ENV = {"VCSTREAM_BLOCK_TIME": "0.02"}
 
 
 def _track(seconds: float) -> TalkTrack:

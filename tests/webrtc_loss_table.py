@@ -29,7 +29,13 @@ from netns import netns_pair  # noqa: E402
 from vcstream.bench.signals import flite_speech  # noqa: E402
 from vcstream.media.handshake_protection import PROTECTION_VARIABLE  # noqa: E402
 from webrtc_loss_chromium import chromium_call_on  # noqa: E402
-from webrtc_loss_harness import CallRecord, Comparison, LossyLink, compare  # noqa: E402
+from webrtc_loss_harness import (  # noqa: E402
+    PYTHON_CALL_SERVER_ENV,
+    CallRecord,
+    Comparison,
+    LossyLink,
+    compare,
+)
 
 HEADER = (
     "| loss | lost on | mode | frames too quiet | envelope corr. | latency p95 (clean) | "
@@ -61,7 +67,7 @@ def main() -> None:
         for mode, on in (("before", False), ("after", True)):
             workdir = args.workdir / mode
             workdir.mkdir(exist_ok=True)
-            link = LossyLink(pair, workdir, env={PROTECTION_VARIABLE: str(int(on))})
+            link = LossyLink(pair, workdir, env={**PYTHON_CALL_SERVER_ENV, PROTECTION_VARIABLE: str(int(on))})
             with link.serving(reference):
                 clean = link.python_call(0, args.seconds, fec=on, protection=on)
                 for loss in losses:

@@ -57,6 +57,13 @@ class AudioSource:
     oldest audio is dropped (a real-time stream would rather lose audio than grow latency). ``None``
     queues without limit, which file encoding needs.
 
+    ``max_ahead_s`` keeps a live, clock-aligned stream from running ahead of the clock: a sink that
+    syncs plays each buffer at its timestamp, so a stream pushed ahead (more audio than time has
+    passed since the first push) holds every later buffer back for good. When the next sample would
+    be due more than ``max_ahead_s`` after the current running time, the start of the pushed audio
+    is dropped, as much as the stream is ahead (``frames_trimmed`` counts it), as a receiver's
+    jitter buffer speeds up to catch up. ``None``: never trimmed.
+
     ``push`` is thread-safe; pushes from several threads are serialised in call order.
     """
 
@@ -69,10 +76,13 @@ class AudioSource:
         live: bool = True,
         align_to_clock: bool = True,
         max_queue_s: float | None = None,
+        max_ahead_s: float | None = None,
     ) -> None:
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self._align = live and align_to_clock
+        self._max_ahead_ns = None if max_ahead_s is None or not self._align else seconds_to_ns(max_ahead_s)
+        self._trimmed = 0
         self._lock = threading.Lock()
         self._samples = 0
         self._base_ns = 0
@@ -96,6 +106,11 @@ class AudioSource:
         """Frames (samples per channel) accepted so far."""
         return self._samples
 
+    @property
+    def frames_trimmed(self) -> int:
+        """Frames dropped so far because the stream ran ahead of the clock (``max_ahead_s``)."""
+        return self._trimmed
+
     def _time_ns(self, frames: int) -> int:
         return int(self._base_ns + frames * Gst.SECOND // self.sample_rate)
 
@@ -112,6 +127,19 @@ class AudioSource:
         with self._lock:
             if self._ended:
                 return False
+            ahead = self._frames_ahead()
+            if ahead > 0:
+                dropped = min(frames, ahead)
+                data, frames = data[dropped:], frames - dropped
+                self._trimmed += dropped
+                log.info(
+                    "appsrc %s: the stream ran %.0f ms ahead of the clock; %.0f ms of audio dropped",
+                    self.element.get_name(),
+                    1000 * ahead / self.sample_rate,
+                    1000 * dropped / self.sample_rate,
+                )
+                if frames == 0:
+                    return True
             buffer = Gst.Buffer.new_wrapped(data.tobytes())
             if self._samples == 0:
                 if self._align:
@@ -127,6 +155,16 @@ class AudioSource:
                 return False
             self._samples = end
             return True
+
+    def _frames_ahead(self) -> int:
+        """Frames to drop before the next push (under the lock): how far the next sample's time is
+        ahead of the running time, when that is more than ``max_ahead_s``; else 0."""
+        if self._max_ahead_ns is None or self._samples == 0:
+            return 0
+        ahead_ns = self._time_ns(self._samples) - self._running_time_ns()
+        if ahead_ns <= self._max_ahead_ns:
+            return 0
+        return int(ahead_ns * self.sample_rate // Gst.SECOND)
 
     def _running_time_ns(self) -> int:
         clock = self.element.get_clock()
