@@ -37,6 +37,19 @@ def resampling_pipeline(source: AudioSource, sink: AudioSink) -> Any:
     return pipeline
 
 
+def record_stamps(sink: AudioSink) -> list[tuple[int, int]]:
+    """The (pts, duration) of every buffer reaching ``sink``, filled in as they pass."""
+    stamps: list[tuple[int, int]] = []
+
+    def probe(_pad: Any, info: Any) -> Any:
+        buffer = info.get_buffer()
+        stamps.append((buffer.pts, buffer.duration))
+        return Gst.PadProbeReturn.OK
+
+    sink.element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, probe)
+    return stamps
+
+
 def blocks(samples: np.ndarray, size: int) -> list[np.ndarray]:
     return [samples[i : i + size] for i in range(0, samples.shape[0], size)]
 
@@ -132,14 +145,7 @@ def test_timestamps_follow_the_sample_counter() -> None:
     # a consumer is needed: an appsink in pull mode holds EOS back until its queue was pulled empty
     sink = AudioSink(16000, on_audio=lambda _block: None)
     pipeline = resampling_pipeline(source, sink)
-    stamps: list[tuple[int, int]] = []
-
-    def probe(_pad: Any, info: Any) -> Any:
-        buffer = info.get_buffer()
-        stamps.append((buffer.pts, buffer.duration))
-        return Gst.PadProbeReturn.OK
-
-    sink.element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, probe)
+    stamps = record_stamps(sink)
     for size in (160, 333, 1000, 7):
         source.push(np.zeros(size, np.float32))
     source.end_of_stream()
@@ -263,14 +269,7 @@ def test_live_source_ahead_of_the_clock_drops_the_excess() -> None:
     source = AudioSource(rate, max_ahead_s=0.02)
     sink = AudioSink(rate, on_audio=lambda _block: None)
     pipeline = resampling_pipeline(source, sink)
-    stamps: list[tuple[int, int]] = []
-
-    def probe(_pad: Any, info: Any) -> Any:
-        buffer = info.get_buffer()
-        stamps.append((buffer.pts, buffer.duration))
-        return Gst.PadProbeReturn.OK
-
-    sink.element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, probe)
+    stamps = record_stamps(sink)
     try:
         start(pipeline)
         assert source.push(np.zeros(rate // 5, np.float32))  # 200 ms at once: 200 ms ahead
