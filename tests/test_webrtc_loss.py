@@ -19,14 +19,14 @@ from conftest import Speech, write_wav
 from netns import netns_pair, require_netns
 from webrtc_loss_harness import PYTHON_CALL_SERVER_ENV, LossyLink, compare
 
-# issue 12 is open: at 10 % loss each way (RED, FEC and NACK on, 20 s calls) 0.00-3.05 % of speech
-# frames came back too quiet (over the 1 % bar in 3 of 6 calls) and the latency p95 exceeded the clean
-# call's by 8-63 ms (over 30 ms in 3 of 6). A frame lost with its successor is rebuilt from RED's copy two
-# frames later, 40 ms after it was due: just after the jitter buffer's 40 ms; at 60 ms the audio met
-# its bars in 6 of 6, but Chromium callers then lost 20-50 ms of latency (vcstream.media.webrtc's
-# PeerConfig.latency_ms). A gap also holds the packets behind it in each leg's jitter buffer, and this
-# client takes arrival out of its decoder as the time heard (no playout buffer), so the holds of both
-# legs add up. Run it with `pytest -m open_issue tests/test_webrtc_loss.py -s`
+# issue 12 is open: at 10 % loss each way (RED, FEC, 20 ms jitter buffers, no NACKs asked, 20 s calls)
+# frames too quiet stayed within 1 % in 14 of 15 calls (0.00-1.22 %), but the latency p95 exceeded the
+# clean call's by more than 30 ms in 7 of 15 (-12 to +58 ms; three of them by 1-3 ms). GStreamer's
+# opusdec decodes each frame only when the next event arrives (it holds a frame back for the FEC the
+# next packet may carry), so a lost packet delays the frame before it until the jitter buffer gives
+# the lost one up, one frame later, in each lossy leg; this client takes arrival out of its decoder
+# as the time heard, with no playout buffer to absorb that. Run it with
+# `pytest -m open_issue tests/test_webrtc_loss.py -s`
 pytestmark = pytest.mark.open_issue
 
 LOSS_PCT = 10

@@ -137,9 +137,9 @@ class PeerConfig:
     #: webrtcbin's jitter buffer latency: how long a gap may hold the packets behind it (in-order
     #: packets pass at once). 20, one frame: the next packet brings the lost frame's FEC, so waiting
     #: longer only delays the audio (RED's copy needs no wait: it is recovered before the buffer sees
-    #: the gap). Python client, 10 % loss each way, 20 ms engine blocks: latency p95 +7 to +40 ms over
-    #: a clean call (4 calls) against +42 to +56 at 40 ms (4 calls); Chromium callers: +15, -3, +9,
-    #: +19, +44 (5 calls) against +5 to +31 at 40 (5 calls)
+    #: the gap). Python client at 10 % loss each way, 20 ms engine blocks, no NACKs asked: latency p95
+    #: over a clean call's +42 to +56 ms at 40 (4 calls), -12 to +58 at 20 (15 calls, 8 within
+    #: +30). Chromium callers at 20: within +30 in 7 of 8 calls (4 of 5 at 40)
     latency_ms: int = 20
     #: ``stun://host:port``, GStreamer's form
     stun_server: str | None = None
