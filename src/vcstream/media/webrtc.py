@@ -793,8 +793,8 @@ class WebRtcPeer:
         server, 15 of ~100 lost packets came back in time). And while it asks, the buffer gives a
         packet up only when its retry period (its latency) has passed since the packet was due:
         when a frame and the next are lost, that is the moment RED's copy of the first arrives, so
-        the copy came too late about as often as not (frames too quiet 0.38-1.92 % against
-        0.00-0.81 % without asking, 3 and 4 calls). Without asking, the gap is seen only when the
+        the copy often came too late (10 % loss each way, 40 ms buffer: frames too quiet over 1 %
+        in 4 of 9 calls asking, 0 of 4 not asking). Without asking, the gap is seen only when the
         next packet arrives, and RED's copy is handed to the buffer just before that packet."""
         for element in _elements(self._webrtc, "rtpjitterbuffer"):
             element.set_property("do-retransmission", False)
