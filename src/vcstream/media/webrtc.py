@@ -99,9 +99,9 @@ _ELEMENTS = (
     "opusenc", "opusdec", "rtpopuspay", "rtpopusdepay", "audioconvert", "audioresample", "appsrc",
     "appsink", "capsfilter", "fakesink",
 )  # fmt: skip
-#: the rates Opus codes at natively
 #: how long packets are kept for resending at least (the 40 ms jitter buffer this server had)
 _RESEND_WINDOW_MS = 40
+#: the rates Opus codes at natively
 _OPUS_CODING_RATES = (8000, 12000, 16000, 24000, 48000)
 _RTPMAP = re.compile(r"^\s*(\d{1,3})\s+opus/48000(?:/\d+)?\s*$", re.IGNORECASE)
 _peer_ids = itertools.count(1)
@@ -156,10 +156,10 @@ class PeerConfig:
     max_send_queue_s: float = 0.5
     #: the audio sent never runs more than this ahead of the clock (``AudioSource``'s ``max_ahead_s``):
     #: webrtcbin sends each packet at its timestamp, and a stream that got ahead held every later
-    #: packet back. Seen: audio made up for lost packets at more than their length put the server's
-    #: received stream 108 ms ahead early in a call at 10 % loss, its sent stream 90-103 ms, and most
-    #: markers of that call came 62-65 ms later than in a clean call. Otherwise the sent stream stays
-    #: 10-13 ms behind the clock
+    #: packet back. Seen in a call at 10 % loss each way: the server's received stream ran 108 ms
+    #: ahead of the clock early on (more audio than time had passed), its sent stream 90-103 ms, and
+    #: most markers came 62-65 ms later than in the clean call. Otherwise the sent stream stays 10-13 ms
+    #: behind the clock
     max_send_ahead_s: float = 0.02
     #: also gather ICE-TCP candidates (a listening socket per call; UDP and TURN cover real clients)
     ice_tcp: bool = False
@@ -224,8 +224,8 @@ class Retransmissions:
     """NACK/RTX counters since the call began. Of the audio received: packets our jitter buffer
     asked again for (``requested``), how many came back in time (``recovered``) and those that came
     after their time was up (``late``); these stay 0, as our buffers no longer ask (see
-    ``WebRtcPeer._never_request_retransmissions``). Of the audio sent: packets the remote end asked again for
-    (``asked``) and those resent (``resent``; fewer when a packet was no longer kept, see
+    ``WebRtcPeer._never_request_retransmissions``). Of the audio sent: packets the remote end asked
+    again for (``asked``) and those resent (``resent``; fewer when a packet was no longer kept, see
     ``_bound_retransmission``)."""
 
     requested: int = 0
