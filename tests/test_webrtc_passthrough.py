@@ -4,15 +4,17 @@ identity baseline on the path browsers take, so every engine has been through ev
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import median_f0
 from vcstream.engines.passthrough import PassthroughEngine
-from vcstream.media.webrtc import OPUS_RATE
-from webrtc_harness import client, reference_wav, serving, speech_48k
+from vcstream.media.webrtc import OPUS_RATE, PeerConfig
+from webrtc_harness import PyClient, client, reference_wav, serving, speech_48k
 
 Speech = Callable[..., tuple[np.ndarray, int]]
 
@@ -42,3 +44,50 @@ def test_passthrough_call_returns_what_was_said(tmp_path: Path, flite_speech: Sp
         assert abs(f0_out / f0_in - 1) < 0.03  # the same voice: nothing converted
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("max_send_ahead_s", [PeerConfig.max_send_ahead_s, None])
+def test_audio_pushed_ahead_of_the_clock_does_not_delay_the_call_for_good(
+    tmp_path: Path, flite_speech: Speech, max_send_ahead_s: float | None
+) -> None:
+    """webrtcbin sends each packet at its timestamp: 0.4 s pushed at once puts the caller's stream
+    0.4 s ahead of the clock. Without a limit every later packet waits those 0.4 s, for the rest of
+    the call (the case without one shows that this is still how webrtcbin behaves); with it, the
+    audio pushed while the stream is ahead is dropped and the call's latency comes back."""
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(OPUS_RATE // 5) / OPUS_RATE)).astype(np.float32)
+    silence = np.zeros(OPUS_RATE, np.float32)
+
+    async def echo_latency(call: PyClient) -> float:
+        """Silence, then the tone in real time: seconds from the tone's first push to its return."""
+        await call.talk(silence, lambda: False, timeout_s=0.5)
+        pushed = time.perf_counter()
+        await call.talk(np.concatenate([tone, silence]), lambda: False, timeout_s=0.8)
+        with call.events.lock:
+            blocks = list(zip(call.events.arrivals, call.events.received, strict=True))
+        loud = [at for (at, _), block in blocks if at > pushed and np.max(np.abs(block)) > 0.1]
+        assert loud, "the tone did not come back"
+        return loud[0] - pushed
+
+    async def main() -> tuple[float, float]:
+        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
+            voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
+            async with client(server) as call:
+                await call.hello()
+                config = PeerConfig(max_send_ahead_s=max_send_ahead_s)
+                await call.start(voice, settings={"block_time": 0.02}, peer_config=config)
+                await call.talk_until_converted(speech_48k(flite_speech, "slt"))
+                before = await echo_latency(call)
+                assert call.peer is not None
+                call.peer.push(np.zeros(2 * OPUS_RATE // 5, np.float32))  # 0.4 s at once
+                after = await echo_latency(call)
+        return before, after
+
+    before, after = asyncio.run(main())
+    print(
+        f"\nmax_send_ahead_s={max_send_ahead_s}: echo {1000 * before:.0f} ms, "
+        f"after the jump {1000 * after:.0f} ms"
+    )
+    if max_send_ahead_s is None:
+        assert after > before + 0.3
+    else:
+        assert after < before + 0.06

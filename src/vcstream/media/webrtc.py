@@ -159,8 +159,8 @@ class PeerConfig:
     #: packet back. Seen in a call at 10 % loss each way: the server's received stream ran 108 ms
     #: ahead of the clock early on (more audio than time had passed), its sent stream 90-103 ms, and
     #: most markers came 62-65 ms later than in the clean call. Otherwise the sent stream stays 10-13 ms
-    #: behind the clock
-    max_send_ahead_s: float = 0.02
+    #: behind the clock. None: never trimmed
+    max_send_ahead_s: float | None = 0.02
     #: also gather ICE-TCP candidates (a listening socket per call; UDP and TURN cover real clients)
     ice_tcp: bool = False
     #: use relay (TURN) candidates only, like a browser's ``iceTransportPolicy: "relay"``
