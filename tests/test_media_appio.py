@@ -226,13 +226,7 @@ def test_live_source_starts_at_the_running_time_of_its_first_push() -> None:
     source = AudioSource(16000)  # live, align_to_clock
     sink = AudioSink(16000, on_audio=lambda _block: None)
     pipeline = resampling_pipeline(source, sink)
-    stamps: list[int] = []
-
-    def probe(_pad: Any, info: Any) -> Any:
-        stamps.append(info.get_buffer().pts)
-        return Gst.PadProbeReturn.OK
-
-    sink.element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, probe)
+    stamps = record_stamps(sink)
     try:
         start(pipeline)
         time.sleep(0.3)  # running time passes before the first push: its stamp must show it
@@ -242,8 +236,9 @@ def test_live_source_starts_at_the_running_time_of_its_first_push() -> None:
         assert poll_bus(pipeline.get_bus(), 10)
     finally:
         pipeline.set_state(Gst.State.NULL)
-    assert 0.25 * Gst.SECOND <= stamps[0] < 2 * Gst.SECOND
-    assert stamps[1] - stamps[0] == 20 * Gst.MSECOND
+    (first, _), (second, _) = stamps[:2]
+    assert 0.25 * Gst.SECOND <= first < 2 * Gst.SECOND
+    assert second - first == 20 * Gst.MSECOND
 
 
 def test_bounded_live_queue_drops_oldest_audio() -> None:
