@@ -108,7 +108,7 @@ async def python_call(
             config = PeerConfig(
                 inband_fec=fec,
                 nack=fec,
-                red_distance=2 if fec else 0,
+                red_distance=1 if fec else 0,
                 count_received_fec=True,
                 latency_ms=latency_ms,
             )

@@ -67,9 +67,10 @@ from vcstream.media.mainloop import GLibLoop
 from vcstream.media.opus_packets import carries_fec
 from vcstream.media.opus_sdp import OpusFeatures, opus_features, red_first
 
+gi.require_version("GstRtp", "1.0")
 gi.require_version("GstSdp", "1.0")
 gi.require_version("GstWebRTC", "1.0")
-from gi.repository import GstSdp, GstWebRTC  # noqa: E402
+from gi.repository import GstRtp, GstSdp, GstWebRTC  # noqa: E402
 
 __all__ = [
     "OPUS_RATE",
@@ -183,10 +184,12 @@ class PeerConfig:
     count_received_fec: bool = False
     #: RED (RFC 2198), offered and answered: while ``LossProtection`` asks for redundancy, each packet
     #: also carries the frame sent this many packets before it (0: RED packets with no older frame).
-    #: 2, not 1: in-band FEC already carries the previous frame, so a frame is then lost only when
-    #: three packets in a row are. A receiver recovers from RED before its jitter buffer, so only a
-    #: frame still missing when its wait (``latency_ms``) is up is concealed
-    red_distance: int = 2
+    #: 1: a receiver recovers from RED before its jitter buffer, which gives a missing frame up
+    #: after one frame's wait (``latency_ms``), so only the previous frame's copy comes in time (a
+    #: copy two packets back came 20 ms too late, every time). With in-band FEC decoded as well, a
+    #: frame is lost only when three packets in a row are: the copy of the frame after it carries
+    #: its FEC
+    red_distance: int = 1
 
 
 @dataclass(frozen=True)
@@ -436,6 +439,10 @@ def _bound_retransmission(element: Any, config: PeerConfig) -> None:
         element.set_property("max-size-time", max(config.latency_ms, _RESEND_WINDOW_MS))
 
 
+#: the flag webrtcbin's RED decoder puts on the packets it recovers
+_REDUNDANT = Gst.BufferFlags(GstRtp.RTPBufferFlags.REDUNDANT)
+
+
 def _elements(bin_: Any, factory_name: str) -> list[Any]:
     """The elements made by ``factory_name`` anywhere inside ``bin_``."""
     found: list[Any] = []
@@ -474,6 +481,15 @@ def _on_decoder_event(_pad: Any, info: Any, ref: PeerRef) -> Any:
         _timestamp, duration = event.parse_gap()
         if duration != Gst.CLOCK_TIME_NONE:
             peer._concealed_ns += duration
+    return Gst.PadProbeReturn.OK
+
+
+def _on_recovered_packet(_pad: Any, info: Any) -> Any:
+    """A packet out of webrtcbin's RED decoder: one recovered from a RED copy loses its REDUNDANT
+    flag, so that it goes on to the jitter buffer (see ``WebRtcPeer._pass_red_copies_on``)."""
+    buffer = info.get_buffer()
+    if buffer is not None and buffer.has_flags(_REDUNDANT):
+        buffer.unset_flags(_REDUNDANT)
     return Gst.PadProbeReturn.OK
 
 
@@ -783,6 +799,7 @@ class WebRtcPeer:
         if pad.link(depay.get_static_pad("sink")) != Gst.PadLinkReturn.OK:
             self._fail("media", "the incoming audio could not be linked to the Opus decoder")
         self._never_request_retransmissions()
+        self._pass_red_copies_on()
         if self._protection is not None:  # negotiated by now: redundancy from the start (see there)
             self._set_redundancy(self._protection.current().redundancy)
 
@@ -798,6 +815,17 @@ class WebRtcPeer:
         next packet arrives, and RED's copy is handed to the buffer just before that packet."""
         for element in _elements(self._webrtc, "rtpjitterbuffer"):
             element.set_property("do-retransmission", False)
+
+    def _pass_red_copies_on(self) -> None:
+        """Let the frames recovered from RED reach the jitter buffer. webrtcbin's RED decoder flags
+        each one REDUNDANT, and the ``rtpstorage`` behind it keeps such packets back for its ULPFEC
+        decoder to fetch when the jitter buffer declares one lost; but webrtcbin sets that decoder to
+        pass everything through where ULPFEC was not negotiated (we never answer it, see
+        ``red_first``), so no copy was ever used (debug log: "Recovering from RED packet ... seq=N",
+        then "Packet #N lost" when N+1 arrived). Unflagged, a copy is an ordinary packet: it
+        arrives with the packet after the lost one, just before it, and fills the gap."""
+        for decoder in _elements(self._webrtc, "rtpreddec"):
+            decoder.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _on_recovered_packet)
 
     # -- media ------------------------------------------------------------------------------------
 
