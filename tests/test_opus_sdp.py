@@ -92,7 +92,8 @@ def test_red_goes_first_with_its_fmtp_and_ulpfec_is_left_out() -> None:
     lines = ready.split("\r\n")
     audio = lines[lines.index("m=audio 9 UDP/TLS/RTP/SAVPF 97 96 100 99") :]
     # libwebrtc sends RED only when it comes before the codec it carries, with that codec in its fmtp
-    assert audio.index("a=rtpmap:97 red/48000") + 1 == audio.index("a=fmtp:97 96/96")
+    # and with the channel count libwebrtc's own RED has: Chromium sent no RED to ``red/48000``
+    assert audio.index("a=rtpmap:97 red/48000/2") + 1 == audio.index("a=fmtp:97 96/96")
     # ULPFEC and its retransmissions are gone; everything else stays, in order
     assert "ulpfec" not in ready and "apt=98" not in ready and "a=rtpmap:101" not in ready
     for kept in (

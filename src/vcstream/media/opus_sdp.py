@@ -88,13 +88,19 @@ def opus_features(sdp: str, payload_type: int) -> OpusFeatures:
 
 def red_first(sdp: str) -> str:
     """``sdp`` (our own offer or answer, as webrtcbin made it) ready for RED (RFC 2198) on its first
-    active audio section: RED listed before Opus, with the ``a=fmtp:<red> <opus>/<opus>`` line
-    webrtcbin leaves out (libwebrtc sends RED only when the RED payload comes before the codec it
-    carries and its fmtp names that codec), and no ULPFEC payload, which webrtcbin adds next to RED
-    but audio does not use: with it negotiated, webrtcbin's ULPFEC decoder marks every unrecovered
-    loss "might have been FEC" and the depayloader then drops it instead of letting the decoder
-    conceal it (measured: 40 of 52 lost frames vanished from the timeline). Unchanged without
-    RED or Opus."""
+    active audio section:
+
+    * RED listed before Opus, as ``red/48000/2``, with the ``a=fmtp:<red> <opus>/<opus>`` line
+      webrtcbin leaves out. libwebrtc sends RED only when the RED payload comes before the codec it
+      carries, its fmtp names that codec and its channels match its own ``red/48000/2``: to
+      webrtcbin's ``red/48000`` Chromium 156 sent plain Opus (the server's RED decoder counted 0
+      RED packets in a call; about 50 a second with ``/2``).
+    * No ULPFEC payload, which webrtcbin adds next to RED but audio does not use: with it
+      negotiated, webrtcbin's ULPFEC decoder marks every unrecovered loss "might have been FEC" and
+      the depayloader then drops it instead of letting the decoder conceal it (measured: 40 of 52
+      lost frames vanished from the timeline).
+
+    Unchanged without RED or Opus."""
     newline = "\r\n" if "\r\n" in sdp else "\n"
     lines = sdp.split(newline)
     bounds = _active_audio_bounds(lines)
@@ -111,8 +117,10 @@ def red_first(sdp: str) -> str:
     kept = [line for line in section[1:] if _payload_type_of_attribute(line) not in dropped]
     fields = section[0].split()
     formats = [red, *(f for f in fields[3:] if f != red and f not in dropped)]
+    rtpmap = next(i for i, line in enumerate(kept) if _RED.match(line))
+    if kept[rtpmap].rstrip().lower().endswith("red/48000"):
+        kept[rtpmap] = f"a=rtpmap:{red} red/48000/2"
     if not any((m := _FMTP.match(line)) and m.group(1) == red for line in kept):
-        rtpmap = next(i for i, line in enumerate(kept) if _RED.match(line))
         kept.insert(rtpmap + 1, f"a=fmtp:{red} {opus}/{opus}")
     return newline.join([*lines[:start], " ".join([*fields[:3], *formats]), *kept, *lines[end:]])
 
