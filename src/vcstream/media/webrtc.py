@@ -17,13 +17,17 @@ Pipeline::
 
     appsrc (F32 mono, audio_rate) ! audioconvert ! audioresample ! opusenc ! rtpopuspay pt=N ! caps
         ! webrtcbin (sink)
-    webrtcbin (src, added once RTP flows) ! rtpopusdepay ! opusdec ! caps (decoding rate)
-        ! audioconvert ! audioresample ! appsink (F32 mono, audio_rate) -> listener.on_audio
+    webrtcbin (src, added once RTP flows) ! rtpopusdepay ! fakesink
+        (a probe on rtpopusdepay's output: ReceivedOpus, libopus -> listener.on_audio)
 
-Rate conversion happens here, in C and off the GIL (``audioresample``): a caller whose audio is at
-another rate than Opus's 48 kHz (an engine at 22.05 or 16 kHz) sets ``audio_rate`` to its own rate
-instead of resampling in Python on every buffer; the encoder then takes the nearest rate Opus codes
-(22.05 kHz -> 24 kHz, 16 kHz as is), and the decoder decodes at the lowest Opus rate at or above it.
+A caller whose audio is at another rate than Opus's 48 kHz (an engine at 22.05 or 16 kHz) sets
+``audio_rate`` to its own rate. On the way out the conversion happens in C and off the GIL
+(``audioresample``), and the encoder takes the nearest rate Opus codes (22.05 kHz -> 24 kHz, 16 kHz
+as is). On the way in, libopus decodes at the lowest Opus rate at or above it, and only a rate Opus
+does not code is resampled, in Python (``vcstream.audio.resample``: 82 us per 20 ms at 24 -> 22.05
+kHz here, 0.4 % of a core; decoding a speech packet took 44 us). Received packets are decoded in
+Python, not by ``opusdec``, because ``opusdec`` with in-band FEC holds every frame back 20 ms
+(``vcstream.media.opus_receiver``).
 
 Events reach a ``PeerListener`` on GStreamer's threads (webrtcbin's own thread, libnice's, the bus
 watch on the shared ``GLibLoop``); the listener hands them on (the server: to asyncio through the
@@ -58,13 +62,14 @@ import gi
 
 from vcstream.audio.types import Audio
 from vcstream.errors import MediaError, VcstreamError
-from vcstream.media.appio import AudioSink, AudioSource
+from vcstream.media.appio import AudioSource
 from vcstream.media.candidates import announce_candidate, announce_in_sdp
 from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements
 from vcstream.media.handshake_protection import harden_element, tune_ice_agent
 from vcstream.media.loss_protection import LossProtection, Protection
 from vcstream.media.mainloop import GLibLoop
 from vcstream.media.opus_packets import carries_fec
+from vcstream.media.opus_receiver import ReceivedOpus
 from vcstream.media.opus_sdp import OpusFeatures, opus_features, red_first
 
 gi.require_version("GstRtp", "1.0")
@@ -97,13 +102,11 @@ MAX_SDP_CHARS = 64 * 1024
 #: elements a peer needs, checked once so a missing package is named up front
 _ELEMENTS = (
     "webrtcbin", "nicesrc", "nicesink", "dtlssrtpenc", "dtlssrtpdec", "srtpenc", "srtpdec", "rtpbin",
-    "opusenc", "opusdec", "rtpopuspay", "rtpopusdepay", "audioconvert", "audioresample", "appsrc",
-    "appsink", "capsfilter", "fakesink",
+    "opusenc", "rtpopuspay", "rtpopusdepay", "audioconvert", "audioresample", "appsrc", "capsfilter",
+    "fakesink",
 )  # fmt: skip
 #: how long packets are kept for resending at least (the 40 ms jitter buffer this server had)
 _RESEND_WINDOW_MS = 40
-#: the rates Opus codes at natively
-_OPUS_CODING_RATES = (8000, 12000, 16000, 24000, 48000)
 _RTPMAP = re.compile(r"^\s*(\d{1,3})\s+opus/48000(?:/\d+)?\s*$", re.IGNORECASE)
 _peer_ids = itertools.count(1)
 
@@ -256,12 +259,6 @@ def _track(pipeline: Any) -> None:
         _alive += 1
     # called from GObject's finalize, whichever thread drops the last reference
     pipeline.weak_ref(_pipeline_finalised)
-
-
-def decoding_rate(audio_rate: int) -> int:
-    """The rate to decode Opus at for audio wanted at ``audio_rate``: the lowest Opus codes at that
-    loses nothing of it (decoding at 16 kHz for a 16 kHz engine skips resampling altogether)."""
-    return next((rate for rate in _OPUS_CODING_RATES if rate >= audio_rate), OPUS_RATE)
 
 
 def live_pipelines() -> int:
@@ -473,14 +470,34 @@ def _on_bus_error(_bus: Any, message: Any, ref: PeerRef) -> None:
     peer._fail("media", f"media pipeline error in {source}: {err.message}")
 
 
-def _on_decoder_event(_pad: Any, info: Any, ref: PeerRef) -> Any:
-    """A GAP event before the decoder: packets were lost and the decoder makes the audio up."""
-    event = info.get_event()
+def _on_depayloaded(_pad: Any, info: Any, ref: PeerRef) -> Any:
+    """An Opus packet, or a GAP event (packets lost), out of the depayloader (its streaming thread):
+    decoded here (``ReceivedOpus``) and handed to the listener; the fakesink behind gets nothing."""
     peer = ref()
-    if peer is not None and event is not None and event.type == Gst.EventType.GAP:
+    receiver = peer._receiver if peer is not None else None
+    if receiver is None or peer is None:
+        return Gst.PadProbeReturn.DROP
+    if info.type & Gst.PadProbeType.BUFFER:
+        buffer = info.get_buffer()
+        if buffer is None:
+            return Gst.PadProbeReturn.DROP
+        ok, mapped = buffer.map(Gst.MapFlags.READ)
+        if not ok:
+            return Gst.PadProbeReturn.DROP
+        try:
+            packet = bytes(mapped.data)
+        finally:
+            buffer.unmap(mapped)
+        if peer.config.count_received_fec:
+            peer._count_received(packet[:2])
+        _deliver_audio(peer, receiver.packet(packet))
+        return Gst.PadProbeReturn.DROP
+    event = info.get_event()
+    if event is not None and event.type == Gst.EventType.GAP:
         _timestamp, duration = event.parse_gap()
         if duration != Gst.CLOCK_TIME_NONE:
-            peer._concealed_ns += duration
+            receiver.lost(duration / Gst.SECOND)
+        return Gst.PadProbeReturn.DROP
     return Gst.PadProbeReturn.OK
 
 
@@ -493,23 +510,8 @@ def _on_recovered_packet(_pad: Any, info: Any) -> Any:
     return Gst.PadProbeReturn.OK
 
 
-def _on_received_packet(_pad: Any, info: Any, ref: PeerRef) -> Any:
-    """An Opus packet out of the depayloader (only with ``PeerConfig.count_received_fec``)."""
-    buffer = info.get_buffer()
-    peer = ref()
-    if peer is not None and buffer is not None:
-        ok, mapped = buffer.map(Gst.MapFlags.READ)
-        if ok:
-            try:
-                peer._count_received(bytes(mapped.data[:2]))
-            finally:
-                buffer.unmap(mapped)
-    return Gst.PadProbeReturn.OK
-
-
-def _deliver_audio(ref: PeerRef, samples: Audio) -> None:
-    peer = ref()
-    if peer is not None and not peer.closed:
+def _deliver_audio(peer: WebRtcPeer, samples: Audio) -> None:
+    if samples.shape[0] and not peer.closed:
         peer.bytes_decoded += samples.nbytes
         peer._listener.on_audio(samples)
 
@@ -550,8 +552,6 @@ class WebRtcPeer:
         self._held_candidates: list[tuple[int, str]] | None = []
         #: bytes of decoded audio handed to the listener
         self.bytes_decoded = 0
-        #: ns of audio the decoder was told to make up for lost packets (GAP events)
-        self._concealed_ns = 0
         #: received Opus packets, and those carrying FEC (with ``config.count_received_fec``)
         self._received_packets = 0
         self._received_fec_packets = 0
@@ -565,7 +565,8 @@ class WebRtcPeer:
         self._pipeline: Any = None
         self._bus: Any = None
         self._source: AudioSource | None = None
-        self._sink: AudioSink | None = None
+        #: decodes the incoming stream (made when it arrives)
+        self._receiver: ReceivedOpus | None = None
         #: the port range this peer holds a place in until it is closed
         self._port_range: tuple[int, int] | None = None
         if self.config.ice_port_range is not None:
@@ -726,7 +727,7 @@ class WebRtcPeer:
         self._encoder = encoder
         payloader = make_element("rtpopuspay", pt=payload_type)
         # caps fields webrtcbin does not know become the description's fmtp: useinbandfec=1 tells
-        # the remote end that our decoder uses FEC (opusdec use-inband-fec), so it should send it
+        # the remote end that our decoder uses FEC (``ReceivedOpus``), so it should send it
         fmtp = ",useinbandfec=(string)1" if self.config.inband_fec else ""
         caps = make_element(
             "capsfilter",
@@ -760,11 +761,14 @@ class WebRtcPeer:
         caps = pad.get_current_caps() or pad.query_caps(None)
         structure = caps.get_structure(0) if caps is not None and caps.get_size() else None
         encoding = str(structure.get_value("encoding-name") or "") if structure is not None else ""
+        ours = encoding.upper() == "OPUS"
         with self._lock:
-            closed, taken = self._closed, self._sink is not None
+            closed, taken = self._closed, self._receiver is not None
+            if ours and not closed and not taken:
+                self._receiver = ReceivedOpus(self.config.audio_rate)
         if closed:
             return
-        if encoding.upper() != "OPUS" or taken:
+        if not ours or taken:
             # not ours to decode (another kind of media, a second stream): discard it
             sink = make_element("fakesink", sync=False, async_=False)
             self._pipeline.add(sink)
@@ -772,29 +776,16 @@ class WebRtcPeer:
             pad.link(sink.get_static_pad("sink"))
             log.info("%s: discarding an incoming %s stream", self.name, encoding or "unknown")
             return
-        self._sink = AudioSink(
-            self.config.audio_rate,
-            1,
-            name="receive",
-            on_audio=functools.partial(_deliver_audio, weakref.ref(self)),
-        )
+        # decoded in a probe on the depayloader's output (``_on_depayloaded``, ``ReceivedOpus``): each
+        # packet at once, the FEC only after a loss; ``opusdec`` would hold every frame back 20 ms
         depay = make_element("rtpopusdepay")
-        decoder = make_element("opusdec", plc=True, use_inband_fec=True)
-        ref: PeerRef = weakref.ref(self)
-        decoder.get_static_pad("sink").add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, _on_decoder_event, ref)
-        if self.config.count_received_fec:
-            depay.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _on_received_packet, ref)
-        decoded = make_element(
-            "capsfilter",
-            caps=Gst.Caps.from_string(f"audio/x-raw,rate={decoding_rate(self.config.audio_rate)}"),
-        )
-        convert = make_element("audioconvert")
-        resample = make_element("audioresample")
-        chain = (depay, decoder, decoded, convert, resample, self._sink.element)
-        for element in chain:
+        sink = make_element("fakesink", sync=False, async_=False)
+        probed = Gst.PadProbeType.BUFFER | Gst.PadProbeType.EVENT_DOWNSTREAM
+        depay.get_static_pad("src").add_probe(probed, _on_depayloaded, weakref.ref(self))
+        for element in (depay, sink):
             self._pipeline.add(element)
-        link_many(*chain)
-        for element in reversed(chain):
+        link_many(depay, sink)
+        for element in (sink, depay):
             element.sync_state_with_parent()
         if pad.link(depay.get_static_pad("sink")) != Gst.PadLinkReturn.OK:
             self._fail("media", "the incoming audio could not be linked to the Opus decoder")
@@ -913,7 +904,7 @@ class WebRtcPeer:
             retransmissions=self._retransmissions(webrtc) if self._nack else None,
             relayed=ice.relayed(),
             protection=self._protect(figures.get("remote_fraction_lost")),
-            concealed_ms=self._concealed_ns / 1e6,
+            concealed_ms=1000 * receiver.concealed_s if (receiver := self._receiver) else 0.0,
             decoded_ms=decoded_ms,
         )
 
@@ -956,7 +947,9 @@ class WebRtcPeer:
             if self._pipeline is not None:
                 self._pipeline.set_state(Gst.State.NULL)
             self._pipeline = self._webrtc = self._bus = self._encoder = self._red_encoder = None
-            self._source = self._sink = None
+            self._source = None
+            if self._receiver is not None:  # its streaming thread has stopped with the pipeline
+                self._receiver.close()
             self._release_port()  # the pipeline is down: its sockets are closed
 
     def __del__(self) -> None:
