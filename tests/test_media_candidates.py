@@ -4,11 +4,9 @@ its range, and a range with no port left refuses a peer at once instead of leavi
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import pytest
 
+from peer_pair import PeerSide
 from ports import free_udp_range
 from vcstream.errors import ConfigurationError, MediaError
 from vcstream.media.candidates import announce_candidate, announce_in_sdp, parse_port_range
@@ -100,48 +98,16 @@ def test_bad_nat_settings_stop_the_server_at_start(env: dict[str, str], message:
 # -- real peers ----------------------------------------------------------------------------------
 
 
-class _Side:
-    """One end of an in-process call: hands descriptions and candidates to the other end."""
-
-    def __init__(self) -> None:
-        self.other: Any = None
-        self.candidates: list[str] = []
-        self.states: dict[str, str] = {}
-        self.errors: list[str] = []
-        self.connected = threading.Event()
-
-    def on_description(self, kind: str, sdp: str) -> None:
-        if kind == "offer":
-            self.other.answer(sdp)
-        else:
-            self.other.accept_answer(sdp)
-
-    def on_ice_candidate(self, mline_index: int, candidate: str) -> None:
-        self.candidates.append(candidate)
-        self.other.add_ice_candidate(mline_index, candidate)
-
-    def on_state(self, name: str, value: str) -> None:
-        self.states[name] = value
-        if name == "connection" and value == "connected":
-            self.connected.set()
-
-    def on_audio(self, samples: Any) -> None:
-        pass
-
-    def on_error(self, kind: str, message: str) -> None:
-        self.errors.append(f"{kind}: {message}")
-
-
 def test_server_candidates_use_the_range_and_a_full_range_refuses_at_once() -> None:
     port_range = free_udp_range(1)
-    client_side, server_side = _Side(), _Side()
+    client_side, server_side = PeerSide(), PeerSide()
     client = WebRtcPeer(client_side, PeerConfig(latency_ms=0))
     server = WebRtcPeer(server_side, PeerConfig(latency_ms=0, ice_port_range=port_range))
     client_side.other, server_side.other = server, client
     try:
         assert peers_in_port_range(port_range) == 1
         with pytest.raises(MediaError, match=f"{port_range[0]}-{port_range[1]} is held by an open call"):
-            WebRtcPeer(_Side(), PeerConfig(ice_port_range=port_range))
+            WebRtcPeer(PeerSide(), PeerConfig(ice_port_range=port_range))
         client.offer()
         assert server_side.connected.wait(10), (server_side.states, server_side.errors)
         hosts = [c for c in server_side.candidates if " typ host" in c]
@@ -151,4 +117,4 @@ def test_server_candidates_use_the_range_and_a_full_range_refuses_at_once() -> N
         client.close()
         server.close()
     assert peers_in_port_range(port_range) == 0
-    WebRtcPeer(_Side(), PeerConfig(ice_port_range=port_range)).close()  # the port is free again
+    WebRtcPeer(PeerSide(), PeerConfig(ice_port_range=port_range)).close()  # the port is free again

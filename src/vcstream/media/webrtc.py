@@ -490,7 +490,12 @@ def _on_depayloaded(_pad: Any, info: Any, ref: PeerRef) -> Any:
             buffer.unmap(mapped)
         if peer.config.count_received_fec:
             peer._count_received(packet[:2])
-        _deliver_audio(peer, receiver.packet(packet))
+        try:
+            _deliver_audio(peer, receiver.packet(packet))
+        except Exception as exc:  # as a failing appsink handler did: the call fails, the server stays
+            log.exception("%s: the incoming audio could not be decoded or handed on", peer.name)
+            peer._fail("media", f"the incoming audio could not be decoded or handed on: {exc}")
+            return Gst.PadProbeReturn.REMOVE
         return Gst.PadProbeReturn.DROP
     event = info.get_event()
     if event is not None and event.type == Gst.EventType.GAP:
