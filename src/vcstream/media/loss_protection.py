@@ -21,11 +21,11 @@ is steered by two encoder settings: ``packet-loss-percentage`` (how strongly LBR
 
 Without FEC (the remote decoder did not ask for it) nothing changes: loss 0, the base bitrate.
 
-RED (RFC 2198, where both ends negotiated it) is the second layer: each packet also carries an older
-frame whole, so that with LBRR covering the previous frame a frame is lost only when three packets
-in a row are. It costs a second copy of the audio, so it is on from the start (the first losses of a
-call are protected before any report comes) and while reports show loss, and off once
-``RED_CLEAN_REPORTS`` reports in a row showed none.
+RED (RFC 2198, where both ends negotiated it) is the second layer: each packet also carries the
+previous frame whole, and the LBRR inside that copy covers the frame before it, so a frame is lost
+only when three packets in a row are. It costs a second copy of the audio, so it is on from the start
+(the first losses of a call are protected before any report comes) and while reports show loss, and
+off once ``RED_CLEAN_REPORTS`` reports in a row showed none.
 """
 
 from __future__ import annotations

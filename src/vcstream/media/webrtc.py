@@ -72,10 +72,9 @@ from vcstream.media.opus_packets import carries_fec
 from vcstream.media.opus_receiver import ReceivedOpus
 from vcstream.media.opus_sdp import OpusFeatures, opus_features, red_first
 
-gi.require_version("GstRtp", "1.0")
 gi.require_version("GstSdp", "1.0")
 gi.require_version("GstWebRTC", "1.0")
-from gi.repository import GstRtp, GstSdp, GstWebRTC  # noqa: E402
+from gi.repository import GstSdp, GstWebRTC  # noqa: E402
 
 __all__ = [
     "OPUS_RATE",
@@ -436,8 +435,12 @@ def _bound_retransmission(element: Any, config: PeerConfig) -> None:
         element.set_property("max-size-time", max(config.latency_ms, _RESEND_WINDOW_MS))
 
 
-#: the flag webrtcbin's RED decoder puts on the packets it recovers
-_REDUNDANT = Gst.BufferFlags(GstRtp.RTPBufferFlags.REDUNDANT)
+#: the flag webrtcbin's RED decoder puts on the packets it recovers: GST_RTP_BUFFER_FLAG_REDUNDANT,
+#: GST_BUFFER_FLAG_LAST << 1 (ABI). Kept and applied as a plain int on the buffer's flags field:
+#: making a ``Gst.BufferFlags`` of this value, which GstBufferFlags does not name, was followed by a
+#: crash (SIGSEGV or SIGABRT) in the next torch.compile in the same process (test_seedvc_batching
+#: after any in-process call), and ``has_flags``/``unset_flags`` take nothing else
+_REDUNDANT = 1 << 21
 
 
 def _elements(bin_: Any, factory_name: str) -> list[Any]:
@@ -510,8 +513,8 @@ def _on_recovered_packet(_pad: Any, info: Any) -> Any:
     """A packet out of webrtcbin's RED decoder: one recovered from a RED copy loses its REDUNDANT
     flag, so that it goes on to the jitter buffer (see ``WebRtcPeer._pass_red_copies_on``)."""
     buffer = info.get_buffer()
-    if buffer is not None and buffer.has_flags(_REDUNDANT):
-        buffer.unset_flags(_REDUNDANT)
+    if buffer is not None and buffer.mini_object.flags & _REDUNDANT:
+        buffer.mini_object.flags &= ~_REDUNDANT
     return Gst.PadProbeReturn.OK
 
 
