@@ -83,6 +83,14 @@ def test_a_gap_counts_in_whole_frames_whatever_length_was_guessed(packets: list[
     assert lossy.shape == clean.shape
 
 
+def test_a_long_outage_is_made_up_whole(packets: list[bytes]) -> None:
+    # 0.6 s lost: more than the 120 ms libopus makes up in one call
+    clean, _ = _decode_all(packets, set())
+    lossy, receiver = _decode_all(packets, set(range(40, 70)))
+    assert lossy.shape == clean.shape
+    assert receiver.concealed_s + receiver.recovered_s == pytest.approx(0.6)
+
+
 def test_two_lost_in_a_row_conceal_the_first_and_rebuild_the_second(packets: list[bytes]) -> None:
     index = next(i for i in range(10, len(packets) - 2) if carries_fec(packets[i + 2]))
     clean, _ = _decode_all(packets, set())

@@ -91,9 +91,15 @@ class OpusDecoder:
         return self._decode(packet, samples, fec=True)
 
     def conceal(self, samples: int) -> Audio:
-        """``samples`` of audio made up to follow what was decoded last (a multiple of 2.5 ms)."""
-        made = self._decode(None, samples, fec=False)
-        return made if made is not None else np.zeros(samples, np.float32)
+        """``samples`` of audio made up to follow what was decoded last (a multiple of 2.5 ms), in
+        steps of at most 120 ms, the most libopus makes at once."""
+        pieces, left = [], samples
+        while left > 0:
+            step = min(left, self._out.shape[0])
+            made = self._decode(None, step, fec=False)
+            pieces.append(made if made is not None and made.shape[0] else np.zeros(step, np.float32))
+            left -= pieces[-1].shape[0]
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
     def _decode(self, packet: bytes | None, samples: int, fec: bool) -> Audio | None:
         if self._handle is None:
