@@ -7,6 +7,8 @@ import asyncio
 import math
 import random
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,25 @@ from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.media.gst import Gst
 from vcstream.media.webrtc import OPUS_RATE, PeerConfig, WebRtcPeer
 from waiting import wait_until_async
-from webrtc_harness import client, reference_wav, serving, speech_48k
+from webrtc_harness import PyClient, Server, client, reference_wav, serving, speech_48k
 
 LOSS_FIELDS = ("received_loss_pct", "sent_loss_pct", "fec", "fec_expected_loss_pct", "concealed_pct")
+
+
+@asynccontextmanager
+async def _converting_call(
+    tmp_path: Path, flite_speech: Speech, speech: Any, block_time: float, config: PeerConfig
+) -> AsyncIterator[tuple[Server, PyClient]]:
+    """A passthrough server and a call from the Python client (``config``) that has said ``speech``
+    until its echo came back: the start every test here shares."""
+    async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
+        voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
+        async with client(server) as call:
+            await call.hello()
+            await call.start(voice, settings={"block_time": block_time}, peer_config=config)
+            await call.talk_until_converted(speech)
+            assert call.peer is not None
+            yield server, call
 
 
 @pytest.mark.parametrize("offer_fec", [True, False], ids=["fec-offered", "fec-not-offered"])
@@ -31,29 +49,24 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
     config = PeerConfig(inband_fec=offer_fec, count_received_fec=True, red_distance=2 if offer_fec else 0)
 
     async def main() -> None:
-        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
-            voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
-            async with client(server) as call:
-                await call.hello()
-                await call.start(voice, settings={"block_time": 0.1}, peer_config=config)
-                await call.talk_until_converted(speech)
-                peer = call.peer
-                assert peer is not None
+        async with _converting_call(tmp_path, flite_speech, speech, 0.1, config) as (server, call):
+            peer = call.peer
+            assert peer is not None
 
-                def reported() -> bool:
-                    stats = call.of_type("stats")
-                    return bool(stats) and stats[-1]["sent_loss_pct"] is not None
+            def reported() -> bool:
+                stats = call.of_type("stats")
+                return bool(stats) and stats[-1]["sent_loss_pct"] is not None
 
-                # one pass of the sentence; the client's receiver reports come meanwhile (RTCP)
-                await call.talk(speech, lambda: False, timeout_s=speech.shape[0] / OPUS_RATE - 0.05)
-                await wait_until_async(reported, 5, "a stats message with the caller's report")
-                packets, with_fec = peer.received_fec
-                red_packets = peer.red_received
-                answer = call.of_type("answer")[0]["sdp"]
-                stats = call.of_type("stats")[-1]
-                assert not call.of_type("error"), call.of_type("error")
-                async with server.http.get(f"{server.base}/metrics") as response:
-                    metrics = await response.text()
+            # one pass of the sentence; the client's receiver reports come meanwhile (RTCP)
+            await call.talk(speech, lambda: False, timeout_s=speech.shape[0] / OPUS_RATE - 0.05)
+            await wait_until_async(reported, 5, "a stats message with the caller's report")
+            packets, with_fec = peer.received_fec
+            red_packets = peer.red_received
+            answer = call.of_type("answer")[0]["sdp"]
+            stats = call.of_type("stats")[-1]
+            assert not call.of_type("error"), call.of_type("error")
+            async with server.http.get(f"{server.base}/metrics") as response:
+                metrics = await response.text()
         print(f"\nFEC offered={offer_fec}: {with_fec}/{packets} packets back with LBRR; stats {stats}")
         # either way the server's decoder uses FEC, and says so: a browser then sends it (RFC 7587)
         assert "a=fmtp:96 useinbandfec=1" in answer, answer
@@ -123,24 +136,20 @@ def test_the_server_protects_more_when_the_caller_reports_loss(tmp_path: Path, f
     speech = speech_48k(flite_speech, "slt")
 
     async def main() -> None:
-        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
-            voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
-            async with client(server) as call:
-                await call.hello()
-                # without NACK, as browsers call: with it, retransmissions repair 20% loss on loopback
-                # completely and the receiver reports show none
-                await call.start(voice, settings={"block_time": 0.1}, peer_config=PeerConfig(nack=False))
-                await call.talk_until_converted(speech)
-                assert call.peer is not None
-                _drop_received_rtp(call.peer, 0.2)
+        # without NACK, as browsers call: with it, retransmissions repair 20% loss on loopback
+        # completely and the receiver reports show none
+        config = PeerConfig(nack=False)
+        async with _converting_call(tmp_path, flite_speech, speech, 0.1, config) as (_server, call):
+            assert call.peer is not None
+            _drop_received_rtp(call.peer, 0.2)
 
-                def lossy_report() -> dict[str, Any] | None:
-                    """The first stats message carrying a receiver report with the loss."""
-                    reports = [m for m in call.of_type("stats") if (m["sent_loss_pct"] or 0) > 5]
-                    return reports[0] if reports else None
+            def lossy_report() -> dict[str, Any] | None:
+                """The first stats message carrying a receiver report with the loss."""
+                reports = [m for m in call.of_type("stats") if (m["sent_loss_pct"] or 0) > 5]
+                return reports[0] if reports else None
 
-                await call.talk(speech, lambda: lossy_report() is not None, timeout_s=20)
-                stats = lossy_report()
+            await call.talk(speech, lambda: lossy_report() is not None, timeout_s=20)
+            stats = lossy_report()
         print(f"\n20% of the server's packets lost on the way: stats {stats}")
         assert stats is not None, "no receiver report with the loss reached the server"
         assert stats["fec"] is True
@@ -155,26 +164,22 @@ def test_red_copies_fill_the_gaps_of_lost_packets(tmp_path: Path, flite_speech: 
     """10 % of the packets reaching the client are lost (at random, before its RTP session): RED's
     copy of each, in the packet after it, must reach the jitter buffer before the gap is seen, so
     the decoder hears of a gap (a GAP event: ``concealed_ms``) only where two or more packets in a
-    row were lost. webrtcbin's RED decoder flags its copies REDUNDANT, and the ``rtpstorage`` behind it keeps
-    flagged packets back: before ``WebRtcPeer`` cleared the flag, every lost packet was a gap
+    row were lost. webrtcbin's RED decoder flags its copies REDUNDANT, and the ``rtpstorage`` behind
+    it keeps flagged packets back: before ``WebRtcPeer`` cleared the flag, every lost packet was a gap
     (concealed 10 % of the time, as much as was lost)."""
     speech = speech_48k(flite_speech, "slt")
 
     async def main() -> tuple[float, float, int, int]:
-        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
-            voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
-            async with client(server) as call:
-                await call.hello()
-                await call.start(voice, settings={"block_time": 0.02}, peer_config=PeerConfig(nack=False))
-                await call.talk_until_converted(speech)
-                peer = call.peer
-                assert peer is not None
-                before = peer.stats()
-                red_before = peer.red_received
-                _drop_received_rtp(peer, 0.1)
-                await call.talk(speech, lambda: False, timeout_s=6)
-                after = peer.stats()
-                red_packets = peer.red_received - red_before
+        config = PeerConfig(nack=False)
+        async with _converting_call(tmp_path, flite_speech, speech, 0.02, config) as (_server, call):
+            peer = call.peer
+            assert peer is not None
+            before = peer.stats()
+            red_before = peer.red_received
+            _drop_received_rtp(peer, 0.1)
+            await call.talk(speech, lambda: False, timeout_s=6)
+            after = peer.stats()
+            red_packets = peer.red_received - red_before
         lost = (after.packets_lost or 0) - (before.packets_lost or 0)
         concealed = after.concealed_ms - before.concealed_ms
         return concealed, after.decoded_ms - before.decoded_ms, lost, red_packets
