@@ -10,15 +10,24 @@ DTLS numbers its handshake messages and records). At 10 % loss a datagram is the
 instead of 10 %, and a five-datagram flight with 0.5 % instead of 41 %. It costs a few kilobytes
 per call, once; the copying stops at the first SRTP packet.
 
+A flight written before ICE has a pair to send on waits for one (``_FlightSender``): ``nicesink``
+drops it otherwise, and OpenSSL sends it again only a second later. The answering server is ready
+when the caller's nominating check reaches it and starts the handshake at once; the caller is ready
+when the answer to that check comes back, so a lost answer used to cost a second (3 of 20 calls at
+10 % loss each way: 1.10-1.14 s; none of 30 with the hold, which sends the reply when the caller's
+retried check is answered, 0.5 s later).
+
 ICE: libnice gives up on a candidate pair after 3 retransmissions of its check; at 10 % loss each
 way a call in three to six failed ICE outright. 7 here (``tune_ice_agent``). The retransmission
 timer of a connectivity check cannot be shortened: libnice 0.1.21 computes it from its pacing timer
 with a floor of 500 ms (``priv_compute_conncheck_timer``; its debug log says "timer set to 500ms"),
 doubling at each try, and ``stun-initial-timeout`` reaches only the STUN/TURN requests of gathering.
-So when a check or its answer is lost, ICE takes 0.5 s longer (measured at 10 % loss each way: 8 of
-24 calls connected in 0.59-0.67 s instead of 0.08-0.12 s), 1.5 s when it happens twice in a row.
-The answering server is the controlled agent and needs its own check on the nominated pair to
-succeed before it reports ``connected`` and starts DTLS, so a browser's quick pings do not help it.
+webrtcbin 1.22 makes its agents nominate the regular way (``NICE_AGENT_OPTION_REGULAR_NOMINATION``,
+a construct-only setting): the controlling caller nominates with a check of its own once a pair
+works, one more exchange on those timers. So when a check or its answer is lost, ICE takes 0.5 s
+longer (measured at 10 % loss each way: 7 of 30 calls connected in 0.60-0.70 s instead of
+0.10-0.12 s), 1.5 s when it happens twice in a row. A browser as the caller retries its checks far
+sooner than libnice does (its calls connected in 0.26-1.32 s at that loss).
 
 The certificate (why this module's name, and no code for it): the elements already share one
 certificate per process (``prepare()`` makes it ahead of the first call), and a certificate set
@@ -36,7 +45,7 @@ from typing import Any
 
 from vcstream.media.gst import Gst
 
-__all__ = ["HANDSHAKE_COPIES", "PROTECTION_VARIABLE", "harden_element", "protected", "tune_ice_agent"]
+__all__ = ["HANDSHAKE_COPIES", "PROTECTION_VARIABLE", "protect_flights", "protected", "tune_ice_agent"]
 
 #: times each DTLS handshake datagram is sent (1 = once, as webrtcbin alone does)
 HANDSHAKE_COPIES = 3
@@ -69,26 +78,76 @@ def protected() -> bool:
     return os.environ.get(PROTECTION_VARIABLE, "1").strip() != "0"
 
 
-def _send_copies(pad: Any, info: Any, copies: int) -> Any:
-    """Buffer probe on the ICE sink: the handshake datagrams go out ``HANDSHAKE_COPIES`` times."""
-    if getattr(_copying, "active", False):
-        return Gst.PadProbeReturn.OK
-    buffer = info.get_buffer()
-    if buffer is None:
-        return Gst.PadProbeReturn.OK
-    flight = _is_flight_datagram(buffer)
-    if flight is None:
-        return Gst.PadProbeReturn.REMOVE  # SRTP flows: no handshake left to protect
-    if flight:
+#: libnice's component states in which it has a pair to send on (NiceComponentState)
+_CONNECTED, _READY = 3, 4
+
+
+class _FlightSender:
+    """The DTLS handshake datagrams written to one ICE sink (``nicesink``): each leaves
+    ``copies`` times, and one written before ICE has selected a pair to send on waits for that pair.
+
+    Why the wait: nicesink drops what it is given before then, and either side can be there. The
+    answering server is connected as soon as the caller's nominating check reaches it, and starts
+    the handshake; the caller is connected only when the answer to that check comes back. When the
+    answer is lost, the caller's reply to the first flight was dropped, and the server's OpenSSL
+    sent its flight again a second later (measured: 3 of 20 calls at 10 % loss took 1.10-1.14 s
+    instead of 0.6 s). Held, the reply leaves the moment the caller's retried check is answered."""
+
+    def __init__(self, sink: Any, agent: Any, copies: int) -> None:
+        self._pad = sink.get_static_pad("sink")
+        self._where = (sink.get_property("stream"), sink.get_property("component"))
+        self._copies = copies
+        self._lock = threading.Lock()
+        self._held: list[Any] = []
+        # the agent is not kept: it holds this handler, which would keep it alive
+        self._handler = agent.connect("component-state-changed", self._on_state)
+        # without libnice's introspection data (scripts/setup.sh installs it) the state is not known
+        state = agent.get_component_state(*self._where) if hasattr(agent, "get_component_state") else _READY
+        self._open = int(state) in (_CONNECTED, _READY)
+        self._pad.add_probe(Gst.PadProbeType.BUFFER, self._on_buffer)
+
+    def _on_buffer(self, pad: Any, info: Any) -> Any:
+        if getattr(_copying, "active", False):
+            return Gst.PadProbeReturn.OK
+        buffer = info.get_buffer()
+        if buffer is None:
+            return Gst.PadProbeReturn.OK
+        flight = _is_flight_datagram(buffer)
+        if flight is None:
+            sink = pad.get_parent_element()
+            agent = sink.get_property("agent") if sink is not None else None
+            if agent is not None and self._handler:
+                agent.disconnect(self._handler)
+                self._handler = 0
+            return Gst.PadProbeReturn.REMOVE  # SRTP flows: no handshake left to protect
+        if not flight:
+            return Gst.PadProbeReturn.OK
+        with self._lock:
+            if not self._open:
+                self._held.append(buffer.copy())
+                return Gst.PadProbeReturn.DROP
         # the copies go first, through the same pad (re-entering it is allowed: its stream lock
         # is recursive, and the sink's own locks are taken only after the probes)
+        self._send(buffer, self._copies - 1)
+        return Gst.PadProbeReturn.OK
+
+    def _on_state(self, _agent: Any, stream: int, component: int, state: int) -> None:
+        """libnice's thread, after it let go of its lock: the held datagrams go out."""
+        if (stream, component) != self._where or int(state) not in (_CONNECTED, _READY):
+            return
+        with self._lock:
+            self._open = True
+            held, self._held = self._held, []
+        for buffer in held:  # not under the lock: the streaming thread may wait for it in the probe
+            self._send(buffer, self._copies)
+
+    def _send(self, buffer: Any, times: int) -> None:
         _copying.active = True
         try:
-            for _ in range(copies - 1):
-                pad.chain(buffer.copy())
+            for _ in range(times):
+                self._pad.chain(buffer.copy())
         finally:
             _copying.active = False
-    return Gst.PadProbeReturn.OK
 
 
 #: libnice's STUN timers: the first timeout of gathering's STUN/TURN requests (its default 500 ms; not
@@ -107,10 +166,9 @@ def tune_ice_agent(agent: Any) -> None:
     agent.set_property("stun-max-retransmissions", ICE_MAX_RETRANSMISSIONS)
 
 
-def harden_element(element: Any) -> None:
-    """Called for each element webrtcbin creates (``deep-element-added``): the handshake copies on
-    ``nicesink``."""
-    factory = element.get_factory()
-    name = factory.get_name() if factory is not None else ""
-    if name == "nicesink" and HANDSHAKE_COPIES > 1 and protected():
-        element.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, _send_copies, HANDSHAKE_COPIES)
+def protect_flights(sink: Any, agent: Any) -> None:
+    """Called for each ICE sink (``nicesink``) webrtcbin creates, with its libnice agent (whose
+    introspection data is loaded): its DTLS handshake datagrams go out ``HANDSHAKE_COPIES`` times, and
+    wait for the agent to have a pair to send on instead of being dropped (``_FlightSender``)."""
+    if protected():
+        _FlightSender(sink, agent, HANDSHAKE_COPIES)

@@ -65,7 +65,7 @@ from vcstream.errors import MediaError, VcstreamError
 from vcstream.media.appio import AudioSource
 from vcstream.media.candidates import announce_candidate, announce_in_sdp
 from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements
-from vcstream.media.handshake_protection import harden_element, tune_ice_agent
+from vcstream.media.handshake_protection import protect_flights, tune_ice_agent
 from vcstream.media.loss_protection import LossProtection, Protection
 from vcstream.media.mainloop import GLibLoop
 from vcstream.media.opus_packets import carries_fec
@@ -409,7 +409,6 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
 
     The agent is reached through ``nicesrc``/``nicesink``: webrtcbin's own ``ice-agent`` property
     hands out a reference it does not own in 1.22 (reading it from Python frees the agent)."""
-    harden_element(element)  # the DTLS handshake under loss (see handshake_protection)
     factory = element.get_factory()
     _bound_retransmission(element, config)
     if factory is None or factory.get_name() not in ("nicesrc", "nicesink"):
@@ -422,6 +421,8 @@ def _on_element_added(_bin: Any, _parent: Any, element: Any, config: PeerConfig)
     agent.set_property("upnp", False)
     agent.set_property("ice-tcp", config.ice_tcp)
     tune_ice_agent(agent)
+    if factory.get_name() == "nicesink":
+        protect_flights(element, agent)  # the DTLS handshake under loss (see handshake_protection)
     if config.ice_port_range is not None:
         low, high = config.ice_port_range
         agent.set_port_range(element.get_property("stream"), element.get_property("component"), low, high)
