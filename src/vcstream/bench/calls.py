@@ -34,10 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from vcstream.bench.client_events import ClientEvents
 from vcstream.bench.signals import flite_speech
 
 #: calls one client process holds (its own CPU is not the server's)
 CALLS_PER_CLIENT = 4
+#: for every call of a client process to bring converted audio back (Seed-VC on CPU is slow to start)
+READY_TIMEOUT_S = 180.0
+#: after "stop", for a client process to hang up and report its calls
+REPORT_TIMEOUT_S = 60.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -199,15 +204,6 @@ def end_process(process: subprocess.Popen[Any]) -> None:
             process.wait()
 
 
-def _event(process: subprocess.Popen[str]) -> dict[str, Any]:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line:
-        raise RuntimeError(f"a client process ended early (exit {process.wait()})")
-    event: dict[str, Any] = json.loads(line)
-    return event
-
-
 def _tell(processes: Sequence[subprocess.Popen[str]], word: str) -> None:
     for process in processes:
         assert process.stdin is not None
@@ -233,7 +229,8 @@ def measure(
         voice = upload_voice(base)
         threads_idle = len(thread_names(server.pid))
         clients = _clients(stack, base, voice, calls)
-        events = [_event(client) for client in clients]
+        readers = [ClientEvents(client) for client in clients]
+        events = [reader.next(READY_TIMEOUT_S) for reader in readers]
         if any(event["event"] != "ready" for event in events):
             raise RuntimeError(f"not every call converted: {events}")
         time.sleep(warmup_s)
@@ -243,7 +240,7 @@ def measure(
         cpu_end, wall_end = cpu_seconds(server.pid), time.perf_counter()
         threads = len(thread_names(server.pid))
         _tell(clients, "stop")
-        reports = [call for client in clients for call in _event(client).get("calls", [])]
+        reports = [call for reader in readers for call in reader.next(REPORT_TIMEOUT_S).get("calls", [])]
     window = wall_end - wall_start
     return CallsResult(
         variant=variant,

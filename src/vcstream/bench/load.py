@@ -13,7 +13,6 @@ processes' CPU together over each step.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vcstream.bench.calls import cpu_seconds, end_process, upload_voice
+from vcstream.bench.client_events import ClientEvents, ClientProcessError
 from vcstream.errors import VcstreamError
 
 #: calls one client process holds
@@ -38,6 +38,8 @@ CALLS_PER_CLIENT = 4
 MAX_LAG_S = 2.0
 #: time for client processes to import GStreamer and build the talk track
 PREPARE_TIMEOUT_S = 60.0
+#: after the plan's end, time for a client process to hang up and report its calls
+REPORT_TIMEOUT_S = 60.0
 
 
 class LoadTestError(VcstreamError):
@@ -146,17 +148,6 @@ def _client_command(ws: str, voice: str, starts: Sequence[float], end_s: float) 
     ]
 
 
-def _read_event(process: subprocess.Popen[str], expected: str) -> dict[str, Any]:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line:
-        raise LoadTestError(f"a client process ended early (exit {process.wait()})")
-    event: dict[str, Any] = json.loads(line)
-    if event.get("event") != expected:
-        raise LoadTestError(f"a client process said {event}, expected {expected}")
-    return event
-
-
 def run_clients(ws: str, voice: str, plan: LoadPlan) -> tuple[float, list[dict[str, Any]], str | None]:
     """Start the client processes, dial on the plan, and collect every call's report."""
     # calls spread round-robin, so that every step loads every client process alike
@@ -169,14 +160,19 @@ def run_clients(ws: str, voice: str, plan: LoadPlan) -> tuple[float, list[dict[s
             process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             stack.callback(end_process, process)
             processes.append(process)
-        for process in processes:
-            _read_event(process, "prepared")
-        go = time.monotonic() + 0.5
-        for process in processes:
-            assert process.stdin is not None
-            process.stdin.write(f"go {go!r}\n")
-            process.stdin.flush()
-        results = [_read_event(process, "result") for process in processes]
+        events = [ClientEvents(process) for process in processes]
+        try:
+            for client in events:
+                client.next(PREPARE_TIMEOUT_S, "prepared")
+            go = time.monotonic() + 0.5
+            for process in processes:
+                assert process.stdin is not None
+                process.stdin.write(f"go {go!r}\n")
+                process.stdin.flush()
+            # every call hangs up at the plan's end; then its report is a few seconds of work
+            results = [client.next(plan.end_s + REPORT_TIMEOUT_S, "result") for client in events]
+        except ClientProcessError as error:
+            raise LoadTestError(str(error)) from None
     by_call: dict[int, dict[str, Any]] = {}
     for calls, result in zip(assignment, results, strict=True):
         by_call.update(zip(calls, result["calls"], strict=True))
