@@ -91,6 +91,15 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
         assert stats["remote_jitter_ms"] is not None
         assert stats["received_loss_pct"] is not None and stats["concealed_pct"] is not None
         assert packets > 100
+        # since the call began: what the caller sent, and whether it sent RED (it does with FEC)
+        totals = stats["received_totals"]
+        assert totals["packets"] > 100 and totals["decoded_ms"] > 2000, totals
+        # RED's copies rebuild only lost packets (loopback loses none, unless a socket overflows)
+        assert totals["red_recovered"] <= totals["packets_lost"], totals
+        if offer_fec:
+            assert totals["red_packets"] > 0.9 * totals["packets"], totals
+        else:
+            assert totals["red_packets"] == 0, totals
         for series in (
             'vcstream_call_packet_loss_ratio_count{direction="received"}',
             'vcstream_call_packet_loss_ratio_count{direction="sent"}',
@@ -107,13 +116,14 @@ def test_the_server_sends_fec_when_the_caller_asks_for_it(
     asyncio.run(main())
 
 
-def _drop_received_rtp(peer: WebRtcPeer, fraction: float) -> None:
-    """Lose ``fraction`` of the RTP packets reaching the peer's RTP session, at random: what a lossy
-    link does to them (RTCP, on its own pad, still passes). Reaches into webrtcbin's rtpbin: a test
-    device only, for loss without a network namespace."""
-    rng = random.Random(7)
+def _drop_rtp(peer: WebRtcPeer, fraction: float, way: str = "received") -> None:
+    """Lose ``fraction`` of the RTP packets at random: ``received``, those reaching the peer's RTP
+    session (what a lossy link does to them; RTCP, on its own pad, still passes), or ``sent``, those
+    leaving it (RED-wrapped, before SRTP). Reaches into webrtcbin's rtpbin: a test device only, for
+    loss without a network namespace."""
+    rng = random.Random(7 if way == "received" else 11)
     rtpbin = next(e for e in _elements(peer._pipeline) if e.get_factory().get_name() == "rtpbin")
-    pad = rtpbin.get_static_pad("recv_rtp_sink_0")
+    pad = rtpbin.get_static_pad("recv_rtp_sink_0" if way == "received" else "send_rtp_src_0")
     assert pad is not None
 
     def maybe_drop(_pad: Any, _info: Any) -> Any:
@@ -141,7 +151,7 @@ def test_the_server_protects_more_when_the_caller_reports_loss(tmp_path: Path, f
         config = PeerConfig(nack=False)
         async with _converting_call(tmp_path, flite_speech, speech, 0.1, config) as (_server, call):
             assert call.peer is not None
-            _drop_received_rtp(call.peer, 0.2)
+            _drop_rtp(call.peer, 0.2)
 
             def lossy_report() -> dict[str, Any] | None:
                 """The first stats message carrying a receiver report with the loss."""
@@ -169,25 +179,65 @@ def test_red_copies_fill_the_gaps_of_lost_packets(tmp_path: Path, flite_speech: 
     (concealed 10 % of the time, as much as was lost)."""
     speech = speech_48k(flite_speech, "slt")
 
-    async def main() -> tuple[float, float, int, int]:
+    async def main() -> tuple[float, float, int, int, int]:
         config = PeerConfig(nack=False)
         async with _converting_call(tmp_path, flite_speech, speech, 0.02, config) as (_server, call):
             peer = call.peer
             assert peer is not None
             before = peer.stats()
             red_before = peer.red_received
-            _drop_received_rtp(peer, 0.1)
+            _drop_rtp(peer, 0.1)
             await call.talk(speech, lambda: False, timeout_s=6)
             after = peer.stats()
             red_packets = peer.red_received - red_before
+            # the peer's own figures agree with what the client counted on the wire
+            assert after.red_packets - before.red_packets == red_packets
         lost = (after.packets_lost or 0) - (before.packets_lost or 0)
         concealed = after.concealed_ms - before.concealed_ms
-        return concealed, after.decoded_ms - before.decoded_ms, lost, red_packets
+        recovered = after.red_recovered - before.red_recovered
+        return concealed, after.decoded_ms - before.decoded_ms, lost, red_packets, recovered
 
-    concealed_ms, decoded_ms, lost, red_packets = asyncio.run(main())
-    print(f"\n{lost} of {red_packets} RED packets lost: {concealed_ms:.0f} ms concealed of {decoded_ms:.0f}")
+    concealed_ms, decoded_ms, lost, red_packets, recovered = asyncio.run(main())
+    print(
+        f"\n{lost} of {red_packets} RED packets lost, {recovered} rebuilt from RED: "
+        f"{concealed_ms:.0f} ms concealed of {decoded_ms:.0f}"
+    )
     assert red_packets > 200  # 6 s of RED packets, from the server's encoder
+    # a lost packet is rebuilt from the copy the next one carries (measured: 20 of 31 in two runs;
+    # a run of two loses its first, and why the rest were not rebuilt was not looked into)
+    assert 0.4 * lost < recovered <= lost, (recovered, lost)
     assert lost > 0.05 * red_packets  # the drops happened, and the RTP session counted them
     # measured: 193-204 ms for 31 lost packets (runs of two or more are not recovered); 593 ms
     # before, when no copy reached the jitter buffer
     assert concealed_ms < 0.5 * lost * 20, (concealed_ms, lost)
+
+
+def test_the_server_rebuilds_the_callers_lost_packets_from_red(tmp_path: Path, flite_speech: Speech) -> None:
+    """The other way: the caller sends RED (``PeerConfig.red_distance``), 10 % of its packets are
+    lost, and the server's ``stats`` (``received_totals``, since the call began) and ``/metrics``
+    count the packets RED's copies rebuilt."""
+    speech = speech_48k(flite_speech, "slt")
+
+    async def main() -> tuple[dict[str, Any], str]:
+        config = PeerConfig(nack=False)
+        async with _converting_call(tmp_path, flite_speech, speech, 0.02, config) as (server, call):
+            assert call.peer is not None
+            _drop_rtp(call.peer, 0.1, "sent")
+            await call.talk(speech, lambda: False, timeout_s=6)
+
+            def rebuilt() -> dict[str, Any] | None:
+                stats = call.of_type("stats")
+                totals = stats[-1]["received_totals"] if stats else None
+                return totals if totals and totals["red_recovered"] > 0 and totals["packets_lost"] else None
+
+            totals = await wait_until_async(rebuilt, 5, "stats counting packets rebuilt from RED")
+            async with server.http.get(f"{server.base}/metrics") as response:
+                return totals, await response.text()
+
+    totals, metrics = asyncio.run(main())
+    print(f"\nthe server's totals: {totals}")
+    assert totals["red_packets"] > 0.9 * totals["packets"], totals
+    # lost packets are counted when a later one arrives; some come back from RED, not all
+    assert totals["red_recovered"] <= totals["packets_lost"], totals
+    counted = re.search(r"^vcstream_red_recovered_packets_total (\S+)$", metrics, re.MULTILINE)
+    assert counted and float(counted.group(1)) > 0, metrics

@@ -60,6 +60,9 @@ def test_python_call_at_10_percent_loss_each_way(tmp_path: Path, flite_speech: S
     # LBRR is coded for active speech only: the talk track is bursts in silences, about 40 % speech
     assert with_fec > 0.25 * packets
     assert clean.summary["fec_packets"] > 0.25 * clean.summary["opus_packets"]  # whatever the loss
+    # the client sends RED, whose copies rebuilt lost packets at the server
+    totals = lossy.summary["server_stats"]["received_totals"]
+    assert totals["red_packets"] > 0.5 * totals["packets"] and totals["red_recovered"] > 0, totals
     assert result.connect_s <= 1.5
     assert result.too_quiet_pct <= 1.0
     assert result.envelope_correlation >= 0.9

@@ -73,6 +73,10 @@ def test_chromium_call_at_10_percent_loss_each_way(link_and_clean_call: tuple[Lo
     # the link really lost packets on the way down, and Chromium's NetEq got FEC to recover them with
     assert figures["in_packetsLost"] > 0.03 * figures["in_packetsReceived"], figures
     assert figures["in_fecPacketsReceived"] > 0, figures
+    # and on the way up Chromium sends RED (the answer says red/48000/2), whose copies rebuilt lost
+    # packets at the server (its totals since the call began)
+    totals = lossy.summary["server_stats"]["received_totals"]
+    assert totals["red_packets"] > 0.5 * totals["packets"] and totals["red_recovered"] > 0, totals
     assert clean.summary["chromium"]["in_packetsLost"] == 0, clean.summary["chromium"]
     # the clean call is the yardstick: its latency must hold still (seen: 577 ms at the first marker,
     # draining to 212 ms over 6 s, in a call without loss), or every comparison with it is off

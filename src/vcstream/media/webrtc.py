@@ -222,6 +222,11 @@ class PeerStats:
     decoded_ms: float = 0.0
     #: NACK/RTX so far (``Retransmissions``): None where neither end negotiated it
     retransmissions: Retransmissions | None = None
+    #: RED packets received (webrtcbin's RED decoder counts them; 0: the remote end sends no RED),
+    #: and lost packets rebuilt from the copies they carried (the decoder rebuilds a packet only
+    #: when it is missing, and hands it on to the jitter buffer just before the packet it came in)
+    red_packets: int = 0
+    red_recovered: int = 0
 
 
 @dataclass(frozen=True)
@@ -510,12 +515,14 @@ def _on_depayloaded(_pad: Any, info: Any, ref: PeerRef) -> Any:
     return Gst.PadProbeReturn.OK
 
 
-def _on_recovered_packet(_pad: Any, info: Any) -> Any:
+def _on_recovered_packet(_pad: Any, info: Any, peer: WebRtcPeer) -> Any:
     """A packet out of webrtcbin's RED decoder: one recovered from a RED copy loses its REDUNDANT
-    flag, so that it goes on to the jitter buffer (see ``WebRtcPeer._pass_red_copies_on``)."""
+    flag, so that it goes on to the jitter buffer (see ``WebRtcPeer._pass_red_copies_on``), and is
+    counted (``PeerStats.red_recovered``)."""
     buffer = info.get_buffer()
     if buffer is not None and buffer.mini_object.flags & _REDUNDANT:
         buffer.mini_object.flags &= ~_REDUNDANT
+        peer._count_red_recovered()
     return Gst.PadProbeReturn.OK
 
 
@@ -564,6 +571,8 @@ class WebRtcPeer:
         #: received Opus packets, and those carrying FEC (with ``config.count_received_fec``)
         self._received_packets = 0
         self._received_fec_packets = 0
+        #: lost packets rebuilt from RED copies (``PeerStats.red_recovered``)
+        self._red_recovered = 0
         self._protection: LossProtection | None = None
         self._encoder: Any = None
         self._red_encoder: Any = None  # webrtcbin's rtpredenc, found once negotiated
@@ -825,7 +834,7 @@ class WebRtcPeer:
         then "Packet #N lost" when N+1 arrived). Unflagged, a copy is an ordinary packet: it
         arrives with the packet after the lost one, just before it, and fills the gap."""
         for decoder in _elements(self._webrtc, "rtpreddec"):
-            decoder.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _on_recovered_packet)
+            decoder.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _on_recovered_packet, self)
 
     # -- media ------------------------------------------------------------------------------------
 
@@ -836,6 +845,10 @@ class WebRtcPeer:
         if source is None or self._closed:
             return False
         return source.push(samples)
+
+    def _count_red_recovered(self) -> None:
+        with self._lock:
+            self._red_recovered += 1
 
     def _count_received(self, header: bytes) -> None:
         with self._lock:
@@ -915,6 +928,8 @@ class WebRtcPeer:
             protection=self._protect(figures.get("remote_fraction_lost")),
             concealed_ms=1000 * receiver.concealed_s if (receiver := self._receiver) else 0.0,
             decoded_ms=decoded_ms,
+            red_packets=sum(int(d.get_property("received")) for d in _elements(webrtc, "rtpreddec")),
+            red_recovered=self._red_recovered,
         )
 
     @staticmethod

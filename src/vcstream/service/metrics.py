@@ -101,6 +101,11 @@ class ServiceMetrics:
         )
         self._bytes_in = Counter("vcstream_received_bytes", "Media bytes received from clients", registry=r)
         self._bytes_out = Counter("vcstream_sent_bytes", "Media bytes sent to clients", registry=r)
+        self._red_recovered = Counter(
+            "vcstream_red_recovered_packets",
+            "Lost packets from callers rebuilt from the RED copies later packets carried",
+            registry=r,
+        )
         self._engine = Gauge(
             "vcstream_engine_info",
             "The loaded engine (value 1); cpu_fallback=1 when the CPU engine stands in for Seed-VC",
@@ -202,6 +207,10 @@ class ServiceMetrics:
     def bytes_out(self, n: int) -> None:
         if n > 0:
             self._bytes_out.inc(n)
+
+    def red_recovered(self, n: int) -> None:
+        if n > 0:
+            self._red_recovered.inc(n)
 
     # -- process ----------------------------------------------------------------------------------
 

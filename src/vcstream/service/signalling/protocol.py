@@ -64,6 +64,10 @@ Server -> client
                 receiver report says), ``fec`` (the server sends Opus in-band FEC),
                 ``fec_expected_loss_pct`` (the loss its encoder protects against) and
                 ``concealed_pct`` (received audio the server's decoder made up: FEC or concealment),
+                ``received_totals`` (the audio received since the call began: ``packets``,
+                ``packets_lost``, ``red_packets`` (0: the caller sends no RED), ``red_recovered``
+                (lost packets rebuilt from the RED copies later packets carried), ``concealed_ms``
+                and ``decoded_ms``),
                 ``retransmissions`` (NACK/RTX since the call began, null without NACK: ``requested``,
                 ``recovered`` and ``late`` of the audio the server receives, ``asked`` and ``resent``
                 of the audio it sends),

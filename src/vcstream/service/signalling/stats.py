@@ -35,6 +35,7 @@ class _Reported:
     packets_received: float = 0.0
     concealed_ms: float = 0.0
     decoded_ms: float = 0.0
+    red_recovered: float = 0.0
     at: float = field(default_factory=time.monotonic)
 
 
@@ -69,6 +70,20 @@ class LossFigures:
     concealed_pct: float | None
 
 
+def _received_totals(peer: PeerStats) -> dict[str, Any]:
+    """The audio the server received since the call began: the loss figures above cover only the
+    last interval, which says nothing of a whole call (e.g. whether the caller sends RED at all, and
+    how many lost packets its copies rebuilt)."""
+    return {
+        "packets": peer.packets_received,
+        "packets_lost": None if peer.packets_lost is None else max(0.0, peer.packets_lost),
+        "red_packets": peer.red_packets,
+        "red_recovered": peer.red_recovered,
+        "concealed_ms": _rounded(peer.concealed_ms),
+        "decoded_ms": _rounded(peer.decoded_ms),
+    }
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 2)
 
@@ -92,6 +107,8 @@ class CallStatistics:
         received, reported.packets_received = _grown(peer.packets_received, reported.packets_received)
         concealed, reported.concealed_ms = _grown(peer.concealed_ms, reported.concealed_ms)
         decoded, reported.decoded_ms = _grown(peer.decoded_ms, reported.decoded_ms)
+        rebuilt, reported.red_recovered = _grown(peer.red_recovered, reported.red_recovered)
+        self.metrics.red_recovered(int(rebuilt))
         lost = max(0.0, lost)  # a duplicate (a retransmission) counts as -1 lost
         protection = peer.protection
         sent = peer.remote_fraction_lost
@@ -176,6 +193,7 @@ class CallStatistics:
             if peer.retransmissions is None
             else dataclasses.asdict(peer.retransmissions),
             **dataclasses.asdict(loss),
+            "received_totals": _received_totals(peer),
             "bitrate_in_kbps": r(rate_in),
             "bitrate_out_kbps": r(rate_out),
             "webrtc_latency_ms": webrtc_latency_ms,
