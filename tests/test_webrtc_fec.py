@@ -190,8 +190,9 @@ def test_red_copies_fill_the_gaps_of_lost_packets(tmp_path: Path, flite_speech: 
             await call.talk(speech, lambda: False, timeout_s=6)
             after = peer.stats()
             red_packets = peer.red_received - red_before
-            # the peer's own figures agree with what the client counted on the wire
-            assert after.red_packets - before.red_packets == red_packets
+            # the peer's own figures agree with what the client counted on the wire (the server goes
+            # on sending between the two readings: a few packets apart at most)
+            assert abs(after.red_packets - before.red_packets - red_packets) <= 5
         lost = (after.packets_lost or 0) - (before.packets_lost or 0)
         concealed = after.concealed_ms - before.concealed_ms
         recovered = after.red_recovered - before.red_recovered
