@@ -13,8 +13,8 @@ per call, once; the copying stops at the first SRTP packet.
 A flight written before ICE has a pair to send on waits for one (``_FlightSender``): ``nicesink``
 drops it otherwise, and OpenSSL sends it again only a second later. The answering server is ready
 when the caller's nominating check reaches it and starts the handshake at once; the caller is ready
-when the answer to that check comes back, so a lost answer used to cost a second (3 of 20 calls at
-10 % loss each way: 1.10-1.14 s; none of 30 with the hold, which sends the reply when the caller's
+when the answer to that check comes back, so a lost answer used to cost a second (3 of 40 calls at
+10 % loss each way: 1.10-1.14 s; none of 60 with the hold, which sends the reply when the caller's
 retried check is answered, 0.5 s later).
 
 ICE: libnice gives up on a candidate pair after 3 retransmissions of its check; at 10 % loss each
@@ -25,9 +25,10 @@ doubling at each try, and ``stun-initial-timeout`` reaches only the STUN/TURN re
 webrtcbin 1.22 makes its agents nominate the regular way (``NICE_AGENT_OPTION_REGULAR_NOMINATION``,
 a construct-only setting): the controlling caller nominates with a check of its own once a pair
 works, one more exchange on those timers. So when a check or its answer is lost, ICE takes 0.5 s
-longer (measured at 10 % loss each way: 7 of 30 calls connected in 0.60-0.70 s instead of
-0.10-0.12 s), 1.5 s when it happens twice in a row. A browser as the caller retries its checks far
-sooner than libnice does (its calls connected in 0.26-1.32 s at that loss).
+longer (measured at 10 % loss each way: 14 of 60 calls connected in 0.60-0.70 s, 45 in
+0.09-0.17 s), 1.5 s when it happens twice in a row (1.65 s in one of those 60). A browser as the
+caller retries its checks far sooner than libnice does (its calls connected in 0.26-1.32 s at that
+loss).
 
 The certificate (why this module's name, and no code for it): the elements already share one
 certificate per process (``prepare()`` makes it ahead of the first call), and a certificate set
@@ -90,7 +91,7 @@ class _FlightSender:
     answering server is connected as soon as the caller's nominating check reaches it, and starts
     the handshake; the caller is connected only when the answer to that check comes back. When the
     answer is lost, the caller's reply to the first flight was dropped, and the server's OpenSSL
-    sent its flight again a second later (measured: 3 of 20 calls at 10 % loss took 1.10-1.14 s
+    sent its flight again a second later (measured: 3 of 40 calls at 10 % loss took 1.10-1.14 s
     instead of 0.6 s). Held, the reply leaves the moment the caller's retried check is answered."""
 
     def __init__(self, sink: Any, agent: Any, copies: int) -> None:
