@@ -21,9 +21,9 @@ from webrtc_loss_harness import PYTHON_CALL_SERVER_ENV, LossyLink, compare
 
 # issue 12 is open. Since RED's copies reach the jitter buffers (WebRtcPeer._pass_red_copies_on),
 # received Opus is decoded without holding frames back (ReceivedOpus) and a DTLS flight waits for ICE
-# instead of being dropped (handshake_protection._FlightSender), 6 of 7 runs at 10 % loss each way
-# passed (too quiet 0.00 %, latency +0 to +21 ms over a clean call of 64-70 ms, first audio 0.18-0.69
-# s); the seventh came back +39 ms (104 against 65 ms: with 20 markers the p95 is nearly the second
+# instead of being dropped (handshake_protection._FlightSender), 9 of 10 runs at 10 % loss each way
+# passed (too quiet 0.00-0.82 %, latency +0 to +28 ms over a clean call of 64-70 ms, first audio
+# 0.18-0.69 s); the tenth came back +39 ms (104 against 65 ms: with 20 markers the p95 is nearly the second
 # worst, and a marker whose packets were lost on both legs comes 40 ms late). The connection bar is
 # the other open part: libnice 0.1.21 sends a lost connectivity check again after 500 ms at the
 # earliest, then 1 and 2 s (a floor in its code), webrtcbin makes its agents nominate with one more

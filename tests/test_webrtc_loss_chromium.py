@@ -23,12 +23,12 @@ from webrtc_loss_harness import CallRecord, LossyLink, compare
 pytest.importorskip("playwright.async_api")
 
 # issue 12 is open: since Chromium sends RED (the answer says red/48000/2), RED's copies reach the
-# server's jitter buffer and the server decodes without holding frames back, 8 of 9 runs over two
-# sessions met every bar (too quiet 0.00-0.36 %, latency -7 to +25 ms over the clean call's p95, first
-# audio 0.29-1.19 s). In the ninth the clean call's p95 was 321 ms (221-239 ms in the others) and the
-# comparison with it came out 6.38 % too quiet. With the RED fixes alone, 7 of 9 did: one came back
-# 1.42 % too quiet, and in one the clean call's own markers went from 202 to 364 ms for 7 s with no
-# loss (the yardstick check below).
+# server's jitter buffer and the server decodes without holding frames back, 11 of 12 runs over two
+# sessions met every bar (too quiet 0.00-0.71 %, latency -7 to +27 ms over the clean call's p95, first
+# audio 0.29-1.19 s). In the twelfth the clean call's p95 was 321 ms (205-239 ms in the others) and
+# the comparison with it came out 6.38 % too quiet. With the RED fixes alone, 7 of 9 did: one came
+# back 1.42 % too quiet, and in one the clean call's own markers went from 202 to 364 ms for 7 s with
+# no loss (the yardstick check below).
 pytestmark = pytest.mark.open_issue
 
 LOSS_PCT = 10
