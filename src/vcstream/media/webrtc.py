@@ -1175,8 +1175,10 @@ def _collect_stat(_field: int, value: Any, into: tuple[dict[str, list[Figures]],
     ssrc = _number(value, "ssrc")
     if ssrc is not None:
         figures["ssrc"] = ssrc
-    if kind == "inbound-rtp" and "packets_lost" not in figures:
-        # 1.22 leaves it out of inbound-rtp; the session counts it (expected - received)
+    if kind == "inbound-rtp":
+        # the packets the network lost: the RTP session counts them (expected - received). 1.22's
+        # own inbound-rtp figure, where it gives one, is the jitter buffer's, after RED rebuilt
+        # what it could (a Chromium call at 10 % loss: 12 there, 125 in the session, 96 rebuilt)
         source = _source_stats(value)
         lost = _number(source, "packets-lost") if source is not None else None
         if lost is not None:
