@@ -71,7 +71,16 @@ def test_passthrough_in_chromium_and_an_overflow_call_on_the_cpu_engine(
                 assert passed.shape[0] >= 0.95 * MEASURED_S * OPUS_RATE
                 assert abs(f0_passed / f0_mic - 1) < 0.1  # the microphone, unchanged
 
+                # the page also asks /api/info, which names the server's primary engine; when that
+                # answer comes after the signalling's "ready" (seen under load), it must not replace
+                # the overflow engine "ready" named
+                async def answer_late(route: Any) -> None:
+                    await asyncio.sleep(1.0)
+                    await route.continue_()
+
+                await context.route("**/api/info", answer_late)
                 second = await open_client_page(context, server.base)
+                await asyncio.sleep(1.5)  # the late answer has come
                 banner = "#engine-banner[data-kind='overflow']"
                 await second.wait_for_selector(banner, state="visible", timeout=5000)
                 assert "places are all taken" in (await second.text_content(banner) or "")

@@ -10,7 +10,7 @@
 //   figures.js     live figures                    waiting.js   waiting for a place on a full server
 
 import { renderStats } from "./figures.js";
-import { current, showEngine } from "./page.js";
+import { current, showEngine, state } from "./page.js";
 import "./record.js";
 import { handleMessage, onSignallingClosed, refuse } from "./session.js";
 import { Signalling } from "./signalling.js";
@@ -20,7 +20,9 @@ import { loadVoices, refreshVoicesWhenSeen } from "./voices.js";
 async function loadInfo() {
   try {
     const info = await apiJson("/api/info");
-    showEngine({ name: info.engine, note: info.engine_note, cpu_fallback: info.cpu_fallback });
+    // the server's engine, until the signalling's "ready" says which one this page's calls get (an
+    // overflow engine when the server is full): an answer that comes later must not undo that
+    if (!state.ready) showEngine({ name: info.engine, note: info.engine_note, cpu_fallback: info.cpu_fallback });
     if (info.auth === "required" && !ACCESS_TOKEN) refuse({ code: "unauthorized" });
     // an open server says so: everyone who reaches it shares its voices
     document.getElementById("open-notice").hidden = info.auth !== "open";
