@@ -515,14 +515,16 @@ def _on_depayloaded(_pad: Any, info: Any, ref: PeerRef) -> Any:
     return Gst.PadProbeReturn.OK
 
 
-def _on_recovered_packet(_pad: Any, info: Any, peer: WebRtcPeer) -> Any:
+def _on_recovered_packet(_pad: Any, info: Any, ref: PeerRef) -> Any:
     """A packet out of webrtcbin's RED decoder: one recovered from a RED copy loses its REDUNDANT
     flag, so that it goes on to the jitter buffer (see ``WebRtcPeer._pass_red_copies_on``), and is
     counted (``PeerStats.red_recovered``)."""
     buffer = info.get_buffer()
     if buffer is not None and buffer.mini_object.flags & _REDUNDANT:
         buffer.mini_object.flags &= ~_REDUNDANT
-        peer._count_red_recovered()
+        peer = ref()
+        if peer is not None:
+            peer._count_red_recovered()
     return Gst.PadProbeReturn.OK
 
 
@@ -833,8 +835,10 @@ class WebRtcPeer:
         ``red_first``), so no copy was ever used (debug log: "Recovering from RED packet ... seq=N",
         then "Packet #N lost" when N+1 arrived). Unflagged, a copy is an ordinary packet: it
         arrives with the packet after the lost one, just before it, and fills the gap."""
+        # a weak reference, as for the depayloader: the pipeline must not keep its peer alive
+        ref = weakref.ref(self)
         for decoder in _elements(self._webrtc, "rtpreddec"):
-            decoder.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _on_recovered_packet, self)
+            decoder.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _on_recovered_packet, ref)
 
     # -- media ------------------------------------------------------------------------------------
 
