@@ -2,20 +2,28 @@
 and change_cipher_spec records, nothing else; the first SRTP packet ends it. A flight written before
 ICE has a pair waits for one instead of being dropped: shown with two real libnice agents on
 loopback, one sending through ``nicesink``, the other receiving through ``nicesrc``. The effect on
-calls is measured across namespaces in tests/test_webrtc_loss.py."""
+calls is measured across namespaces in tests/test_webrtc_loss.py. The server answers as the DTLS
+server, so that the handshake's last flight is its own (a call between the Python client and a real
+server, and the SDP rewrite on its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import Speech
+from vcstream.engines.passthrough import PassthroughEngine
 from vcstream.media import handshake_protection
 from vcstream.media.gst import Gst, ensure_gst
+from vcstream.media.webrtc import _elements
 from waiting import wait_until
+from webrtc_harness import client, reference_wav, serving, speech_48k
 
 
 def _buffer(data: bytes) -> object:
@@ -37,6 +45,51 @@ def test_the_protection_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> 
     assert handshake_protection.protected()
     monkeypatch.setenv(handshake_protection.PROTECTION_VARIABLE, "0")
     assert not handshake_protection.protected()
+
+
+def _sdp(*setups: str) -> str:
+    head = "v=0\r\no=- 1 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE " + " ".join(
+        str(i) for i in range(len(setups))
+    )
+    sections = [
+        f"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{i}\r\na=setup:{setup}\r\n"
+        for i, setup in enumerate(setups)
+    ]
+    return head + "\r\n" + "".join(sections)
+
+
+def test_the_answer_takes_the_dtls_server_role_only_where_the_offer_left_it_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(handshake_protection.PROTECTION_VARIABLE, raising=False)
+    offer, answer = _sdp("actpass", "passive", "active"), _sdp("active", "active", "passive")
+    assert handshake_protection.answer_as_dtls_server(answer, offer) == _sdp("passive", "active", "passive")
+    monkeypatch.setenv(handshake_protection.PROTECTION_VARIABLE, "0")
+    assert handshake_protection.answer_as_dtls_server(answer, offer) == answer
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_the_server_is_the_dtls_server_of_a_call(
+    tmp_path: Path, flite_speech: Speech, monkeypatch: pytest.MonkeyPatch, protect: bool
+) -> None:
+    monkeypatch.setenv(handshake_protection.PROTECTION_VARIABLE, str(int(protect)))
+
+    async def main() -> tuple[str, list[bool]]:
+        async with serving(tmp_path / "data", running=PassthroughEngine()) as server:
+            voice = await server.upload(reference_wav(tmp_path, flite_speech, "awb"), "awb")
+            async with client(server) as call:
+                await call.hello()
+                await call.start(voice)
+                await call.talk_until_converted(speech_48k(flite_speech, "slt"))
+                assert call.peer is not None
+                encoders = _elements(call.peer._webrtc, "dtlssrtpenc")
+                roles = [bool(encoder.get_property("is-client")) for encoder in encoders]
+                return call.of_type("answer")[0]["sdp"], roles
+
+    answer, caller_is_client = asyncio.run(main())
+    # the call ran (audio came back), and the caller, which offered actpass, is the DTLS client
+    assert ("a=setup:passive" in answer) is protect and ("a=setup:active" in answer) is not protect
+    assert caller_is_client == [protect]
 
 
 #: a DTLS handshake record's first bytes (content type 22, DTLS 1.2) and an SRTP packet's (RTP v2)

@@ -65,7 +65,7 @@ from vcstream.errors import MediaError, VcstreamError
 from vcstream.media.appio import AudioSource
 from vcstream.media.candidates import announce_candidate, announce_in_sdp
 from vcstream.media.gst import Gst, ensure_gst, link_many, make_element, require_elements
-from vcstream.media.handshake_protection import protect_flights, tune_ice_agent
+from vcstream.media.handshake_protection import answer_as_dtls_server, protect_flights, tune_ice_agent
 from vcstream.media.loss_protection import LossProtection, Protection
 from vcstream.media.mainloop import GLibLoop
 from vcstream.media.opus_packets import carries_fec
@@ -1022,6 +1022,8 @@ def _description_created(promise: Any, ref: PeerRef, kind: str) -> None:
     description = reply.get_value(kind)
     text = description.sdp.as_text()
     ready = red_first(text)  # RED before Opus for browsers, and no ULPFEC (see there)
+    if kind == "answer":  # the last handshake flight ours, sent in copies (see handshake_protection)
+        ready = answer_as_dtls_server(ready, peer._webrtc.get_property("remote-description").sdp.as_text())
     if ready != text:
         text, description = ready, GstWebRTC.WebRTCSessionDescription.new(description.type, _parse(ready))
     # handed on once it is set: the other end's reply can then never arrive before it is in place
