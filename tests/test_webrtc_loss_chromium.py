@@ -22,15 +22,6 @@ from webrtc_loss_harness import CallRecord, LossyLink, compare
 
 pytest.importorskip("playwright.async_api")
 
-# issue 12 is open: since Chromium sends RED (the answer says red/48000/2), RED's copies reach the
-# server's jitter buffer and the server decodes without holding frames back, 11 of 12 runs over two
-# sessions met every bar (too quiet 0.00-0.71 %, latency -7 to +27 ms over the clean call's p95, first
-# audio 0.29-1.19 s). In the twelfth the clean call's p95 was 321 ms (205-239 ms in the others) and
-# the comparison with it came out 6.38 % too quiet. With the RED fixes alone, 7 of 9 did: one came
-# back 1.42 % too quiet, and in one the clean call's own markers went from 202 to 364 ms for 7 s with
-# no loss (the yardstick check below).
-pytestmark = pytest.mark.open_issue
-
 LOSS_PCT = 10
 SECONDS = 20.0
 #: the most a clean call's latency may vary from marker to marker (a steady call: 15-30 ms here)
@@ -63,12 +54,19 @@ def _describe(label: str, clean: CallRecord, lossy: CallRecord) -> str:
     )
 
 
-def test_chromium_call_at_10_percent_loss_each_way(link_and_clean_call: tuple[LossyLink, CallRecord]) -> None:
+@pytest.fixture(scope="module")
+def clean_and_lossy(link_and_clean_call: tuple[LossyLink, CallRecord]) -> tuple[CallRecord, CallRecord]:
     link, clean = link_and_clean_call
     lossy = chromium_call_on(link, LOSS_PCT, SECONDS)
-    clean_trace = [round(1000 * lag) for lag in clean.latencies_s()]
-    result = compare(clean, lossy)
     print(_describe(f"Chromium at {LOSS_PCT} % loss each way", clean, lossy))
+    return clean, lossy
+
+
+def test_chromium_call_at_10_percent_loss_each_way_keeps_the_audio(
+    clean_and_lossy: tuple[CallRecord, CallRecord],
+) -> None:
+    clean, lossy = clean_and_lossy
+    result = compare(clean, lossy)
     figures = lossy.summary["chromium"]
     # the link really lost packets on the way down, and Chromium's NetEq got FEC to recover them with
     assert figures["in_packetsLost"] > 0.03 * figures["in_packetsReceived"], figures
@@ -78,10 +76,23 @@ def test_chromium_call_at_10_percent_loss_each_way(link_and_clean_call: tuple[Lo
     totals = lossy.summary["server_stats"]["received_totals"]
     assert totals["red_packets"] > 0.5 * totals["packets"] and totals["red_recovered"] > 0, totals
     assert clean.summary["chromium"]["in_packetsLost"] == 0, clean.summary["chromium"]
-    # the clean call is the yardstick: its latency must hold still (seen: 577 ms at the first marker,
-    # draining to 212 ms over 6 s, in a call without loss), or every comparison with it is off
-    assert max(clean_trace) - min(clean_trace) <= STEADY_MS, f"clean call's latency per marker: {clean_trace}"
     assert result.connect_s <= 1.5
     assert result.too_quiet_pct <= 1.0
     assert result.envelope_correlation >= 0.9
-    assert result.extra_latency_ms <= 30
+
+
+# issue 12 is open on this bar. Chromium's jitter buffer (NetEq) picks its own delay, and a lossy call
+# sometimes keeps a longer one for the whole call: in 5 runs with the server as DTLS server, +23, +12,
+# 0 and -7 ms over the clean call's p95, and +95 ms in one whose every marker came 90 ms late (NetEq's
+# mean delay 158 ms, against 67 ms in the clean call). Run it with
+# `pytest -m open_issue tests/test_webrtc_loss_chromium.py -s`
+@pytest.mark.open_issue
+def test_chromium_call_at_10_percent_loss_each_way_adds_at_most_30_ms(
+    clean_and_lossy: tuple[CallRecord, CallRecord],
+) -> None:
+    clean, lossy = clean_and_lossy
+    clean_trace = [round(1000 * lag) for lag in clean.latencies_s()]
+    # the clean call is the yardstick: its latency must hold still (seen: 577 ms at the first marker,
+    # draining to 212 ms over 6 s, in a call without loss), or the comparison with it is off
+    assert max(clean_trace) - min(clean_trace) <= STEADY_MS, f"clean call's latency per marker: {clean_trace}"
+    assert compare(clean, lossy).extra_latency_ms <= 30

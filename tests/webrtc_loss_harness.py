@@ -11,6 +11,8 @@ received in an ``.npz`` file:
   talks until converted audio comes back, then plays a talk track (speech bursts in silences,
   ``vcstream.bench.talk_markers``) in real time and records every push and every arrival, so each
   burst's latency is known.
+* ``connect``: ``--calls`` calls from the Python client one after another, each hung up as soon as
+  converted audio came back; prints their connection times.
 
 Connection time is from the offer sent to the first converted audio (``connect_s``) and to
 webrtcbin's connection state ``connected`` (ICE and DTLS done, ``connected_s``).
@@ -47,6 +49,13 @@ CHUNK = OPUS_RATE // 50
 SETTLE_S = 1.0
 #: a speech frame this much quieter than in the clean run counts as lost to the network
 TOO_QUIET_DB = 10.0
+#: how far a burst of a call's audio may lie from where the call's overall lag puts it: Chromium's
+#: jitter buffer has held a clean call 160 ms longer than at its start for 7 s, and a lossy one 90 ms
+#: longer than the clean one throughout. Below the shortest pause between bursts (0.35 s), so a
+#: burst is never matched to its neighbour
+WANDER_S = 0.25
+#: the pause compared on either side of a burst (frames): a frame lost at a burst's edge is still seen
+BURST_MARGIN_FRAMES = 3
 #: frames of the clean run this loud (dBFS) count as speech
 SPEECH_DBFS = -40.0
 FRAME = OPUS_RATE // 50
@@ -159,6 +168,48 @@ async def python_call(
         "retransmissions": None if stats.retransmissions is None else vars(stats.retransmissions),
         "server_stats": server_stats[-1] if server_stats else {},
     }
+
+
+async def python_connections(base: str, voice: str, calls: int) -> dict[str, Any]:
+    """``calls`` calls one after another, each hung up as soon as its first converted audio came back:
+    the connection times (offer -> first audio back; offer -> webrtcbin's ``connected``)."""
+    import aiohttp
+
+    from waiting import wait_until_async
+    from webrtc_harness import PyClient
+
+    await _wait_ready(base, 30)
+    track = _track(4.0)
+    warm = track.samples[track.onsets[0] : track.onsets[0] + OPUS_RATE // 3]
+    first_audio: list[float] = []
+    connected_at: list[float | None] = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(calls):
+            client = PyClient(await http.ws_connect(base.replace("http", "ws", 1) + "/ws"))
+            connected: list[float] = []
+
+            def on_state(name: str, value: str, connected: list[float] = connected) -> None:
+                if name == "connection" and value == "connected" and not connected:
+                    connected.append(time.perf_counter())
+
+            client.events.on_state = on_state  # type: ignore[method-assign]
+            try:
+                await client.hello()
+                await client.start(voice)
+                await wait_until_async(
+                    lambda connected=connected: bool(connected), 30, "the call connected",
+                    state=client.messages.copy,
+                )  # fmt: skip
+                first = await client.talk_until_converted(np.tile(warm, 40), timeout_s=20)
+                assert client.offer_sent is not None
+                first_audio.append(first - client.offer_sent)
+                connected_at.append(connected[0] - client.offer_sent)
+            finally:
+                await client.close()
+            # the server ends its side of the call before the next offer: a call still closing
+            # there must not count against the next one's admission
+            await asyncio.sleep(0.3)
+    return {"connect_s": first_audio, "connected_s": connected_at}
 
 
 # -- the host's side ---------------------------------------------------------------------------------
@@ -285,6 +336,24 @@ class LossyLink:
                     timeout=10,
                 )
 
+    def python_connections(self, loss_pct: float, calls: int) -> dict[str, list[float]]:
+        """``calls`` short calls from the Python client at ``loss_pct`` each way, hung up once the
+        first converted audio came back: their connection times (``python_connections``)."""
+        self.set_loss(loss_pct)
+        try:
+            done = self.pair.run(
+                self.pair.a,
+                [sys.executable, str(TESTS / "webrtc_loss_harness.py"), "connect", "--base", self.base,
+                 "--voice", self.voice, "--calls", str(calls)],
+                timeout_s=30 + 10 * calls,
+            )  # fmt: skip
+        finally:
+            self.set_loss(0)
+        if done.returncode != 0:
+            raise AssertionError(f"the calls at {loss_pct} % loss failed: {done.stderr[-3000:]}")
+        result: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
     def python_call(
         self,
         loss_pct: float,
@@ -358,29 +427,34 @@ class Comparison:
         return self.latency_p95_ms - self.clean_latency_p95_ms
 
 
-def _aligned_windows(
-    clean: np.ndarray, lossy: np.ndarray, window_s: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """The clean audio after the first second and the lossy audio matched to it window by window:
-    the lag between two calls drifts a little (jitter buffers, the server's blocks), so each second
-    is aligned on its own, within 60 ms of the lag of the whole."""
+def _aligned_bursts(clean: np.ndarray, lossy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The clean call's bursts after the first second, each with ``BURST_MARGIN_FRAMES`` of its pause
+    on either side, and the lossy call's audio matched to each on its own: the lag between two calls
+    wanders (jitter buffers, the server's blocks), and a pause is where a jitter buffer changes it
+    most cheaply. Each burst is placed within ``WANDER_S`` of the lag of the whole call."""
     whole = _align(clean, lossy)
-    width, search = round(window_s * OPUS_RATE), round(0.06 * OPUS_RATE)
-    step = OPUS_RATE // 1000
+    reference, heard = envelope(clean, OPUS_RATE), envelope(whole, OPUS_RATE)
+    per_ms = OPUS_RATE // 1000
+    wander = round(WANDER_S * 1000)
+    loud = np.concatenate([[False], _frame_db(clean) > SPEECH_DBFS, [False]])
+    edges = np.flatnonzero(np.diff(loud.astype(np.int8)))  # rises and falls, in frames
     pieces_clean, pieces_lossy = [], []
-    for start in range(round(SETTLE_S * OPUS_RATE), clean.shape[0] - width, width):
-        reference = clean[start : start + width]
-        best, best_score = 0, -np.inf
-        for shift in range(-search, search + 1, step):
-            if start + shift < 0 or start + shift + width > whole.shape[0]:
-                continue
-            candidate = whole[start + shift : start + shift + width]
-            score = float(np.dot(envelope(reference, OPUS_RATE), envelope(candidate, OPUS_RATE)))
-            if score > best_score:
-                best, best_score = shift, score
-        if best_score > -np.inf:
-            pieces_clean.append(reference)
-            pieces_lossy.append(whole[start + best : start + best + width])
+    for first, end in zip(edges[::2], edges[1::2], strict=True):
+        start = (first - BURST_MARGIN_FRAMES) * FRAME
+        stop = (end + BURST_MARGIN_FRAMES) * FRAME
+        if start < SETTLE_S * OPUS_RATE or stop > clean.shape[0]:
+            continue
+        template = reference[start // per_ms : stop // per_ms]
+        lags = [k for k in range(-wander, wander + 1)
+                if start // per_ms + k >= 0 and stop // per_ms + k <= heard.size]  # fmt: skip
+        if not lags:
+            continue
+        # normalised: a plain dot product favours a stretch that takes in a louder neighbour
+        candidates = [heard[start // per_ms + k : stop // per_ms + k] for k in lags]
+        scores = [float(np.dot(template, c)) / (float(np.linalg.norm(c)) + 1e-9) for c in candidates]
+        shift = lags[int(np.argmax(scores))] * per_ms
+        pieces_clean.append(clean[start:stop])
+        pieces_lossy.append(whole[start + shift : stop + shift])
     if not pieces_clean:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
     return np.concatenate(pieces_clean), np.concatenate(pieces_lossy)
@@ -390,7 +464,7 @@ def speech_frames(clean_db: np.ndarray) -> np.ndarray:
     """The frames inside speech: louder than ``SPEECH_DBFS``, and so are both neighbours. A frame at
     the edge of a burst holds speech for only part of its 20 ms, and its level follows where in the
     frame the burst starts: two clean calls of the same track land their onsets a few ms apart within
-    an aligned second (jitter buffers, the server's blocks), which turns such a frame 20-40 dB
+    an aligned burst (jitter buffers, the server's blocks), which turns such a frame 20-40 dB
     quieter with nothing lost (measured: the onset frames were most of the "too quiet" frames here,
     at the same places in calls with different losses). A lost frame inside speech still counts."""
     loud = clean_db > SPEECH_DBFS
@@ -403,7 +477,7 @@ def speech_frames(clean_db: np.ndarray) -> np.ndarray:
 
 def compare(clean: CallRecord, lossy: CallRecord) -> Comparison:
     """The lossy call's audio against the clean call's, after the first second."""
-    reference, heard = _aligned_windows(clean.received, lossy.received)
+    reference, heard = _aligned_bursts(clean.received, lossy.received)
     clean_db, lossy_db = _frame_db(reference), _frame_db(heard)
     speech = speech_frames(clean_db)
     too_quiet = float(np.mean(lossy_db[speech] <= clean_db[speech] - TOO_QUIET_DB)) if speech.any() else 1.0
@@ -424,16 +498,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["python-call"])
+    parser.add_argument("mode", choices=["python-call", "connect"])
     parser.add_argument("--base", required=True)
     parser.add_argument("--voice", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--calls", type=int, default=20, help="connect: how many calls")
+    parser.add_argument("--out", type=Path, help="python-call: where the audio received goes (.npz)")
     parser.add_argument("--no-fec", action="store_true", help="offer no FEC and no NACK (main's call)")
     parser.add_argument(
         "--latency-ms", type=int, default=PeerConfig.latency_ms, help="the caller's jitter buffer"
     )
     args = parser.parse_args()
+    if args.mode == "connect":
+        print(json.dumps(asyncio.run(python_connections(args.base, args.voice, args.calls))), flush=True)
+        return
+    if args.out is None:
+        parser.error("python-call needs --out")
     call = python_call(args.base, args.voice, args.seconds, args.out, not args.no_fec, args.latency_ms)
     result = asyncio.run(call)
     print(json.dumps(result, default=float), flush=True)
