@@ -444,13 +444,17 @@ def _aligned_bursts(clean: np.ndarray, lossy: np.ndarray) -> tuple[np.ndarray, n
         stop = (end + BURST_MARGIN_FRAMES) * FRAME
         if start < SETTLE_S * OPUS_RATE or stop > clean.shape[0]:
             continue
-        template = reference[start // per_ms : stop // per_ms]
-        lags = [k for k in range(-wander, wander + 1)
-                if start // per_ms + k >= 0 and stop // per_ms + k <= heard.size]  # fmt: skip
-        if not lags:
+        first_ms, width = start // per_ms, (stop - start) // per_ms
+        template = reference[first_ms : first_ms + width]
+        if template.size < width:
             continue
+        # a burst too near either end for the whole search is left out: a search cut short could
+        # only offer wrong lags
+        if first_ms - wander < 0 or first_ms + wander + width > min(heard.size, whole.shape[0] // per_ms):
+            continue
+        lags = range(-wander, wander + 1)
         # normalised: a plain dot product favours a stretch that takes in a louder neighbour
-        candidates = [heard[start // per_ms + k : stop // per_ms + k] for k in lags]
+        candidates = [heard[first_ms + k : first_ms + k + width] for k in lags]
         scores = [float(np.dot(template, c)) / (float(np.linalg.norm(c)) + 1e-9) for c in candidates]
         shift = lags[int(np.argmax(scores))] * per_ms
         pieces_clean.append(clean[start:stop])
