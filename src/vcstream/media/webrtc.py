@@ -578,6 +578,7 @@ class WebRtcPeer:
         self._protection: LossProtection | None = None
         self._encoder: Any = None
         self._red_encoder: Any = None  # webrtcbin's rtpredenc, found once negotiated
+        self._red_decoders: list[Any] = []  # webrtcbin's rtpreddec, found when the audio arrives
         #: NACK/RTX negotiated: the receiving jitter buffer asks for retransmissions
         self._nack = False
         ref: PeerRef = weakref.ref(self)
@@ -837,7 +838,8 @@ class WebRtcPeer:
         arrives with the packet after the lost one, just before it, and fills the gap."""
         # a weak reference, as for the depayloader: the pipeline must not keep its peer alive
         ref = weakref.ref(self)
-        for decoder in _elements(self._webrtc, "rtpreddec"):
+        self._red_decoders = _elements(self._webrtc, "rtpreddec")
+        for decoder in self._red_decoders:
             decoder.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _on_recovered_packet, ref)
 
     # -- media ------------------------------------------------------------------------------------
@@ -869,10 +871,9 @@ class WebRtcPeer:
     @property
     def red_received(self) -> int:
         """RED packets received so far (webrtcbin's RED decoder's count; 0 before any, or closed)."""
-        webrtc = self._webrtc
-        if webrtc is None or self._closed:
+        if self._closed:
             return 0
-        return sum(int(decoder.get_property("received")) for decoder in _elements(webrtc, "rtpreddec"))
+        return sum(int(decoder.get_property("received")) for decoder in self._red_decoders)
 
     def _protect(self, fraction_lost: float | None) -> Protection | None:
         """Apply the encoder settings for the loss the remote end reported (opusenc takes
@@ -932,7 +933,7 @@ class WebRtcPeer:
             protection=self._protect(figures.get("remote_fraction_lost")),
             concealed_ms=1000 * receiver.concealed_s if (receiver := self._receiver) else 0.0,
             decoded_ms=decoded_ms,
-            red_packets=sum(int(d.get_property("received")) for d in _elements(webrtc, "rtpreddec")),
+            red_packets=self.red_received,
             red_recovered=self._red_recovered,
         )
 
@@ -976,6 +977,7 @@ class WebRtcPeer:
                 self._pipeline.set_state(Gst.State.NULL)
             self._pipeline = self._webrtc = self._bus = self._encoder = self._red_encoder = None
             self._source = None
+            self._red_decoders = []
             if self._receiver is not None:  # its streaming thread has stopped with the pipeline
                 self._receiver.close()
             self._release_port()  # the pipeline is down: its sockets are closed
