@@ -23,7 +23,7 @@ import pytest
 
 from conftest import Speech, write_wav
 from netns import netns_pair, require_netns
-from webrtc_loss_harness import PYTHON_CALL_SERVER_ENV, CallRecord, LossyLink, compare
+from webrtc_loss_harness import PYTHON_CALL_SERVER_ENV, CallRecord, Comparison, LossyLink, compare
 
 LOSS_PCT = 10
 SECONDS = 20.0
@@ -44,7 +44,7 @@ def lossy_link(tmp_path_factory: pytest.TempPathFactory, flite_speech: Speech) -
 
 
 @pytest.fixture(scope="module")
-def clean_and_lossy(lossy_link: LossyLink) -> tuple[CallRecord, CallRecord]:
+def clean_and_lossy(lossy_link: LossyLink) -> tuple[CallRecord, CallRecord, Comparison]:
     clean = lossy_link.python_call(0, SECONDS)
     lossy = lossy_link.python_call(LOSS_PCT, SECONDS)
     result = compare(clean, lossy)
@@ -58,7 +58,7 @@ def clean_and_lossy(lossy_link: LossyLink) -> tuple[CallRecord, CallRecord]:
         f"  each marker's latency (ms): {[round(1000 * lag) for lag in lossy.latencies_s()]}; clean call "
         f"{[round(1000 * lag) for lag in clean.latencies_s()]}"
     )
-    return clean, lossy
+    return clean, lossy, result
 
 
 # issue 12 is open on this bar for the Python client. libnice 0.1.21 sends a lost connectivity check
@@ -85,10 +85,9 @@ def test_python_calls_connect_within_1_5_s_p95_at_10_percent_loss_each_way(lossy
 
 
 def test_python_call_at_10_percent_loss_each_way_keeps_the_audio(
-    clean_and_lossy: tuple[CallRecord, CallRecord],
+    clean_and_lossy: tuple[CallRecord, CallRecord, Comparison],
 ) -> None:
-    clean, lossy = clean_and_lossy
-    result = compare(clean, lossy)
+    clean, lossy, result = clean_and_lossy
     packets, with_fec = lossy.summary["opus_packets"], lossy.summary["fec_packets"]
     # the link really lost packets, and the server's encoder protected what it sent
     assert lossy.summary["packets_lost"] and lossy.summary["packets_lost"] > 0.03 * packets
@@ -111,6 +110,6 @@ def test_python_call_at_10_percent_loss_each_way_keeps_the_audio(
 # session, +65 ms). Run it with `pytest -m open_issue tests/test_webrtc_loss.py -s`
 @pytest.mark.open_issue
 def test_python_call_at_10_percent_loss_each_way_adds_at_most_30_ms(
-    clean_and_lossy: tuple[CallRecord, CallRecord],
+    clean_and_lossy: tuple[CallRecord, CallRecord, Comparison],
 ) -> None:
-    assert compare(*clean_and_lossy).extra_latency_ms <= 30
+    assert clean_and_lossy[2].extra_latency_ms <= 30

@@ -18,7 +18,7 @@ import pytest
 from conftest import Speech, write_wav
 from netns import netns_pair, require_netns
 from webrtc_loss_chromium import chromium_call_on
-from webrtc_loss_harness import CallRecord, LossyLink, compare
+from webrtc_loss_harness import CallRecord, Comparison, LossyLink, compare
 
 pytest.importorskip("playwright.async_api")
 
@@ -39,8 +39,7 @@ def link_and_clean_call(
         yield link, chromium_call_on(link, 0, SECONDS)
 
 
-def _describe(label: str, clean: CallRecord, lossy: CallRecord) -> str:
-    result = compare(clean, lossy)
+def _describe(label: str, clean: CallRecord, lossy: CallRecord, result: Comparison) -> str:
     figures = lossy.summary["chromium"]
     lossy_trace = [round(1000 * lag) for lag in lossy.latencies_s()]
     clean_trace = [round(1000 * lag) for lag in clean.latencies_s()]
@@ -55,18 +54,20 @@ def _describe(label: str, clean: CallRecord, lossy: CallRecord) -> str:
 
 
 @pytest.fixture(scope="module")
-def clean_and_lossy(link_and_clean_call: tuple[LossyLink, CallRecord]) -> tuple[CallRecord, CallRecord]:
+def clean_and_lossy(
+    link_and_clean_call: tuple[LossyLink, CallRecord],
+) -> tuple[CallRecord, CallRecord, Comparison]:
     link, clean = link_and_clean_call
     lossy = chromium_call_on(link, LOSS_PCT, SECONDS)
-    print(_describe(f"Chromium at {LOSS_PCT} % loss each way", clean, lossy))
-    return clean, lossy
+    result = compare(clean, lossy)
+    print(_describe(f"Chromium at {LOSS_PCT} % loss each way", clean, lossy, result))
+    return clean, lossy, result
 
 
 def test_chromium_call_at_10_percent_loss_each_way_keeps_the_audio(
-    clean_and_lossy: tuple[CallRecord, CallRecord],
+    clean_and_lossy: tuple[CallRecord, CallRecord, Comparison],
 ) -> None:
-    clean, lossy = clean_and_lossy
-    result = compare(clean, lossy)
+    clean, lossy, result = clean_and_lossy
     figures = lossy.summary["chromium"]
     # the link really lost packets on the way down, and Chromium's NetEq got FEC to recover them with
     assert figures["in_packetsLost"] > 0.03 * figures["in_packetsReceived"], figures
@@ -82,17 +83,18 @@ def test_chromium_call_at_10_percent_loss_each_way_keeps_the_audio(
 
 
 # issue 12 is open on this bar. Chromium's jitter buffer (NetEq) picks its own delay, and a lossy call
-# sometimes keeps a longer one for the whole call: in 5 runs with the server as DTLS server, +23, +12,
-# 0 and -7 ms over the clean call's p95, and +95 ms in one whose every marker came 90 ms late (NetEq's
-# mean delay 158 ms, against 67 ms in the clean call). Run it with
+# sometimes keeps a longer one for the whole call: met in 10 of 15 calls with the server as DTLS
+# server; +95 and +72 ms in two whose every marker came about that late (NetEq's mean delay 139-158
+# ms, against 67-79 ms in the clean calls), +35 and +49 ms in two more, and one clean call wandered
+# by 69 ms (the yardstick check). Run it with
 # `pytest -m open_issue tests/test_webrtc_loss_chromium.py -s`
 @pytest.mark.open_issue
 def test_chromium_call_at_10_percent_loss_each_way_adds_at_most_30_ms(
-    clean_and_lossy: tuple[CallRecord, CallRecord],
+    clean_and_lossy: tuple[CallRecord, CallRecord, Comparison],
 ) -> None:
-    clean, lossy = clean_and_lossy
+    clean, _lossy, result = clean_and_lossy
     clean_trace = [round(1000 * lag) for lag in clean.latencies_s()]
     # the clean call is the yardstick: its latency must hold still (seen: 577 ms at the first marker,
     # draining to 212 ms over 6 s, in a call without loss), or the comparison with it is off
     assert max(clean_trace) - min(clean_trace) <= STEADY_MS, f"clean call's latency per marker: {clean_trace}"
-    assert compare(clean, lossy).extra_latency_ms <= 30
+    assert result.extra_latency_ms <= 30

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from netns import NetnsPair  # noqa: E402
 from vcstream.bench.talk_markers import MarkerLocator, TalkTrack, envelope, talk_track  # noqa: E402
 from vcstream.media.handshake_protection import PROTECTION_VARIABLE  # noqa: E402
 from vcstream.media.webrtc import OPUS_RATE, PeerConfig  # noqa: E402
+
+if TYPE_CHECKING:
+    from webrtc_harness import PyClient
 
 HTTP_PORT = 8080
 CHUNK = OPUS_RATE // 50
@@ -92,45 +95,62 @@ async def _wait_ready(base: str, timeout_s: float) -> None:
             await asyncio.sleep(0.1)
 
 
+async def _dial(
+    http: Any, base: str, voice: str, warm: np.ndarray, config: PeerConfig | None = None
+) -> tuple[PyClient, float, float]:
+    """A call from the Python client up to its first converted audio: (the client, seconds from the
+    offer to webrtcbin's ``connected``, seconds from the offer to the first audio back). The caller
+    closes the client; it is closed here when the call fails on the way."""
+    from waiting import wait_until_async
+    from webrtc_harness import PyClient
+
+    client = PyClient(await http.ws_connect(base.replace("http", "ws", 1) + "/ws"))
+    connected: list[float] = []
+
+    def on_state(name: str, value: str) -> None:
+        if name == "connection" and value == "connected" and not connected:
+            connected.append(time.perf_counter())
+
+    client.events.on_state = on_state  # type: ignore[method-assign]
+    try:
+        await client.hello()
+        await client.start(voice, peer_config=config)
+        # nothing is said before the connection is up: audio pushed earlier waits in the send
+        # queue (up to its 0.5 s) and would delay the whole call by the connection time
+        await wait_until_async(lambda: bool(connected), 30, "the call connected", state=client.messages.copy)
+        # warm-up speech until the echo comes back (the connection time)
+        first = await client.talk_until_converted(np.tile(warm, 40), timeout_s=20)
+    except BaseException:
+        await client.close()
+        raise
+    assert client.offer_sent is not None
+    return client, connected[0] - client.offer_sent, first - client.offer_sent
+
+
+def _warm_up(track: TalkTrack) -> np.ndarray:
+    """A third of a second of the track's first burst, looped by ``_dial`` until the echo comes."""
+    return track.samples[track.onsets[0] : track.onsets[0] + OPUS_RATE // 3]
+
+
 async def python_call(
     base: str, voice: str, seconds: float, out: Path, fec: bool, latency_ms: int = PeerConfig.latency_ms
 ) -> dict[str, Any]:
     import aiohttp
 
-    from waiting import wait_until_async
-    from webrtc_harness import PyClient
-
     await _wait_ready(base, 30)
     track = _track(seconds)
-    connected: list[float] = []
+    # without FEC the offer asks for none (so the server sends none), nor NACK or RED: main's call
+    config = PeerConfig(
+        inband_fec=fec,
+        nack=fec,
+        red_distance=1 if fec else 0,
+        count_received_fec=True,
+        latency_ms=latency_ms,
+    )
     async with aiohttp.ClientSession() as http:
-        client = PyClient(await http.ws_connect(base.replace("http", "ws", 1) + "/ws"))
-
-        def on_state(name: str, value: str) -> None:
-            if name == "connection" and value == "connected" and not connected:
-                connected.append(time.perf_counter())
-
-        client.events.on_state = on_state  # type: ignore[method-assign]
+        client, connected_s, connect_s = await _dial(http, base, voice, _warm_up(track), config)
         try:
-            # without FEC the offer asks for none (so the server sends none), nor NACK or RED: main's call
-            await client.hello()
-            config = PeerConfig(
-                inband_fec=fec,
-                nack=fec,
-                red_distance=1 if fec else 0,
-                count_received_fec=True,
-                latency_ms=latency_ms,
-            )
-            await client.start(voice, peer_config=config)
-            # nothing is said before the connection is up: audio pushed earlier waits in the send
-            # queue (up to its 0.5 s) and would delay the whole call by the connection time
-            await wait_until_async(
-                lambda: bool(connected), 30, "the call connected", state=client.messages.copy
-            )
-            # warm-up speech until the echo comes back (the connection time), then the measured track
-            warm = track.samples[track.onsets[0] : track.onsets[0] + OPUS_RATE // 3]
-            first = await client.talk_until_converted(np.tile(warm, 40), timeout_s=20)
-            assert client.offer_sent is not None and client.peer is not None
+            assert client.peer is not None
             with client.events.lock:
                 start_index = len(client.events.received)
             pushes: list[float] = []
@@ -157,8 +177,8 @@ async def python_call(
         pushes=np.array(pushes),
     )
     return {
-        "connect_s": first - client.offer_sent,
-        "connected_s": connected[0] - client.offer_sent if connected else None,
+        "connect_s": connect_s,
+        "connected_s": connected_s,
         "packets_lost": stats.packets_lost,
         "opus_packets": packets,
         "fec_packets": with_fec,
@@ -175,37 +195,16 @@ async def python_connections(base: str, voice: str, calls: int) -> dict[str, Any
     the connection times (offer -> first audio back; offer -> webrtcbin's ``connected``)."""
     import aiohttp
 
-    from waiting import wait_until_async
-    from webrtc_harness import PyClient
-
     await _wait_ready(base, 30)
-    track = _track(4.0)
-    warm = track.samples[track.onsets[0] : track.onsets[0] + OPUS_RATE // 3]
+    warm = _warm_up(_track(4.0))
     first_audio: list[float] = []
-    connected_at: list[float | None] = []
+    connected_at: list[float] = []
     async with aiohttp.ClientSession() as http:
         for _ in range(calls):
-            client = PyClient(await http.ws_connect(base.replace("http", "ws", 1) + "/ws"))
-            connected: list[float] = []
-
-            def on_state(name: str, value: str, connected: list[float] = connected) -> None:
-                if name == "connection" and value == "connected" and not connected:
-                    connected.append(time.perf_counter())
-
-            client.events.on_state = on_state  # type: ignore[method-assign]
-            try:
-                await client.hello()
-                await client.start(voice)
-                await wait_until_async(
-                    lambda connected=connected: bool(connected), 30, "the call connected",
-                    state=client.messages.copy,
-                )  # fmt: skip
-                first = await client.talk_until_converted(np.tile(warm, 40), timeout_s=20)
-                assert client.offer_sent is not None
-                first_audio.append(first - client.offer_sent)
-                connected_at.append(connected[0] - client.offer_sent)
-            finally:
-                await client.close()
+            client, connected_s, connect_s = await _dial(http, base, voice, warm)
+            await client.close()
+            first_audio.append(connect_s)
+            connected_at.append(connected_s)
             # the server ends its side of the call before the next offer: a call still closing
             # there must not count against the next one's admission
             await asyncio.sleep(0.3)
